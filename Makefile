@@ -1,0 +1,52 @@
+# embedsearch: `make run` starts the stack, `make test` runs the suite. `make help` lists targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/embedsearch/v1/*.proto)
+STUBS := embedsearch/v1/.generated
+# Where a CPU build of torch lies on disk (these machines), pin it: pip would otherwise pick a
+# multi-GB CUDA build for the torch range in pyproject.toml.
+WHEELS := /opt/wheels
+PIP_LOCAL := $(if $(wildcard $(WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(WHEELS) -c constraints/cpu.txt,)
+ONLY ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install protos run test lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(PIP_LOCAL) -e '.[test]'
+	touch $(STAMP)
+
+$(STUBS): $(STAMP) $(PROTOS)
+	mkdir -p embedsearch/v1
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	touch embedsearch/v1/__init__.py $(STUBS)
+
+install: $(STAMP) $(STUBS) ## Create .venv, install the project and generate gRPC stubs from protos/
+
+protos: $(STUBS) ## Regenerate the gRPC stubs
+
+run: install ## Start gateway, embedder and store on their defaults (./data, all-MiniLM-L6-v2)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/embedsearch up --data-dir ./data
+
+test: install ## Run ruff and the test suite
+	$(VENV)/bin/ruff check .
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## Run ruff
+	$(VENV)/bin/ruff check .
+
+bench: install ## Run the benchmarks in bench/ (ONLY=<name> for one); prints JSON lines
+	HF_HUB_OFFLINE=1 $(PY) -m bench $(ONLY)
+
+clean: ## Remove the virtualenv and generated stubs
+	rm -rf $(VENV) embedsearch/v1

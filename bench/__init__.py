@@ -1,0 +1,1 @@
+"""Benchmarks: each compares embedsearch with a baseline measured in the same run."""

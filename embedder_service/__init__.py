@@ -1,0 +1,1 @@
+"""embedder_service: the registry of embedding providers, serving batched inference over gRPC."""

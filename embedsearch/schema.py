@@ -1,0 +1,129 @@
+"""Arrow schema helpers: rows checked against a table before writing, vector types, column specs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedsearch.errors import InvalidSchema
+
+
+def is_vector(field: pa.Field) -> bool:
+    """A vector column: fixed_size_list of floats."""
+    return pa.types.is_fixed_size_list(field.type) and pa.types.is_floating(field.type.value_type)
+
+
+def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``rows`` cast to ``schema``: columns reordered, absent nullable columns filled with
+    nulls. Raises InvalidSchema naming the column (and row) for anything that does not fit."""
+    unknown = [name for name in rows.column_names if schema.get_field_index(name) < 0]
+    if unknown:
+        raise InvalidSchema(f"unknown column(s) {unknown}; the table has {schema.names}")
+    columns = []
+    for field in schema:
+        if field.name not in rows.column_names:
+            if not field.nullable:
+                raise InvalidSchema(f"column {field.name!r} is required (not nullable)")
+            columns.append(pa.nulls(rows.num_rows, field.type))
+            continue
+        columns.append(_cast(rows.column(field.name), field))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    if is_vector(field):
+        check_vector_lengths(column, field)
+    try:
+        cast = pc.cast(column, field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise InvalidSchema(
+            f"column {field.name!r}: cannot convert {column.type} to {field.type}: {exc}"
+        ) from exc
+    if not field.nullable and cast.null_count:
+        row = _first_true(pc.is_null(cast))
+        raise InvalidSchema(f"column {field.name!r} is not nullable but row {row} is null")
+    if is_vector(field):
+        _check_finite(cast, field)
+    return cast
+
+
+def check_vector_lengths(column: pa.ChunkedArray, field: pa.Field) -> None:
+    ndims = field.type.list_size
+    if pa.types.is_fixed_size_list(column.type):
+        if column.type.list_size != ndims:
+            raise InvalidSchema(
+                f"column {field.name!r} holds {ndims}-dimensional vectors, "
+                f"got {column.type.list_size} dimensions"
+            )
+        return
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        raise InvalidSchema(
+            f"column {field.name!r} needs vectors (lists of floats), got {column.type}"
+        )
+    lengths = pc.list_value_length(column)
+    wrong = pc.and_(pc.is_valid(lengths), pc.not_equal(lengths, ndims))
+    if pc.any(wrong).as_py():
+        row = _first_true(wrong)
+        raise InvalidSchema(
+            f"column {field.name!r} holds {ndims}-dimensional vectors, "
+            f"row {row} has {lengths[row].as_py()}"
+        )
+
+
+def _check_finite(column: pa.ChunkedArray, field: pa.Field) -> None:
+    for chunk in column.chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False)
+        if values.size and not np.isfinite(values).all():
+            raise InvalidSchema(f"column {field.name!r} contains NaN or infinite values")
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))[0])
+
+
+def vector_type(ndims: int) -> pa.DataType:
+    """The Arrow type of a vector column: fixed_size_list<float32>[ndims], as LanceDB uses."""
+    return pa.list_(pa.float32(), ndims)
+
+
+_SIMPLE_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "large_string": pa.large_string(),
+    "binary": pa.binary(),
+    "large_binary": pa.large_binary(),
+    "bool": pa.bool_(),
+    **{f"int{b}": getattr(pa, f"int{b}")() for b in (8, 16, 32, 64)},
+    **{f"uint{b}": getattr(pa, f"uint{b}")() for b in (8, 16, 32, 64)},
+    "float16": pa.float16(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "date32": pa.date32(),
+    "timestamp[us]": pa.timestamp("us"),
+}
+_VECTOR = re.compile(r"vector\((\d{1,5})\)")
+
+
+def parse_type(spec: str) -> pa.DataType:
+    """Arrow type for a column-spec type name: ``string``, ``int64``, ``vector(384)``, ..."""
+    name = spec.strip().lower()
+    if name in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[name]
+    match = _VECTOR.fullmatch(name)
+    if match and int(match.group(1)) > 0:
+        return vector_type(int(match.group(1)))
+    raise InvalidSchema(
+        f"unknown column type {spec!r}; use one of {sorted(_SIMPLE_TYPES)} or vector(N)"
+    )
+
+
+def type_name(dtype: pa.DataType) -> str:
+    """The column-spec name of an Arrow type (the inverse of :func:`parse_type`)."""
+    if pa.types.is_fixed_size_list(dtype):
+        return f"vector({dtype.list_size})"
+    for name, known in _SIMPLE_TYPES.items():
+        if known == dtype:
+            return name
+    return str(dtype)

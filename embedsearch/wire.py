@@ -1,0 +1,65 @@
+"""Bulk data on the wire: Arrow IPC streams for rows and schemas, packed float32 for vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from embedsearch.errors import InvalidArgument
+
+_F32 = np.dtype("<f4")
+
+
+def table_to_ipc(table: pa.Table | pa.RecordBatch) -> bytes:
+    """Serialize rows as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write(table)
+    return sink.getvalue().to_pybytes()
+
+
+def ipc_to_table(data: bytes, what: str = "rows") -> pa.Table:
+    """Read an Arrow IPC stream, answering InvalidArgument for bytes that are not one."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidArgument(f"{what} are not a valid Arrow IPC stream: {exc}") from exc
+
+
+def schema_to_ipc(schema: pa.Schema) -> bytes:
+    """Serialize a schema (metadata included) as an Arrow IPC schema message."""
+    return schema.serialize().to_pybytes()
+
+
+def ipc_to_schema(data: bytes) -> pa.Schema:
+    """Read an Arrow IPC schema message, answering InvalidArgument on malformed bytes."""
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(data))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise InvalidArgument(f"arrow_schema is not a valid Arrow IPC schema: {exc}") from exc
+
+
+def pack_vectors(vectors: np.ndarray) -> bytes:
+    """Pack a (count, ndims) or (ndims,) array as little-endian float32 bytes."""
+    return np.ascontiguousarray(vectors, dtype=_F32).tobytes()
+
+
+def unpack_vectors(data: bytes, ndims: int) -> np.ndarray:
+    """Unpack little-endian float32 bytes into a (count, ndims) array."""
+    if ndims <= 0 or len(data) % (4 * ndims):
+        raise InvalidArgument(
+            f"vector bytes ({len(data)}) are not a whole number of float32[{ndims}] vectors"
+        )
+    return np.frombuffer(data, dtype=_F32).reshape(-1, ndims)
+
+
+def unpack_vector(data: bytes) -> np.ndarray:
+    """Unpack one query vector of little-endian float32."""
+    if not data or len(data) % 4:
+        raise InvalidArgument(
+            f"a query vector must be little-endian float32 bytes, got {len(data)} bytes"
+        )
+    vector = np.frombuffer(data, dtype=_F32)
+    if not np.isfinite(vector).all():
+        raise InvalidArgument("the query vector contains NaN or infinity")
+    return vector

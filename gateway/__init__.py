@@ -1,0 +1,1 @@
+"""gateway: the public embedsearch API, mapping source columns to vector columns."""

@@ -1,0 +1,66 @@
+"""Channels to the embedder and the store; failed calls come back as typed errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import numpy as np
+
+from embedsearch.rpc.client import channel_options, target_of, typed_errors
+from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
+from embedsearch.rpc.deadline import remaining
+from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2_grpc
+from embedsearch.wire import unpack_vectors
+
+# Internal calls without a client deadline still end: a hung peer must not hang the gateway.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class Peer:
+    """A channel and stub to one internal service. ``call`` forwards the caller's deadline."""
+
+    def __init__(self, name: str, address: str, stub_class: Any, max_message_bytes: int) -> None:
+        self.name = f"{name} at {address}"
+        self.channel = grpc.aio.insecure_channel(
+            target_of(address), options=channel_options(max_message_bytes)
+        )
+        self.stub = stub_class(self.channel)
+
+    async def call(self, method: str, request: Any) -> Any:
+        """Invoke ``method`` with the time the incoming call has left."""
+        timeout = remaining(DEFAULT_TIMEOUT_S)
+        with typed_errors(self.name):
+            return await getattr(self.stub, method)(request, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class EmbedderClient(Peer):
+    """The embedder, with helpers for the calls the schema mapping makes."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        super().__init__("embedder", address, embedder_pb2_grpc.EmbedderStub, max_message_bytes)
+
+    async def resolve(
+        self, provider: str, args: dict[str, Any]
+    ) -> embedder_pb2.ResolveFunctionResponse:
+        request = embedder_pb2.ResolveFunctionRequest(function=spec_to_pb(provider, args))
+        return await self.call("ResolveFunction", request)
+
+    async def embed(
+        self, provider: str, args: dict[str, Any], mode: str, texts: list[str]
+    ) -> np.ndarray:
+        request = embedder_pb2.EmbedRequest(
+            function=spec_to_pb(provider, args), mode=MODE_TO_PB[mode], texts=texts
+        )
+        reply: embedder_pb2.EmbedResponse = await self.call("Embed", request)
+        return unpack_vectors(reply.vectors, reply.ndims).reshape(reply.count, reply.ndims)
+
+
+class StoreClient(Peer):
+    """The store; the gateway forwards most of its calls as they are."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        super().__init__("store", address, store_pb2_grpc.StoreStub, max_message_bytes)

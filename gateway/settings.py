@@ -1,0 +1,26 @@
+"""Gateway settings: every field is a flag and a ``GATEWAY_*`` environment variable."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from embedsearch.rpc.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """Settings of the gateway. The two peer addresses are required."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+    service_name: ClassVar[str] = "gateway"
+
+    port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int = Field(9450, ge=-1, le=65535, description="/metrics port; -1 is off.")
+    embedder_addr: str = Field(
+        ..., min_length=1, description="embedder_service address, host:port or unix:/path."
+    )
+    store_addr: str = Field(
+        ..., min_length=1, description="store_service address, host:port or unix:/path."
+    )

@@ -1,0 +1,1 @@
+"""store_service: Lance datasets under one root URI, served over gRPC."""

