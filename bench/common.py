@@ -7,12 +7,13 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from embedsearch.cli import up_command
 
 
 def machine() -> str:
@@ -79,19 +80,9 @@ def free_port() -> int:
 @contextmanager
 def running_stack(data_dir: Path) -> Iterator[str]:
     """``embedsearch up`` on free ports, as a deployment runs it; yields the gateway URI."""
-    ports = {name: str(free_port()) for name in ("gateway", "embedder", "store")}
-    command = [
-        sys.executable,
-        "-m",
-        "embedsearch.cli",
-        "up",
-        "--data-dir",
-        str(data_dir),
-        "--host",
-        "127.0.0.1",
-    ]
-    for name, port in ports.items():
-        command += [f"--{name}-port", port, f"--{name}-metrics-port", str(free_port())]
+    ports = {name: free_port() for name in ("gateway", "embedder", "store")}
+    metrics = {name: free_port() for name in ports}
+    command = up_command(str(data_dir), "127.0.0.1", ports, metrics)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env

@@ -161,6 +161,25 @@ def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None
         raise Unavailable(f"{address} was not SERVING after {READY_TIMEOUT_S:.0f}s")
 
 
+def up_command(
+    data_dir: str, host: str, ports: dict[str, int], metrics_ports: dict[str, int]
+) -> list[str]:
+    """The argv of ``embedsearch up`` on the given ports (keys: gateway, embedder, store)."""
+    command = [
+        sys.executable,
+        "-m",
+        "embedsearch.cli",
+        "up",
+        "--data-dir",
+        data_dir,
+        "--host",
+        host,
+    ]
+    for name, port in ports.items():
+        command += [f"--{name}-port", str(port), f"--{name}-metrics-port", str(metrics_ports[name])]
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     return up(args)

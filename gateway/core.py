@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedsearch.errors import FailedPrecondition, InvalidArgument, InvalidSchema
-from embedsearch.rpc.convert import args_from_pb
+from embedsearch.rpc.convert import args_from_pb, copy_shared_fields
 from embedsearch.schema import check_vector_lengths, is_vector, vector_type
 from embedsearch.v1 import store_pb2
 from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc
@@ -230,21 +230,10 @@ class GatewayCore:
             vector = (await self.embedder.embed(binding.provider, binding.args, "query", [query]))[
                 0
             ]
-        store_request = store_pb2.StoreSearchRequest(
-            name=request.table,
-            vector_column=column,
-            vector=np.ascontiguousarray(vector, dtype="<f4").tobytes(),
-            k=request.k,
-            metric=request.metric,
-            filter=request.filter,
-            postfilter=request.postfilter,
-            columns=request.columns,
-            nprobes=request.nprobes,
-            refine_factor=request.refine_factor,
-            ef=request.ef,
-            offset=request.offset,
-            with_row_id=request.with_row_id,
-        )
+        store_request = copy_shared_fields(request, store_pb2.StoreSearchRequest())
+        store_request.name = request.table
+        store_request.vector_column = column
+        store_request.vector = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         reply = await self.store.call("Search", store_request)
         return ipc_to_table(reply.arrow_ipc, "search results")
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from embedsearch.errors import InvalidArgument
-from embedsearch.rpc.convert import spec_from_pb, spec_to_pb
+from embedsearch.rpc.convert import copy_shared_fields, spec_from_pb, spec_to_pb
 from embedsearch.rpc.server import RpcMetrics, new_server
 from embedsearch.schema import parse_type, type_name
 from embedsearch.v1 import (
@@ -179,15 +179,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def MergeInsert(
         self, request: gateway_pb2.MergeInsertRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        store_request = store_pb2.StoreMergeInsertRequest(
-            name=request.table,
-            on=request.on,
-            when_matched_update_all=request.when_matched_update_all,
-            when_matched_update_condition=request.when_matched_update_condition,
-            when_not_matched_insert_all=request.when_not_matched_insert_all,
-            when_not_matched_by_source_delete=request.when_not_matched_by_source_delete,
-            when_not_matched_by_source_condition=request.when_not_matched_by_source_condition,
-        )
+        store_request = copy_shared_fields(request, store_pb2.StoreMergeInsertRequest())
+        store_request.name = request.table
         return await self.core.merge_insert(
             store_request, rows_from_pb(request.rows), bad_vectors_from_pb(request)
         )

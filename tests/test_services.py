@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import embedsearch
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
+from embedsearch.cli import up_command
 from embedsearch.embeddings import get_registry
 from embedsearch.local import wait_until_serving
 from embedsearch.pydantic import LanceModel, Vector
@@ -139,23 +140,7 @@ def test_store_entry_point_stops_gracefully_on_sigterm(tmp_path):
 def test_embedsearch_up_serves_the_seed_flow_and_stops_all_three(tmp_path):
     ports = {name: free_port() for name in ("gateway", "embedder", "store")}
     metrics = {name: free_port() for name in ports}
-    command = [
-        sys.executable,
-        "-m",
-        "embedsearch.cli",
-        "up",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--host",
-        "127.0.0.1",
-    ]
-    for name in ports:
-        command += [
-            f"--{name}-port",
-            str(ports[name]),
-            f"--{name}-metrics-port",
-            str(metrics[name]),
-        ]
+    command = up_command(str(tmp_path / "data"), "127.0.0.1", ports, metrics)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:

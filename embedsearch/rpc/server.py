@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -77,6 +78,27 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {out.method}: {exc!r}")
 
 
+@asynccontextmanager
+async def _answering(
+    metrics: RpcMetrics, method: str, context: grpc.aio.ServicerContext
+) -> AsyncIterator[None]:
+    """Around one call: record its deadline, code and latency; map a raised error to a status."""
+    out = _Outcome(metrics, method)
+    set_deadline(context.time_remaining())
+    try:
+        yield
+    except grpc.aio.AbortError:
+        out.code = context.code().name if context.code() else "UNKNOWN"
+        raise
+    except asyncio.CancelledError:
+        out.code = "CANCELLED"
+        raise
+    except Exception as exc:
+        await _abort_for(exc, context, out)
+    finally:
+        out.close()
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps typed errors to status codes, logs unexpected ones, and records request metrics.
 
@@ -101,20 +123,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                out = _Outcome(metrics, method)
-                set_deadline(context.time_remaining())
-                try:
+                async with _answering(metrics, method, context):
                     return await inner(request, context)
-                except grpc.aio.AbortError:
-                    out.code = context.code().name if context.code() else "UNKNOWN"
-                    raise
-                except asyncio.CancelledError:
-                    out.code = "CANCELLED"
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, out)
-                finally:
-                    out.close()
 
             factory = (
                 grpc.unary_unary_rpc_method_handler
@@ -130,21 +140,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            out = _Outcome(metrics, method)
-            set_deadline(context.time_remaining())
-            try:
+            async with _answering(metrics, method, context):
                 async for response in inner_stream(request, context):
                     yield response
-            except grpc.aio.AbortError:
-                out.code = context.code().name if context.code() else "UNKNOWN"
-                raise
-            except asyncio.CancelledError:
-                out.code = "CANCELLED"
-                raise
-            except Exception as exc:
-                await _abort_for(exc, context, out)
-            finally:
-                out.close()
 
         factory = (
             grpc.unary_stream_rpc_method_handler
