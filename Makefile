@@ -10,12 +10,17 @@ STUBS := embedsearch/v1/.generated
 # multi-GB CUDA build for the torch range in pyproject.toml.
 WHEELS := /opt/wheels
 PIP_LOCAL := $(if $(wildcard $(WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(WHEELS) -c constraints/cpu.txt,)
+# The open-clip provider needs torchvision, which does not load beside the CPU torch above:
+# its tests run an embedder from a second environment with torch and torchvision that match.
+VISION_VENV ?= .venv-vision
+VISION_STAMP := $(VISION_VENV)/.installed
+VISION_LOCAL := $(if $(wildcard /opt/wheels),-c constraints/vision.txt,)
 ONLY ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install protos run test lint bench clean
+.PHONY: help install install-vision protos run test lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,12 +40,21 @@ install: $(STAMP) $(STUBS) ## Create .venv, install the project and generate gRP
 
 protos: $(STUBS) ## Regenerate the gRPC stubs
 
+$(VISION_STAMP): pyproject.toml constraints/vision.txt
+	test -x $(VISION_VENV)/bin/python || python3 -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VISION_VENV)/bin/python -m pip install -q $(VISION_LOCAL) -e '.[vision]'
+	touch $(VISION_STAMP)
+
+install-vision: install $(VISION_STAMP) ## A second env with torchvision + open_clip, for image providers
+
 run: install ## Start gateway, embedder and store on their defaults (./data, all-MiniLM-L6-v2)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedsearch up --data-dir ./data
 
-test: install ## Run ruff and the test suite
+test: install install-vision ## Run ruff and the test suite
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 GRPC_VERBOSITY=ERROR VISION_PYTHON=$(VISION_VENV)/bin/python \
+		$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## Run ruff
 	$(VENV)/bin/ruff check .
@@ -48,5 +62,5 @@ lint: install ## Run ruff
 bench: install ## Run the benchmarks in bench/ (ONLY=<name> for one); prints JSON lines
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ONLY)
 
-clean: ## Remove the virtualenv and generated stubs
-	rm -rf $(VENV) embedsearch/v1
+clean: ## Remove the virtualenvs and generated stubs
+	rm -rf $(VENV) $(VISION_VENV) embedsearch/v1

@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +95,34 @@ def running_stack(data_dir: Path) -> Iterator[str]:
         else:
             raise RuntimeError("embedsearch up exited before it was serving")
         yield f"grpc://127.0.0.1:{ports['gateway']}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@contextmanager
+def service(module: str, *flags: str) -> Iterator[str]:
+    """``python -m <module>`` on a free loopback port until SERVING; yields its address."""
+    from embedsearch.local import wait_until_serving
+
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        address.rsplit(":", 1)[1],
+        "--metrics-port",
+        "-1",
+        *flags,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_until_serving(address, timeout=180)
+        yield address
     finally:
         proc.terminate()
         proc.wait(timeout=60)

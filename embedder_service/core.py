@@ -1,4 +1,4 @@
-"""The embedder's core: loads providers once per spec and runs inference off the event loop."""
+"""The embedder's core: one loaded instance per canonical spec, fed by a dynamic batcher."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
+from embedder_service.batcher import Batcher, BatchLimits, Runner
+from embedder_service.cache import QueryCache
+from embedder_service.metrics import EmbedderMetrics
+from embedder_service.secrets import resolve_all
 from embedsearch.embeddings.base import EmbeddingFunction
 from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
-from embedsearch.errors import InvalidArgument
+from embedsearch.errors import EmbedsearchError, InvalidArgument, status_code_name
 
 log = logging.getLogger("embedder_service")
 
@@ -23,31 +28,45 @@ SOURCE, QUERY = "source", "query"
 
 
 @dataclass
-class LoadedFunction:
-    """One provider instance with its model loaded, shared by every caller with the same spec."""
+class EmbedderConfig:
+    """How the core batches, caches and retries (from EmbedderSettings)."""
 
-    provider: str
-    func: EmbeddingFunction
-    canonical_args: dict[str, Any]
-    ndims: int
-    modalities: tuple[str, ...]
-    # One thread per instance: a model is not re-entrant, and torch parallelizes within a call.
-    executor: ThreadPoolExecutor = field(repr=False)
+    limits: BatchLimits
+    tokenizer_workers: int = 2
+    query_cache_size: int = 10_000
+    retry_base_s: float = 0.5
+    secrets_dir: str = ""
 
-    def run(self, mode: str, inputs: list[Any]) -> np.ndarray:
-        """Embed in the calling (worker) thread; returns float32 (len(inputs), ndims)."""
+
+class FunctionRunner:
+    """The runner of a function without a pipeline of its own: one compute call per batch."""
+
+    def __init__(self, func: EmbeddingFunction) -> None:
+        self.func = func
+
+    def prepare(self, mode: str, inputs: list[Any]) -> list[tuple[Any, int]]:
+        return [(value, 1 + len(value) // 4 if isinstance(value, str) else 1) for value in inputs]
+
+    def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
         compute = (
             self.func.compute_query_embeddings
             if mode == QUERY
             else self.func.compute_source_embeddings
         )
-        vectors = np.asarray(compute(inputs), dtype=np.float32)
-        if vectors.shape != (len(inputs), self.ndims):
-            raise RuntimeError(
-                f"{self.provider} returned shape {vectors.shape}, "
-                f"expected ({len(inputs)}, {self.ndims})"
-            )
-        return vectors
+        return np.asarray(compute(payloads), dtype=np.float32)
+
+
+@dataclass
+class LoadedFunction:
+    """One provider instance with its model loaded, shared by every caller with the same spec."""
+
+    key: str
+    provider: str
+    func: EmbeddingFunction
+    canonical_args: dict[str, Any]
+    ndims: int
+    modalities: tuple[str, ...]
+    batcher: Batcher
 
 
 def canonical_args(func: EmbeddingFunction) -> dict[str, Any]:
@@ -63,11 +82,29 @@ def spec_key(provider: str, args: dict[str, Any]) -> str:
     return json.dumps([provider, args], sort_keys=True, default=str)
 
 
-class EmbedderCore:
-    """Loads each (provider, args) once and embeds batches for it in a worker thread."""
+def input_key(value: Any) -> Hashable:
+    """What makes two inputs identical: the text, or a digest of the bytes."""
+    if isinstance(value, str):
+        return value
+    data = value[0] if isinstance(value, tuple) else value
+    return ("blob", hashlib.sha256(data).hexdigest())
 
-    def __init__(self, registry: EmbeddingFunctionRegistry) -> None:
+
+class EmbedderCore:
+    """Loads each (provider, canonical args) once and embeds through its batcher."""
+
+    def __init__(
+        self,
+        registry: EmbeddingFunctionRegistry,
+        config: EmbedderConfig,
+        metrics: EmbedderMetrics | None = None,
+    ) -> None:
         self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.cache = QueryCache(config.query_cache_size)
+        self._tokenizers = ThreadPoolExecutor(config.tokenizer_workers, "tokenize")
+        self._executors: list[ThreadPoolExecutor] = [self._tokenizers]
         self._loaded: dict[str, asyncio.Future[LoadedFunction]] = {}
 
     async def resolve(self, provider: str, args: dict[str, Any]) -> LoadedFunction:
@@ -86,7 +123,7 @@ class EmbedderCore:
             pending = asyncio.get_running_loop().create_future()
             self._loaded[key] = pending
             try:
-                pending.set_result(await self._load(provider, func, canonical))
+                pending.set_result(await self._load(key, provider, func, canonical))
             except BaseException as exc:
                 del self._loaded[key]  # a failed load is retried by the next caller
                 pending.set_exception(exc)
@@ -98,42 +135,121 @@ class EmbedderCore:
         """Validate the arguments and build the provider instance (no model is loaded yet)."""
         cls = self.registry.get(provider)
         try:
-            return cls.create(**args)
+            func = cls.create(**resolve_all(args, self.config.secrets_dir))
         except ValidationError as exc:
             message = f"bad arguments for provider {provider!r}: {_brief(exc)}"
             raise InvalidArgument(message) from exc
+        func._original_args = dict(args)  # references, not the secrets they resolve to
+        configure = getattr(func, "configure", None)
+        if configure is not None:
+            configure(self.config.retry_base_s, self._retry_counter(provider))
+        return func
+
+    def _retry_counter(self, provider: str) -> Any:
+        metrics = self.metrics
+        return (lambda: metrics.retries.labels(provider).inc()) if metrics else (lambda: None)
 
     async def _load(
-        self, provider: str, func: EmbeddingFunction, canonical: dict[str, Any]
+        self, key: str, provider: str, func: EmbeddingFunction, canonical: dict[str, Any]
     ) -> LoadedFunction:
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{provider}")
+        concurrency = int(getattr(func, "concurrency", 1))
+        inference = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{provider}")
+        self._executors.append(inference)
         log.info("loading %s %s", provider, json.dumps(canonical, default=str))
-        ndims = await asyncio.get_running_loop().run_in_executor(executor, func.ndims)
+        loop = asyncio.get_running_loop()
+        ndims = await loop.run_in_executor(inference, func.ndims)
+        pipeline = getattr(func, "pipeline", None)
+        runner: Runner = (
+            await loop.run_in_executor(inference, pipeline) if pipeline else FunctionRunner(func)
+        )
+        limits = self.config.limits
+        batch_size = min(limits.max_batch_size, int(getattr(func, "batch_size", 10**9)))
+        batcher = Batcher(
+            runner,
+            BatchLimits(
+                **{**vars(limits), "max_batch_size": batch_size, "concurrency": concurrency}
+            ),
+            self._tokenizers,
+            inference,
+            on_batch=(lambda stats: self.metrics.record_batch(provider, stats))
+            if self.metrics
+            else None,
+        )
+        if self.metrics:
+            self.metrics.queue_depth.labels(provider).set_function(lambda: batcher.queued)
         return LoadedFunction(
+            key=key,
             provider=provider,
             func=func,
             canonical_args=canonical,
             ndims=int(ndims),
             modalities=tuple(getattr(type(func), "modalities", ("text",))),
-            executor=executor,
+            batcher=batcher,
         )
 
     async def embed(
         self, provider: str, args: dict[str, Any], mode: str, inputs: list[Any]
     ) -> tuple[LoadedFunction, np.ndarray]:
-        """Embed ``inputs`` as source documents or as queries, off the event loop."""
-        loaded = await self.resolve(provider, args)
-        if not inputs:
-            return loaded, np.zeros((0, loaded.ndims), dtype=np.float32)
-        loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(loaded.executor, loaded.run, mode, inputs)
+        """Embed ``inputs`` as source documents or queries, batched with other callers'."""
+        try:
+            loaded = await self.resolve(provider, args)
+            vectors = await self._embed(loaded, mode, inputs)
+        except EmbedsearchError as exc:
+            self._count(provider, status_code_name(exc))
+            raise
+        except Exception:
+            self._count(provider, "INTERNAL")
+            raise
+        self._count(provider, "OK")
+        if self.metrics:
+            self.metrics.inputs.labels(provider, mode).inc(len(inputs))
         return loaded, vectors
+
+    async def _embed(self, loaded: LoadedFunction, mode: str, inputs: list[Any]) -> np.ndarray:
+        _check_inputs(loaded, inputs)
+        keys = [input_key(value) for value in inputs]
+        if not inputs:
+            return np.zeros((0, loaded.ndims), dtype=np.float32)
+        if mode != QUERY or self.config.query_cache_size <= 0:
+            return await loaded.batcher.embed(mode, inputs, keys)
+        cached = [self.cache.get(loaded.key, key) for key in keys]
+        missing = [i for i, vector in enumerate(cached) if vector is None]
+        if self.metrics:
+            self.metrics.cache.labels("hit").inc(len(inputs) - len(missing))
+            self.metrics.cache.labels("miss").inc(len(missing))
+        if missing:
+            fresh = await loaded.batcher.embed(
+                mode, [inputs[i] for i in missing], [keys[i] for i in missing]
+            )
+            for i, vector in zip(missing, fresh, strict=True):
+                self.cache.put(loaded.key, keys[i], vector)
+                cached[i] = vector
+        return np.stack(cached).astype(np.float32, copy=False)
+
+    def _count(self, provider: str, code: str) -> None:
+        if self.metrics:
+            self.metrics.requests.labels(provider, code).inc()
 
     def close(self) -> None:
         """Stop the worker threads."""
-        for pending in self._loaded.values():
-            if pending.done() and not pending.exception():
-                pending.result().executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_inputs(loaded: LoadedFunction, inputs: list[Any]) -> None:
+    """Reject, naming the row, what would fail (or silently become a null vector) in a batch."""
+    for row, value in enumerate(inputs):
+        kind = "text" if isinstance(value, str) else "binary"
+        if kind == "text" and not value.strip():
+            raise InvalidArgument(f"input {row} is an empty string; embed only non-empty text")
+        if kind == "binary" and not (value[0] if isinstance(value, tuple) else value):
+            raise InvalidArgument(f"input {row} is empty bytes")
+        if kind == "text" and "text" not in loaded.modalities:
+            raise InvalidArgument(f"input {row}: {loaded.provider} does not embed text")
+        if kind == "binary" and loaded.modalities == ("text",):
+            raise InvalidArgument(
+                f"input {row}: {loaded.provider} embeds text only; send texts, not blobs"
+            )
 
 
 def _brief(exc: ValidationError) -> str:

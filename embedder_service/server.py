@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
-from embedder_service.core import EmbedderCore, LoadedFunction
+from embedder_service.batcher import BatchLimits
+from embedder_service.core import EmbedderConfig, EmbedderCore, LoadedFunction
+from embedder_service.metrics import EmbedderMetrics
+from embedder_service.plugins import load_plugins
 from embedder_service.providers import BUILTIN
 from embedder_service.settings import EmbedderSettings
 from embedsearch.errors import InvalidArgument
@@ -39,9 +43,8 @@ def inputs_from_pb(request: embedder_pb2.EmbedRequest) -> list[object]:
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     """Unpacks requests, calls the core, packs replies. Errors are mapped by the interceptor."""
 
-    def __init__(self, core: EmbedderCore, batch_sizes: Histogram) -> None:
+    def __init__(self, core: EmbedderCore) -> None:
         self.core = core
-        self.batch_sizes = batch_sizes
 
     async def ListProviders(
         self, request: embedder_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
@@ -70,7 +73,6 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         provider, args = spec_from_pb(request.function)
         inputs = inputs_from_pb(request)
         loaded, vectors = await self.core.embed(provider, args, MODES[request.mode], inputs)
-        self.batch_sizes.observe(len(inputs))
         return embedder_pb2.EmbedResponse(
             ndims=loaded.ndims,
             count=len(vectors),
@@ -83,29 +85,59 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         request_iterator: AsyncIterator[embedder_pb2.EmbedRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[embedder_pb2.EmbedResponse]:
-        async for request in request_iterator:
-            yield await self.Embed(request, context)
+        """Each request is embedded as soon as it arrives; replies go out as they finish."""
+        replies: asyncio.Queue[embedder_pb2.EmbedResponse | BaseException | None] = asyncio.Queue()
+
+        async def one(request: embedder_pb2.EmbedRequest) -> None:
+            try:
+                await replies.put(await self.Embed(request, context))
+            except BaseException as exc:
+                await replies.put(exc)
+
+        async def read() -> None:
+            async with asyncio.TaskGroup() as group:
+                async for request in request_iterator:
+                    group.create_task(one(request))
+            await replies.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                if isinstance(reply, BaseException):
+                    raise reply
+                yield reply
+        finally:
+            reader.cancel()
 
 
 async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, int]:
     """Build the embedder server, bound but not started; SERVING once preloads are loaded."""
     registry = CollectorRegistry()
     metrics = RpcMetrics("embedder", registry)
-    batch_sizes = Histogram(
-        "embedder_request_inputs",
-        "Inputs per Embed request.",
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-        registry=registry,
+    providers = BUILTIN.copy()
+    load_plugins(providers, settings.plugin_modules())
+    config = EmbedderConfig(
+        limits=BatchLimits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queued_inputs=settings.max_queued_inputs,
+            padding_slack=settings.padding_slack,
+        ),
+        tokenizer_workers=settings.tokenizer_workers,
+        query_cache_size=settings.query_cache_size,
+        retry_base_s=settings.retry_base_s,
+        secrets_dir=settings.secrets_dir,
     )
-    core = EmbedderCore(BUILTIN)
-    servicer = EmbedderServicer(core, batch_sizes)
+    core = EmbedderCore(providers, config, EmbedderMetrics(registry))
+    servicer = EmbedderServicer(core)
     server, port, readiness = await new_server(
         settings,
         [SERVICE],
         lambda s: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, s),
         metrics,
     )
-    preload = [name.strip() for name in settings.preload.split(",") if name.strip()]
+    preload = settings.preloaded()
 
     async def warm_up() -> None:
         for provider in preload:

@@ -23,3 +23,39 @@ class EmbedderSettings(ServiceSettings):
         description="Providers whose default model is loaded before reporting SERVING "
         "(comma-separated; empty loads nothing up front).",
     )
+    plugins: str = Field(
+        "", description="Modules to import at start (comma-separated) that @register providers."
+    )
+    max_batch_size: int = Field(
+        64, ge=1, description="Most inputs per batch (a provider's batch_size may lower it)."
+    )
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Most padded tokens per batch (longest input x batch size)."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="How long an idle model waits for a fuller batch."
+    )
+    padding_slack: float = Field(
+        0.3,
+        ge=0,
+        description="Padded tokens may exceed real ones by this fraction (GPU: raise it).",
+    )
+    max_queued_inputs: int = Field(
+        4096, ge=1, description="Inputs waiting per function before RESOURCE_EXHAUSTED."
+    )
+    tokenizer_workers: int = Field(2, ge=1, description="Threads tokenizing incoming requests.")
+    query_cache_size: int = Field(
+        10_000, ge=0, description="Query embeddings kept in the LRU cache; 0 turns it off."
+    )
+    retry_base_s: float = Field(
+        0.5, ge=0, description="First backoff of API retries; doubles each retry, capped at 30 s."
+    )
+    secrets_dir: str = Field(
+        "", description="Directory of secret files that $var:name references read (k8s Secret)."
+    )
+
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
+    def preloaded(self) -> list[str]:
+        return [name.strip() for name in self.preload.split(",") if name.strip()]

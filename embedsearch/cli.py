@@ -109,7 +109,7 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for name, address, command in specs:
-            procs.append(subprocess.Popen(command, env=env))
+            procs.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
             try:
                 _wait(address, procs[-1], lambda: stopping)
             except Unavailable as exc:
@@ -145,6 +145,16 @@ def up(args: argparse.Namespace) -> int:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the launcher dies, even by SIGKILL (Linux), so no service is
+    left running without its supervisor."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None:

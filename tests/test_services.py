@@ -170,8 +170,36 @@ def test_embedsearch_up_serves_the_seed_flow_and_stops_all_three(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        proc.kill()
+        proc.kill()  # the services die with the launcher (PR_SET_PDEATHSIG), even on failure
     assert proc.returncode == 0
     for name in ports:
         with pytest.raises(grpc.RpcError):
             health(f"127.0.0.1:{ports[name]}")
+
+
+def test_services_die_with_a_killed_launcher(tmp_path):
+    ports = {name: free_port() for name in ("gateway", "embedder", "store")}
+    metrics = {name: -1 for name in ports}
+    command = up_command(str(tmp_path / "data"), "127.0.0.1", ports, metrics)
+    env = {**os.environ, "EMBEDDER_PRELOAD": ""}  # every flag is an env var: no model to load
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "embedsearch is up" in line:
+                break
+        assert health(f"127.0.0.1:{ports['store']}") == SERVING
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    alive = set(ports)
+    while alive and time.monotonic() < deadline:
+        for name in list(alive):
+            try:
+                health(f"127.0.0.1:{ports[name]}")
+            except grpc.RpcError:
+                alive.discard(name)
+        time.sleep(0.2)
+    assert not alive, f"still running after the launcher was killed: {alive}"

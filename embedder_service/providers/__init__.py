@@ -4,4 +4,10 @@ from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
 
 BUILTIN = EmbeddingFunctionRegistry()
 
-from embedder_service.providers import sentence_transformers  # noqa: E402, F401
+from embedder_service.providers import (  # noqa: E402, F401 - registers them
+    cohere,
+    huggingface,
+    open_clip,
+    openai,
+    sentence_transformers,
+)

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from embedder_service.providers import BUILTIN
-from embedder_service.providers.local import model_loading, resolve_device
+from embedder_service.providers.local import TokenPipeline, model_loading, resolve_device
 from embedsearch.embeddings.base import TextEmbeddingFunction
 
 
@@ -22,6 +22,8 @@ def bundled_model_path() -> str:
 
 # Hub names of the bundled model: loaded from the bundled weights, since nothing is downloaded.
 _BUNDLED_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+# The model's own prompt names for each mode (sentence-transformers' encode_query/encode_document).
+_PROMPT_NAMES = {"query": ("query",), "source": ("document", "passage", "corpus")}
 
 
 @BUILTIN.register("sentence-transformers")
@@ -34,34 +36,48 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     normalize: bool = Field(True, description="L2-normalize the vectors.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Texts per forward pass.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
 
     _model: Any = PrivateAttr(default=None)
-    _ndims: int = PrivateAttr(default=0)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def model(self) -> Any:
-        """The loaded SentenceTransformer, loaded on first use."""
+        """The loaded SentenceTransformer (fp16 on a GPU), loaded on first use."""
         with self._lock:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # one JSON log line per event, no bars
-
                 path = bundled_model_path() if self.name in _BUNDLED_ALIASES else self.name
+                device = resolve_device(self.device)
                 with model_loading(self.name, "set name to a local model directory"):
-                    self._model = SentenceTransformer(
-                        path,
-                        device=resolve_device(self.device),
-                        trust_remote_code=self.trust_remote_code,
+                    model = SentenceTransformer(
+                        path, device=device, trust_remote_code=self.trust_remote_code
                     )
+                if device.startswith("cuda"):
+                    model.half()
+                self._model = model.eval()
             return self._model
 
+    def pipeline(self) -> TokenPipeline:
+        """Tokenize per request, batch across callers, forward on the inference thread."""
+        model = self.model()
+        prompts = {
+            mode: next((model.prompts[n] for n in names if n in model.prompts), "")
+            for mode, names in _PROMPT_NAMES.items()
+        }
+        return TokenPipeline(
+            tokenizer=model.tokenizer,
+            max_length=model.max_seq_length,
+            forward=lambda features: model.forward(features)["sentence_embedding"],
+            device=str(model.device),
+            normalize=self.normalize,
+            prompts=prompts,
+        )
+
     def ndims(self) -> int:
-        if not self._ndims:
-            self._ndims = int(self.generate_embeddings(["ndims probe"]).shape[1])
-        return self._ndims
+        return int(self.generate_embeddings(["ndims probe"]).shape[1])
 
     def generate_embeddings(self, texts: list[str]) -> np.ndarray:
         return self.model().encode(

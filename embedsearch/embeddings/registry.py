@@ -48,6 +48,12 @@ class EmbeddingFunctionRegistry:
         """(name, class) pairs, sorted by name."""
         return sorted(self._functions.items())
 
+    def copy(self) -> EmbeddingFunctionRegistry:
+        """A registry with the same entries, to extend without touching this one."""
+        other = type(self)()
+        other._functions = dict(self._functions)
+        return other
+
     def __contains__(self, name: object) -> bool:
         return name in self._functions
 

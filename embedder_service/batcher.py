@@ -1,0 +1,276 @@
+"""Dynamic batching across callers: one queue per loaded function, batches cut by size and tokens.
+
+Requests are prepared (tokenized) as they arrive, on tokenizer threads; the batch loop takes the
+oldest inputs, sorts a window of them by length so padding stays small, computes identical inputs
+once, and runs the batch on the function's inference thread while the next requests are already
+being tokenized. Scattering the vectors back to their requests happens on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedsearch.errors import Overloaded
+
+
+class Runner(Protocol):
+    """How one function prepares inputs and embeds a batch of prepared inputs."""
+
+    def prepare(self, mode: str, inputs: list[Any]) -> list[tuple[Any, int]]:
+        """(payload, cost in tokens) per input; runs on a tokenizer thread."""
+        ...
+
+    def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
+        """Vectors for a batch of payloads; runs on an inference thread."""
+        ...
+
+
+@dataclass
+class BatchLimits:
+    """Bounds of one batch and of the queue in front of it."""
+
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    max_wait_s: float = 0.002
+    max_queued_inputs: int = 4096
+    # How many inputs are sorted by length together; a larger window pads less, waits longer.
+    window: int = 256
+    # Batches in flight at once: 1 for a local model, more for API providers.
+    concurrency: int = 1
+    # Padded tokens may exceed real tokens by this fraction. On a CPU the cost follows padded
+    # tokens, so a tight bound wins; on a GPU fuller batches matter more than padding.
+    padding_slack: float = 0.3
+
+
+@dataclass(eq=False)
+class _Request:
+    mode: str
+    size: int
+    vectors: np.ndarray | None
+    remaining: int
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+
+@dataclass(eq=False)
+class _Item:
+    request: _Request
+    index: int
+    key: Hashable
+    payload: Any
+    cost: int
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Size and token counts of a batch being formed; identical inputs are computed once."""
+
+    limits: BatchLimits
+    keys: frozenset[Hashable] = frozenset()
+    longest: int = 0
+    tokens: int = 0
+
+    def plus(self, item: _Item) -> _Shape:
+        if item.key in self.keys:
+            return self
+        return _Shape(
+            self.limits,
+            self.keys | {item.key},
+            max(self.longest, item.cost),
+            self.tokens + item.cost,
+        )
+
+    def fits(self, item: _Item) -> bool:
+        grown = self.plus(item)
+        padded = grown.longest * len(grown.keys)
+        return (
+            len(grown.keys) <= self.limits.max_batch_size
+            and padded <= self.limits.max_batch_tokens
+            and padded <= (1 + self.limits.padding_slack) * grown.tokens
+        )
+
+
+@dataclass
+class BatchStats:
+    """What one batch looked like, reported to metrics."""
+
+    size: int
+    unique: int
+    padded_tokens: int
+    queue_s: list[float] = field(default_factory=list)
+    inference_s: float = 0.0
+
+
+class Batcher:
+    """Merges the inputs of concurrent ``embed`` calls on one function into batches."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        limits: BatchLimits,
+        tokenizers: ThreadPoolExecutor,
+        inference: ThreadPoolExecutor,
+        on_batch: Any = None,
+    ) -> None:
+        self.runner = runner
+        self.limits = limits
+        self._tokenizers = tokenizers
+        self._inference = inference
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._in_flight = 0
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for a batch."""
+        return len(self._queue)
+
+    async def embed(self, mode: str, inputs: list[Any], keys: list[Hashable]) -> np.ndarray:
+        """Vectors for ``inputs`` (in order). Raises Overloaded at once when the queue is full."""
+        if self.queued + len(inputs) > self.limits.max_queued_inputs:
+            raise Overloaded(
+                f"the embedder queue is full ({self.queued} inputs waiting, limit "
+                f"{self.limits.max_queued_inputs}); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._tokenizers, self.runner.prepare, mode, inputs)
+        request = _Request(
+            mode, len(inputs), None, len(inputs), loop.create_future(), time.perf_counter()
+        )
+        self._queue.extend(
+            _Item(request, i, key, payload, cost)
+            for i, (key, (payload, cost)) in enumerate(zip(keys, prepared, strict=True))
+        )
+        self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._loop())
+        try:
+            return await asyncio.shield(request.future)
+        except asyncio.CancelledError:
+            # The caller gave up (deadline, cancel): its inputs leave the queue unless running.
+            self._queue = collections.deque(i for i in self._queue if i.request is not request)
+            raise
+
+    async def _loop(self) -> None:
+        try:
+            await self._batches()
+        except BaseException as exc:  # a bug here must fail the callers, not strand them
+            for item in self._queue:
+                if not item.request.future.done():
+                    item.request.future.set_exception(exc)
+            self._queue.clear()
+            raise
+
+    async def _batches(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        while self._queue or running:
+            if not self._queue or self._in_flight >= self.limits.concurrency:
+                self._arrived.clear()
+                waiters = [asyncio.ensure_future(self._arrived.wait()), *running]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                waiters[0].cancel()
+                running = {t for t in running if not t.done()}
+                continue
+            await self._fill()
+            batch = self._take()
+            if batch:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                running.add(task)
+
+    async def _fill(self) -> None:
+        """When nothing is running, wait a moment for a fuller batch; never while a batch runs,
+        since the queue fills by itself then."""
+        if self._in_flight or len(self._queue) >= self.limits.max_batch_size:
+            return
+        deadline = self._queue[0].request.enqueued + self.limits.max_wait_s
+        while len(self._queue) < self.limits.max_batch_size:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Item]:
+        """The next batch. It always holds the oldest input, so nothing starves; around it, in
+        a window of queued inputs of the same mode sorted by length, it grows towards the
+        neighbour closest in length while size, padded tokens and padding waste stay in bounds.
+        The rest stay queued, in arrival order."""
+        mode = self._queue[0].request.mode
+        window: list[_Item] = []
+        kept: list[_Item] = []
+        while self._queue and len(window) < self.limits.window:
+            item = self._queue.popleft()
+            (window if item.request.mode == mode else kept).append(item)
+        oldest = window[0]
+        window.sort(key=lambda item: item.cost)
+        lo = hi = next(i for i, item in enumerate(window) if item is oldest)
+        shape = _Shape(self.limits).plus(oldest)
+        while True:
+            sides = [i for i in (lo - 1, hi + 1) if 0 <= i < len(window)]
+            sides.sort(key=lambda i: abs(window[i].cost - oldest.cost))
+            index = next((i for i in sides if shape.fits(window[i])), None)
+            if index is None:
+                break
+            shape = shape.plus(window[index])
+            lo, hi = min(lo, index), max(hi, index)
+        kept.extend(window[:lo] + window[hi + 1 :])
+        kept.sort(key=lambda item: item.request.enqueued)
+        self._queue.extendleft(reversed(kept))
+        return window[lo : hi + 1]
+
+    async def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        firsts: dict[Hashable, int] = {}
+        payloads: list[Any] = []
+        for item in batch:
+            if item.key not in firsts:
+                firsts[item.key] = len(payloads)
+                payloads.append(item.payload)
+        mode = batch[0].request.mode
+        loop = asyncio.get_running_loop()
+        try:
+            vectors = await loop.run_in_executor(self._inference, self.runner.run, mode, payloads)
+            if len(vectors) != len(payloads):
+                raise RuntimeError(f"{len(payloads)} inputs gave {len(vectors)} vectors")
+        except BaseException as exc:
+            for item in batch:
+                if not item.request.future.done():
+                    item.request.future.set_exception(exc)
+            return
+        finally:
+            self._in_flight -= 1
+            self._arrived.set()
+        for item in batch:
+            request = item.request
+            if request.future.done():
+                continue
+            if request.vectors is None:
+                request.vectors = np.empty((request.size, vectors.shape[1]), dtype=np.float32)
+            request.vectors[item.index] = vectors[firsts[item.key]]
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(request.vectors)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    size=len(batch),
+                    unique=len(payloads),
+                    padded_tokens=max(i.cost for i in batch) * len(payloads),
+                    queue_s=[started - i.request.enqueued for i in batch],
+                    inference_s=time.perf_counter() - started,
+                )
+            )

@@ -1,0 +1,80 @@
+"""The ``huggingface`` provider: any transformers AutoModel, mean-pooled, from a local directory."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from embedder_service.providers import BUILTIN
+from embedder_service.providers.local import (
+    TokenPipeline,
+    mean_pool,
+    model_loading,
+    resolve_device,
+)
+from embedsearch.embeddings.base import TextEmbeddingFunction
+
+
+@BUILTIN.register("huggingface")
+class HuggingFaceEmbeddings(TextEmbeddingFunction):
+    """Mean-pooled last hidden states of a transformers model (the default is ColBERTv2's BERT)."""
+
+    default_model: ClassVar[str] = "colbert-ir/colbertv2.0"
+
+    name: str = Field("colbert-ir/colbertv2.0", description="Model directory or cached hub name.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    normalize: bool = Field(False, description="L2-normalize the vectors.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
+    max_length: int = Field(512, ge=1, description="Tokens kept per input.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
+
+    _loaded: tuple[Any, Any, str] | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _load(self) -> tuple[Any, Any, str]:
+        with self._lock:
+            if self._loaded is None:
+                from transformers import AutoModel, AutoTokenizer
+
+                device = resolve_device(self.device)
+                hint = "set name to a local directory holding the model and its tokenizer"
+                with model_loading(self.name, hint):
+                    tokenizer = AutoTokenizer.from_pretrained(
+                        self.name, trust_remote_code=self.trust_remote_code
+                    )
+                    model = AutoModel.from_pretrained(
+                        self.name, trust_remote_code=self.trust_remote_code
+                    )
+                model = model.to(device).eval()
+                if device.startswith("cuda"):
+                    model.half()
+                self._loaded = (tokenizer, model, device)
+            return self._loaded
+
+    def pipeline(self) -> TokenPipeline:
+        tokenizer, model, device = self._load()
+        max_length = min(self.max_length, getattr(tokenizer, "model_max_length", self.max_length))
+
+        def forward(features: dict[str, Any]) -> Any:
+            hidden = model(**features).last_hidden_state
+            return mean_pool(hidden, features["attention_mask"])
+
+        return TokenPipeline(tokenizer, max_length, forward, device, self.normalize)
+
+    def ndims(self) -> int:
+        return int(self._load()[1].config.hidden_size)
+
+    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        pipeline = self.pipeline()
+        prepared = pipeline.prepare("source", texts)
+        return np.concatenate(
+            [
+                pipeline.run(
+                    "source", [payload for payload, _ in prepared[i : i + self.batch_size]]
+                )
+                for i in range(0, len(prepared), self.batch_size)
+            ]
+        )

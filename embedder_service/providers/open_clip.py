@@ -1,0 +1,142 @@
+"""The ``open-clip`` provider: text and images embedded into one space by an OpenCLIP model."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field, PrivateAttr
+
+from embedder_service.providers import BUILTIN
+from embedder_service.providers.local import model_loading, resolve_device
+from embedsearch.embeddings.base import EmbeddingFunction, check_texts
+from embedsearch.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("embedder_service")
+
+
+@BUILTIN.register("open-clip")
+class OpenClipEmbeddings(EmbeddingFunction):
+    """CLIP text and image towers. Images arrive as encoded bytes (PNG, JPEG, ...).
+
+    ``pretrained`` is an open_clip tag or a local checkpoint path; tags need a download this
+    server cannot make, so give a path. ``pretrained=None`` builds random weights (tests only).
+    """
+
+    default_model: ClassVar[str] = "ViT-B-32"
+    modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+
+    name: str = Field("ViT-B-32", description="open_clip architecture name.")
+    pretrained: str | None = Field("laion2b_s34b_b79k", description="Tag or checkpoint path.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    normalize: bool = Field(True, description="L2-normalize the vectors.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Most inputs in one forward pass.")
+
+    _loaded: tuple[Any, Any, Any, str] | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _load(self) -> tuple[Any, Any, Any, str]:
+        with self._lock:
+            if self._loaded is None:
+                try:
+                    import open_clip
+                except ImportError as exc:
+                    raise FailedPrecondition(
+                        "the open-clip provider needs open_clip_torch and torchvision in the "
+                        f"embedder's environment (make install-vision): {exc}"
+                    ) from exc
+                device = resolve_device(self.device)
+                if self.pretrained is None:
+                    log.warning("open-clip %s with random weights: for tests only", self.name)
+                hint = "set pretrained to a local checkpoint path"
+                with model_loading(f"{self.name}/{self.pretrained}", hint):
+                    model, _, preprocess = open_clip.create_model_and_transforms(
+                        self.name, pretrained=self.pretrained, device=device
+                    )
+                    tokenizer = open_clip.get_tokenizer(self.name)
+                if device.startswith("cuda"):
+                    model.half()
+                self._loaded = (model.eval(), preprocess, tokenizer, device)
+            return self._loaded
+
+    def pipeline(self) -> OpenClipRunner:
+        return OpenClipRunner(*self._load(), normalize=self.normalize)
+
+    def ndims(self) -> int:
+        return int(self._embed("query", ["ndims probe"]).shape[1])
+
+    def compute_source_embeddings(self, inputs: Any) -> list[np.ndarray]:
+        return list(self._embed("source", list(inputs)))
+
+    def compute_query_embeddings(self, query: Any) -> list[np.ndarray]:
+        return list(
+            self._embed("query", [query] if isinstance(query, str | bytes) else list(query))
+        )
+
+    def _embed(self, mode: str, inputs: list[Any]) -> np.ndarray:
+        runner = self.pipeline()
+        prepared = [payload for payload, _ in runner.prepare(mode, inputs)]
+        return np.concatenate(
+            [
+                runner.run(mode, prepared[i : i + self.batch_size])
+                for i in range(0, len(prepared), self.batch_size)
+            ]
+        )
+
+
+class OpenClipRunner:
+    """Prepares texts (tokens) and images (decoded, resized tensors); runs both towers."""
+
+    def __init__(
+        self, model: Any, preprocess: Any, tokenizer: Any, device: str, normalize: bool
+    ) -> None:
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.device, self.normalize = device, normalize
+
+    def prepare(self, mode: str, inputs: list[Any]) -> list[tuple[Any, int]]:
+        prepared: list[tuple[Any, int]] = []
+        for row, value in enumerate(inputs):
+            if isinstance(value, str):
+                check_texts([value])
+                prepared.append((("text", self.tokenizer([value])[0]), 77))
+            else:
+                data = value[0] if isinstance(value, tuple) else value
+                prepared.append((("image", self.preprocess(_image(data, row))), 50))
+        return prepared
+
+    def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
+        import torch
+
+        out: list[Any] = [None] * len(payloads)
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            for kind, encode in (
+                ("text", self.model.encode_text),
+                ("image", self.model.encode_image),
+            ):
+                rows = [i for i, (k, _) in enumerate(payloads) if k == kind]
+                if not rows:
+                    continue
+                batch = torch.stack([payloads[i][1] for i in rows]).to(self.device)
+                if kind == "image":
+                    batch = batch.to(dtype)
+                vectors = encode(batch)
+                if self.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+                for i, vector in zip(rows, vectors, strict=True):
+                    out[i] = vector
+            return torch.stack(out).float().cpu().numpy()
+
+
+def _image(data: bytes, row: int) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidArgument(f"input {row} is not a readable image: {exc}") from exc
+    return image.convert("RGB")

@@ -1,0 +1,46 @@
+"""Secret references in create() arguments: ``$env:NAME`` and ``$var:name[:default]``.
+
+A literal secret is accepted for the call but never persisted or logged; what a table stores is
+the reference, resolved here, on the embedder, each time a function is created.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from embedsearch.errors import FailedPrecondition
+
+
+def resolve(value: Any, secrets_dir: str = "") -> Any:
+    """The value a reference points to; anything that is not a reference is returned as is.
+
+    ``$env:NAME`` reads the environment variable NAME. ``$var:name`` reads the file
+    ``<secrets_dir>/name`` (a mounted Kubernetes Secret) or else the environment variable NAME
+    upper-cased; ``$var:name:default`` falls back to the default.
+    """
+    if not isinstance(value, str):
+        return value
+    if value.startswith("$env:"):
+        name = value[5:]
+        if name not in os.environ:
+            raise FailedPrecondition(f"environment variable {name} is not set on the embedder")
+        return os.environ[name]
+    if value.startswith("$var:"):
+        name, _, default = value[5:].partition(":")
+        path = Path(secrets_dir, name) if secrets_dir else None
+        if path is not None and path.is_file():
+            return path.read_text().strip()
+        if name.upper() in os.environ:
+            return os.environ[name.upper()]
+        if default:
+            return default
+        where = f"file {path} or " if path else ""
+        raise FailedPrecondition(f"variable {name!r} is not set: provide {where}env {name.upper()}")
+    return value
+
+
+def resolve_all(args: dict[str, Any], secrets_dir: str = "") -> dict[str, Any]:
+    """Every reference in ``args`` resolved."""
+    return {key: resolve(value, secrets_dir) for key, value in args.items()}

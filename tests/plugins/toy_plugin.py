@@ -1,0 +1,26 @@
+"""A custom provider loaded as a plugin: a deterministic hashing embedder, registered by name."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from embedsearch.embeddings import TextEmbeddingFunction, register
+
+
+@register("toy-hash")
+class ToyHashEmbeddings(TextEmbeddingFunction):
+    """Bag of hashed words, so texts sharing words are close. Deterministic, no model."""
+
+    dims: int = 16
+
+    def ndims(self) -> int:
+        return self.dims
+
+    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dims), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, hashlib.sha256(word.encode()).digest()[0] % self.dims] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)

@@ -1,0 +1,233 @@
+"""Dynamic batching: merged across callers, sorted, deduplicated, bounded, cancellable."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from conftest import QUIET, free_port
+from helpers import expect_code
+
+from embedder_service.batcher import Batcher, BatchLimits, BatchStats
+from embedder_service.server import create_server as create_embedder
+from embedder_service.settings import EmbedderSettings
+from embedsearch.errors import Overloaded
+from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+
+
+class CountingRunner:
+    """A provider double: vector = [len(text), batch number]; records every batch it runs."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[str]] = []
+        self.delay_s = delay_s
+        self.release = threading.Event()
+        self.release.set()
+
+    def prepare(self, mode, inputs):
+        return [(text, len(text)) for text in inputs]
+
+    def run(self, mode, payloads):
+        self.release.wait()
+        time.sleep(self.delay_s)
+        self.batches.append(list(payloads))
+        return np.array([[len(p), len(self.batches)] for p in payloads], dtype=np.float32)
+
+
+def make_batcher(runner, stats=None, **limits):
+    return Batcher(
+        runner,
+        BatchLimits(**{"max_wait_s": 0.01, **limits}),
+        ThreadPoolExecutor(2),
+        ThreadPoolExecutor(1),
+        on_batch=stats.append if stats is not None else None,
+    )
+
+
+async def call(batcher, texts, mode="source"):
+    return await batcher.embed(mode, texts, list(texts))
+
+
+def test_concurrent_callers_share_batches():
+    async def main():
+        runner = CountingRunner(delay_s=0.02)
+        batcher = make_batcher(runner, max_batch_size=16)
+        results = await asyncio.gather(*(call(batcher, [f"text {i}"]) for i in range(48)))
+        return runner, results
+
+    runner, results = asyncio.run(main())
+    assert sum(len(b) for b in runner.batches) == 48
+    assert len(runner.batches) <= 6  # 48 single-text callers, batches of up to 16
+    assert all(r.shape == (1, 2) and r[0, 0] == len(f"text {i}") for i, r in enumerate(results))
+
+
+def test_identical_inputs_are_computed_once_and_batches_are_sorted():
+    async def main():
+        runner = CountingRunner()
+        runner.release.clear()
+        stats: list[BatchStats] = []
+        batcher = make_batcher(runner, stats, max_batch_size=64, padding_slack=10.0)
+        first = asyncio.ensure_future(call(batcher, ["warm-up"]))
+        await asyncio.sleep(0.05)  # the first batch holds the model; the rest queue up behind it
+        texts = ["ccc", "a", "same", "bbbbbbb", "same", "dd", "same"]
+        pending = asyncio.gather(*(call(batcher, [t]) for t in texts))
+        await asyncio.sleep(0.05)
+        runner.release.set()
+        await first
+        return runner, stats, await pending
+
+    runner, stats, results = asyncio.run(main())
+    batch = runner.batches[1]
+    assert batch == sorted(set(batch), key=len)  # sorted by length, "same" once
+    assert stats[1].size == 7 and stats[1].unique == 5
+    assert [r[0, 0] for r in results] == [3, 1, 4, 7, 4, 2, 4]
+
+
+def test_similar_lengths_are_batched_together_and_the_oldest_goes_first():
+    async def main():
+        runner = CountingRunner()
+        runner.release.clear()
+        batcher = make_batcher(runner, max_batch_size=64, padding_slack=0.3)
+        first = asyncio.ensure_future(call(batcher, ["warm-up"]))
+        await asyncio.sleep(0.05)
+        texts = ["L" * 50, "s1", "L" * 51, "s2", "L" * 52, "s3"]
+        pending = asyncio.gather(*(call(batcher, [t]) for t in texts))
+        await asyncio.sleep(0.05)
+        runner.release.set()
+        await first
+        await pending
+        return runner
+
+    runner = asyncio.run(main())
+    # One padded batch of 6 would cost 52 x 6 = 312 tokens; two batches cost 6 + 153.
+    assert runner.batches[1:] == [["L" * 50, "L" * 51, "L" * 52], ["s1", "s2", "s3"]]
+
+
+def test_token_budget_splits_batches():
+    async def main():
+        runner = CountingRunner()
+        batcher = make_batcher(runner, max_batch_size=100, max_batch_tokens=40)
+        await asyncio.gather(*(call(batcher, ["x" * 10]) for _ in range(1)))
+        await asyncio.gather(*(call(batcher, [f"{i:010d}"]) for i in range(12)))
+        return runner
+
+    runner = asyncio.run(main())
+    assert all(len(b) * max(map(len, b)) <= 40 for b in runner.batches)
+
+
+def test_full_queue_is_overloaded_at_once_and_cancelled_callers_leave():
+    async def main():
+        runner = CountingRunner()
+        runner.release.clear()
+        batcher = make_batcher(runner, max_queued_inputs=4, max_batch_size=1)
+        running = asyncio.ensure_future(call(batcher, ["running"]))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(call(batcher, ["a", "b", "c"]))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="queue is full"):
+            await call(batcher, ["d", "e"])
+        refused_in = time.perf_counter() - started
+        queued.cancel()
+        await asyncio.sleep(0.01)
+        depth_after_cancel = batcher.queued
+        runner.release.set()
+        await running
+        return refused_in, depth_after_cancel, runner
+
+    refused_in, depth, runner = asyncio.run(main())
+    assert refused_in < 0.05
+    assert depth == 0
+    assert runner.batches == [["running"]]  # the cancelled request's inputs never ran
+
+
+@pytest.fixture(scope="module")
+def embedder_with_metrics(servers):
+    metrics_port = free_port()
+    settings = EmbedderSettings(**{**QUIET, "metrics_port": metrics_port})
+    address = servers.start(create_embedder, settings)
+    stub = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(address))
+    return stub, f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def scrape(url):
+    return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+def metric(text, name):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_server_batches_concurrent_requests(embedder_with_metrics):
+    stub, url = embedder_with_metrics
+    spec = spec_to_pb("sentence-transformers", {})
+    before = scrape(url)
+    futures = [
+        stub.Embed.future(embedder_pb2.EmbedRequest(function=spec, texts=[f"sentence {i}"]))
+        for i in range(64)
+    ]
+    replies = [f.result() for f in futures]
+    after = scrape(url)
+    assert all(r.count == 1 and r.ndims == 384 for r in replies)
+    batches = metric(after, 'embedder_batch_size_count{provider="sentence-transformers"}') - metric(
+        before, 'embedder_batch_size_count{provider="sentence-transformers"}'
+    )
+    assert 2 <= batches < 64 / 2  # merged: far fewer forward passes than requests
+    assert 'embedder_queue_depth{provider="sentence-transformers"} 0.0' in after
+    assert metric(after, "embedder_inference_seconds_count") > 0
+
+
+def test_query_cache_hits(embedder_with_metrics):
+    stub, url = embedder_with_metrics
+    request = embedder_pb2.EmbedRequest(
+        function=spec_to_pb("sentence-transformers", {}),
+        texts=["a cached query", "a cached query"],
+        mode=common_pb2.EMBED_MODE_QUERY,
+    )
+    before = scrape(url)
+    first = stub.Embed(request)
+    second = stub.Embed(request)
+    after = scrape(url)
+    assert first.vectors == second.vectors
+    hits = 'embedder_query_cache_total{result="hit"}'
+    misses = 'embedder_query_cache_total{result="miss"}'
+    assert metric(after, misses) - metric(before, misses) == 2
+    assert metric(after, hits) - metric(before, hits) == 2
+
+
+def test_plugin_module_provider(servers):
+    settings = EmbedderSettings(**{**QUIET, "preload": "toy-hash", "plugins": "toy_plugin"})
+    stub = embedder_pb2_grpc.EmbedderStub(
+        grpc.insecure_channel(servers.start(create_embedder, settings))
+    )
+    names = [p.name for p in stub.ListProviders(embedder_pb2.ListProvidersRequest()).providers]
+    assert "toy-hash" in names and "sentence-transformers" in names
+    reply = stub.Embed(
+        embedder_pb2.EmbedRequest(
+            function=spec_to_pb("toy-hash", {"dims": 8}), texts=["a b", "b a"]
+        )
+    )
+    vectors = np.frombuffer(reply.vectors, "<f4").reshape(2, 8)
+    assert reply.ndims == 8 and np.allclose(vectors[0], vectors[1])
+
+
+def test_missing_plugin_stops_start_up(servers):
+    settings = EmbedderSettings(**{**QUIET, "plugins": "no_such_plugin_module"})
+    with pytest.raises(Exception, match="no_such_plugin_module"):
+        servers.start(create_embedder, settings)
+
+
+def test_unknown_provider_preload_and_bad_modality(embedder_with_metrics):
+    stub, _ = embedder_with_metrics
+    request = embedder_pb2.EmbedRequest(
+        function=spec_to_pb("sentence-transformers", {}),
+        blobs=[embedder_pb2.Blob(data=b"\x89PNG", mime_type="image/png")],
+    )
+    expect_code(grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Embed(request), "text only")

@@ -1,0 +1,156 @@
+"""Local-model providers on instances built in the test: Hugging Face AutoModel, entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import QUIET, free_port
+from helpers import expect_code
+
+from embedder_service.server import create_server as create_embedder
+from embedder_service.settings import EmbedderSettings
+from embedsearch.local import wait_until_serving
+from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
+
+WORDS = [
+    "the",
+    "a",
+    "vector",
+    "search",
+    "database",
+    "embedding",
+    "text",
+    "query",
+    "fast",
+    "slow",
+    "lance",
+    "grpc",
+    "model",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer BERT with random (seeded) weights and a word-level vocabulary, saved to disk."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def embedder(servers):
+    address = servers.start(create_embedder, EmbedderSettings(**{**QUIET, "preload": ""}))
+    return embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(address))
+
+
+def embed(stub, texts, **args):
+    reply = stub.Embed(
+        embedder_pb2.EmbedRequest(function=spec_to_pb("huggingface", args), texts=texts)
+    )
+    return np.frombuffer(reply.vectors, "<f4").reshape(reply.count, reply.ndims)
+
+
+def test_huggingface_mean_pooling_on_a_tiny_bert(embedder, tiny_bert):
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["vector search", "the fast lance database", "grpc"]
+    resolved = embedder.ResolveFunction(
+        embedder_pb2.ResolveFunctionRequest(function=spec_to_pb("huggingface", {"name": tiny_bert}))
+    )
+    assert resolved.ndims == 32
+
+    together = embed(embedder, texts, name=tiny_bert)
+    alone = np.stack([embed(embedder, [t], name=tiny_bert)[0] for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)  # padding does not leak into the mean
+    np.testing.assert_array_equal(embed(embedder, texts, name=tiny_bert), together)
+
+    tokenizer, model = (
+        AutoTokenizer.from_pretrained(tiny_bert),
+        AutoModel.from_pretrained(tiny_bert),
+    )
+    encoded = tokenizer([texts[1]], return_tensors="pt")
+    expected = model(**encoded).last_hidden_state.mean(dim=1).detach().numpy()[0]
+    np.testing.assert_allclose(together[1], expected, atol=1e-5)
+
+    normalized = embed(embedder, texts, name=tiny_bert, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
+
+
+def test_huggingface_without_weights_says_which_arg_to_set(embedder, tmp_path):
+    expect_code(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: embed(embedder, ["x"]),
+        "colbert-ir/colbertv2.0",
+        "set name to a local directory",
+    )
+    expect_code(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda: embed(embedder, ["x"], name=str(tmp_path / "absent")),
+        "absent",
+    )
+
+
+@pytest.mark.slow
+def test_entry_point_plugin(tmp_path):
+    """A provider published as an ``embedsearch.providers`` entry point by an installed package."""
+    dist = tmp_path / "toy_ep-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-ep\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[embedsearch.providers]\ntoy-ep = toy_plugin:ToyHashEmbeddings\n"
+    )
+    plugins = Path(__file__).parent / "plugins"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(plugins)])}
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedder_service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "-1",
+            "--preload",
+            "toy-ep",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", timeout=60)
+        stub = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        providers = stub.ListProviders(embedder_pb2.ListProvidersRequest()).providers
+        assert "toy-ep" in [p.name for p in providers]
+        reply = stub.Embed(
+            embedder_pb2.EmbedRequest(function=spec_to_pb("toy-ep", {}), texts=["lance"])
+        )
+        assert (reply.count, reply.ndims) == (1, 16)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
