@@ -39,6 +39,10 @@ class FailedPrecondition(EmbedsearchError):
     """The system is not in a state to serve this request (missing weights, read-only root)."""
 
 
+class CommitConflict(EmbedsearchError):
+    """A write kept losing commit races with concurrent writers: retry it."""
+
+
 class Overloaded(EmbedsearchError):
     """A queue is full: back off and retry."""
 
@@ -78,6 +82,7 @@ STATUS_CODES: dict[type[EmbedsearchError], str] = {
     NotFound: "NOT_FOUND",
     AlreadyExists: "ALREADY_EXISTS",
     FailedPrecondition: "FAILED_PRECONDITION",
+    CommitConflict: "ABORTED",
     Overloaded: "RESOURCE_EXHAUSTED",
     Unavailable: "UNAVAILABLE",
     DeadlineExceeded: "DEADLINE_EXCEEDED",

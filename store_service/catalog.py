@@ -3,50 +3,52 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import lance
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from embedsearch.errors import (
+    AlreadyExists,
+    CommitConflict,
+    EmbedsearchError,
     InvalidArgument,
     InvalidSchema,
+    NotFound,
     TableAlreadyExists,
     TableNotFound,
 )
 from embedsearch.schema import conform, is_vector
+from store_service import exact, indexes
+from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec
+from store_service.settings import StoreSettings
+from store_service.storage import Root
 
 log = logging.getLogger("store_service")
 
+T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
-SUFFIX = ".lance"  # LanceDB's layout: <root>/<name>.lance, so either can open the other's tables
+_MAX_K = 10_000
+
+__all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
 
-def check_name(name: str) -> str:
-    """Validate a table name: letters, digits, '_', '-', '.', at most 128, no '..'."""
+def check_name(name: str, what: str = "table") -> str:
+    """Validate a table (or tag) name: letters, digits, '_', '-', '.', at most 128, no '..'."""
     if not _NAME.fullmatch(name or "") or ".." in name:
         raise InvalidArgument(
-            f"invalid table name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"invalid {what} name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter, digit or '_', and no '..'"
         )
     return name
-
-
-@dataclass
-class IndexInfo:
-    """An index and how much of the table it covers."""
-
-    name: str
-    columns: list[str]
-    index_type: str
-    status: str = "ready"
-    num_indexed_rows: int = 0
-    num_unindexed_rows: int = 0
 
 
 @dataclass
@@ -90,71 +92,151 @@ class SearchParams:
     with_row_id: bool = False
     version: int = 0
     bypass_vector_index: bool = False
+    tag: str = ""
+
+
+@dataclass
+class TextSearchParams:
+    """A full-text query over columns with an INVERTED index."""
+
+    query: str
+    search_columns: list[str] = field(default_factory=list)
+    k: int = 10
+    filter: str = ""
+    columns: list[str] = field(default_factory=list)
+    offset: int = 0
+    with_row_id: bool = False
+    version: int = 0
+    tag: str = ""
 
 
 _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
+_CONFLICT = re.compile(r"commit conflict|too many concurrent writers", re.IGNORECASE)
+
+
+def lance_message(exc: Exception) -> str:
+    """A Lance error's message without the Rust source locations it carries."""
+    return _RUST_LOCATION.sub("", str(exc))
 
 
 def _user_error(what: str, exc: Exception) -> InvalidArgument:
-    """A Lance error caused by the request, without the Rust source location it carries."""
-    return InvalidArgument(f"{what}: {_RUST_LOCATION.sub('', str(exc))}")
+    """A Lance error caused by the request."""
+    return InvalidArgument(f"{what}: {lance_message(exc)}")
+
+
+def is_conflict(exc: Exception) -> bool:
+    """Whether a Lance error is a lost commit race, worth retrying on the new version."""
+    return isinstance(exc, OSError) and bool(_CONFLICT.search(str(exc)))
 
 
 class TableCatalog:
-    """Lance tables under ``root``: one shared, immutable handle per table, refreshed when a newer
+    """Lance tables under one root: one shared handle per table, refreshed when a newer
     version is committed (by this process or another sharing the root).
 
-    Every method blocks; the servicer runs them in worker threads.
+    Shared handles are never written through: a write opens a private handle on the same
+    session (so caches stay warm), commits, and publishes it as the new shared handle. Readers
+    holding the old one keep a consistent version. Every method blocks; the servicer runs
+    them in worker threads.
     """
 
-    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
-        self.root = root.rstrip("/")
-        self.storage_options = storage_options or {}
-        self._fs, self._fs_root = pafs.FileSystem.from_uri(self._absolute(self.root))
-        self._fs.create_dir(self._fs_root, recursive=True)
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, str] | None = None,
+        settings: StoreSettings | None = None,
+    ) -> None:
+        self.settings = settings or StoreSettings(data_root=root)
+        self.root = Root(root, storage_options)
+        self.storage_options = self.root.storage_options
         self._handles: dict[str, lance.LanceDataset] = {}
         self._lock = threading.Lock()
-
-    @staticmethod
-    def _absolute(root: str) -> str:
-        if "://" in root:
-            return root
-        import os
-
-        return os.path.abspath(root)
+        self._vector_indexed: dict[tuple[str, int], set[str]] = {}
+        self.conflicts: Counter[str] = Counter()
+        self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
+        self.builder = IndexBuilder(self.settings.index_build_threads, self.commit)
 
     def uri(self, name: str) -> str:
-        return f"{self._absolute(self.root)}/{check_name(name)}{SUFFIX}"
+        return self.root.table_uri(check_name(name))
 
-    def _exists(self, name: str) -> bool:
-        info = self._fs.get_file_info(f"{self._fs_root}/{name}{SUFFIX}")
-        return info.type == pafs.FileType.Directory
+    # -- handles -----------------------------------------------------------------------------
 
-    def dataset(self, name: str, version: int = 0) -> lance.LanceDataset:
-        """A read handle at ``version`` (0: the latest committed version)."""
-        uri = self.uri(name)
+    def dataset(self, name: str, version: int = 0, tag: str = "") -> lance.LanceDataset:
+        """A read handle at ``tag`` or ``version`` (neither: the latest committed version)."""
         handle = self._handles.get(name)
         if handle is None:
-            try:
-                handle = lance.dataset(uri, storage_options=self.storage_options)
-            except (ValueError, OSError) as exc:
-                if not self._exists(name):
-                    raise TableNotFound(f"table {name!r} does not exist") from None
-                raise exc
+            handle = self._open(name)
             self._handles[name] = handle
-        elif handle.latest_version != handle.version:
-            handle = handle.checkout_version(handle.latest_version)
-            self._handles[name] = handle
+        else:
+            latest = handle.latest_version
+            if latest != handle.version:
+                # checkout_version copies the handle (same session, new snapshot): readers of
+                # the old one are undisturbed, unlike checkout_latest(), which mutates it.
+                handle = self._publish(name, handle.checkout_version(latest))
+        if tag:
+            return self._checkout(name, handle, tag)
         if version and version != handle.version:
-            try:
-                return handle.checkout_version(version)
-            except (ValueError, OSError) as exc:
-                raise InvalidArgument(f"table {name!r} has no version {version}: {exc}") from exc
+            return self._checkout(name, handle, version)
         return handle
 
-    def _committed(self, name: str, dataset: lance.LanceDataset) -> int:
-        self._handles[name] = dataset
-        return dataset.version
+    def _open(self, name: str, session: Any = None) -> lance.LanceDataset:
+        uri = self.uri(name)
+        try:
+            return lance.dataset(uri, storage_options=self.storage_options, session=session)
+        except (ValueError, OSError):
+            if not self.root.exists(name):
+                raise TableNotFound(f"table {name!r} does not exist") from None
+            raise
+
+    def _checkout(
+        self, name: str, handle: lance.LanceDataset, ref: int | str
+    ) -> lance.LanceDataset:
+        try:
+            return handle.checkout_version(ref)
+        except (ValueError, OSError) as exc:
+            what = f"tag {ref!r}" if isinstance(ref, str) else f"version {ref}"
+            raise NotFound(f"table {name!r} has no {what}: {lance_message(exc)}") from exc
+
+    def _publish(self, name: str, dataset: lance.LanceDataset) -> lance.LanceDataset:
+        """Make ``dataset`` the shared handle unless a newer one was published meanwhile."""
+        with self._lock:
+            current = self._handles.get(name)
+            if current is None or dataset.version >= current.version:
+                self._handles[name] = dataset
+                return dataset
+            return current
+
+    def commit(
+        self, name: str, what: str, action: Callable[[lance.LanceDataset], T]
+    ) -> tuple[T, lance.LanceDataset]:
+        """Run a write on a private handle at the latest version, retrying lost commit races.
+
+        Lance already rebases compatible commits (appends, deletes of other rows); what it
+        cannot rebase comes back as a conflict, which is retried here on the new version.
+        Returns the action's result and the handle after the commit, now the shared one.
+        """
+        shared = self.dataset(name)
+        for attempt in range(self.settings.commit_retries + 1):
+            private = self._open(name, session=shared.session())
+            try:
+                result = action(private)
+            except OSError as exc:
+                if not is_conflict(exc):
+                    raise
+                self.conflicts[what] += 1
+                if attempt == self.settings.commit_retries:
+                    raise CommitConflict(
+                        f"{what} on table {name!r} lost {attempt + 1} commit races with "
+                        f"concurrent writers; retry it: {lance_message(exc)}"
+                    ) from exc
+                log.info("%s on %s: commit conflict, retrying (%d)", what, name, attempt + 1)
+                time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
+                continue
+            except ValueError as exc:
+                raise _user_error(f"{what} failed", exc) from exc
+            # An action that moves to another handle (restore) returns it.
+            after = result if isinstance(result, lance.LanceDataset) else private
+            return result, self._publish(name, after)
+        raise AssertionError("unreachable")
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -166,56 +248,63 @@ class TableCatalog:
         _check_schema(schema)
         data = conform(rows, schema) if rows is not None else schema.empty_table()
         with self._lock:
-            if self._exists(name):
+            if self.root.exists(name):
                 if mode == "create":
                     raise TableAlreadyExists(f"table {name!r} already exists")
                 if mode == "exist_ok":
-                    existing = self.dataset(name)
+                    existing = self._open(name)
                     if existing.schema.names != schema.names:
                         raise InvalidSchema(
                             f"table {name!r} exists with columns {existing.schema.names}, "
                             f"not {schema.names}"
                         )
                     return self.describe(name)
-            dataset = lance.write_dataset(
-                data,
-                self.uri(name),
-                schema=schema,
-                mode="overwrite" if mode == "overwrite" else "create",
-                storage_options=self.storage_options,
-            )
-            self._committed(name, dataset)
+            try:
+                dataset = lance.write_dataset(
+                    data,
+                    self.uri(name),
+                    schema=schema,
+                    mode="overwrite" if mode == "overwrite" else "create",
+                    storage_options=self.storage_options,
+                )
+            except OSError as exc:
+                if "already exists" in str(exc).lower():  # another store created it first
+                    raise TableAlreadyExists(f"table {name!r} already exists") from exc
+                raise
+            self._forget(name)
+            self._handles[name] = dataset
         return self.describe(name)
 
-    def describe(self, name: str, version: int = 0) -> TableInfo:
-        dataset = self.dataset(name, version)
+    def describe(self, name: str, version: int = 0, tag: str = "") -> TableInfo:
+        dataset = self.dataset(name, version, tag)
         return TableInfo(
             name=name,
             schema=dataset.schema,
             version=dataset.version,
             num_rows=dataset.count_rows(),
-            indexes=self._indexes(dataset),
+            indexes=self._indexes(name, dataset),
         )
 
     def list_tables(self, start_after: str = "", limit: int = 0) -> list[str]:
-        selector = pafs.FileSelector(self._fs_root, allow_not_found=True)
-        names = sorted(
-            info.base_name[: -len(SUFFIX)]
-            for info in self._fs.get_file_info(selector)
-            if info.type == pafs.FileType.Directory and info.base_name.endswith(SUFFIX)
-        )
-        names = [n for n in names if n > start_after]
+        names = [n for n in self.root.names() if n > start_after]
         return names[:limit] if limit else names
 
     def drop_table(self, name: str, ignore_missing: bool = False) -> None:
         check_name(name)
         with self._lock:
-            if not self._exists(name):
+            if not self.root.exists(name):
                 if ignore_missing:
                     return
                 raise TableNotFound(f"table {name!r} does not exist")
-            self._handles.pop(name, None)
-            self._fs.delete_dir(f"{self._fs_root}/{name}{SUFFIX}")
+            self._forget(name)
+            self.root.remove(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what this process remembers of a table (a new one may reuse its versions)."""
+        self._handles.pop(name, None)
+        self._vector_indexed = {k: v for k, v in self._vector_indexed.items() if k[0] != name}
+        self.exact.forget(name)
+        self.builder.forget(name)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -225,10 +314,8 @@ class TableCatalog:
         if rows.num_rows == 0:
             return WriteResult(version=current.version)
         data = conform(rows, current.schema)
-        dataset = lance.write_dataset(
-            data, self.uri(name), mode="append", storage_options=self.storage_options
-        )
-        return WriteResult(version=self._committed(name, dataset), rows_inserted=data.num_rows)
+        _, after = self.commit(name, "add", lambda ds: ds.insert(data))
+        return WriteResult(version=after.version, rows_inserted=data.num_rows)
 
     def merge_insert(
         self,
@@ -250,24 +337,22 @@ class TableCatalog:
         if missing:
             raise InvalidSchema(f"key column(s) {missing} are not in the table")
         data = conform(rows, current.schema)
-        dataset = lance.dataset(self.uri(name), storage_options=self.storage_options)
-        builder = dataset.merge_insert(on)
-        if when_matched_update_all:
-            builder = builder.when_matched_update_all(when_matched_update_condition or None)
-        if when_not_matched_insert_all:
-            builder = builder.when_not_matched_insert_all()
-        if when_not_matched_by_source_delete:
-            builder = builder.when_not_matched_by_source_delete(
-                when_not_matched_by_source_condition or None
-            )
-        try:
-            stats = builder.execute(data)
-        except (ValueError, OSError) as exc:
-            raise _user_error("merge_insert failed", exc) from exc
+
+        def merge(dataset: lance.LanceDataset) -> dict[str, int]:
+            builder = dataset.merge_insert(on)
+            if when_matched_update_all:
+                builder = builder.when_matched_update_all(when_matched_update_condition or None)
+            if when_not_matched_insert_all:
+                builder = builder.when_not_matched_insert_all()
+            if when_not_matched_by_source_delete:
+                builder = builder.when_not_matched_by_source_delete(
+                    when_not_matched_by_source_condition or None
+                )
+            return builder.execute(data)
+
+        stats, after = self.commit(name, "merge_insert", merge)
         return WriteResult(
-            version=self._committed(
-                name, lance.dataset(self.uri(name), storage_options=self.storage_options)
-            ),
+            version=after.version,
             rows_inserted=stats.get("num_inserted_rows", 0),
             rows_updated=stats.get("num_updated_rows", 0),
             rows_deleted=stats.get("num_deleted_rows", 0),
@@ -279,65 +364,149 @@ class TableCatalog:
             raise InvalidArgument("delete needs a filter; use 'true' to delete every row")
         before = self.dataset(name)
         count = self.count_rows(name, where)
-        dataset = lance.dataset(self.uri(name), storage_options=self.storage_options)
-        try:
-            dataset.delete(where)
-        except (ValueError, OSError) as exc:
-            raise _user_error(f"bad filter {where!r}", exc) from exc
-        version = self._committed(name, dataset) if count else before.version
-        return WriteResult(version=version, rows_deleted=count)
+        if not count:
+            return WriteResult(version=before.version)
+        _, after = self.commit(name, "delete", lambda ds: ds.delete(where))
+        return WriteResult(version=after.version, rows_deleted=count)
 
     def update(self, name: str, where: str, updates: dict[str, str]) -> WriteResult:
         """Set columns to SQL expressions on the rows matching ``where`` (all rows if empty)."""
         if not updates:
             raise InvalidArgument("update needs at least one column = expression")
-        dataset = lance.dataset(self.uri(name), storage_options=self.storage_options)
-        unknown = [c for c in updates if c not in dataset.schema.names]
+        current = self.dataset(name)
+        unknown = [c for c in updates if c not in current.schema.names]
         if unknown:
             raise InvalidSchema(
-                f"unknown column(s) {unknown}; the table has {dataset.schema.names}"
+                f"unknown column(s) {unknown}; the table has {current.schema.names}"
             )
-        try:
-            stats = dataset.update(updates, where or None)
-        except (ValueError, OSError) as exc:
-            raise _user_error("update failed", exc) from exc
-        return WriteResult(
-            version=self._committed(name, dataset), rows_updated=stats["num_rows_updated"]
-        )
+        stats, after = self.commit(name, "update", lambda ds: ds.update(updates, where or None))
+        return WriteResult(version=after.version, rows_updated=stats["num_rows_updated"])
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        """Versions, oldest first, each with the tags naming it."""
+        dataset = self.dataset(name)
+        tags: dict[int, list[str]] = {}
+        for tag, ref in sorted(dataset.tags.list().items()):
+            tags.setdefault(ref["version"], []).append(tag)
+        versions = dataset.versions()
+        for version in versions:
+            version["tags"] = tags.get(version["version"], [])
+        return versions
+
+    def restore(self, name: str, version: int = 0, tag: str = "") -> WriteResult:
+        """Make ``tag`` or ``version`` the latest version, as a new commit."""
+        if not (version or tag):
+            raise InvalidArgument("restore needs a version or a tag")
+        old = self.dataset(name, version, tag)  # NotFound before anything is written
+        target: int | str = tag or old.version
+
+        def restore(dataset: lance.LanceDataset) -> lance.LanceDataset:
+            restored = dataset.checkout_version(target)
+            restored.restore()
+            return restored
+
+        _, after = self.commit(name, "restore", restore)
+        return WriteResult(version=after.version)
+
+    def list_tags(self, name: str) -> dict[str, int]:
+        return {tag: ref["version"] for tag, ref in self.dataset(name).tags.list().items()}
+
+    def create_tag(self, name: str, tag: str, version: int = 0) -> int:
+        check_name(tag, "tag")
+        dataset = self.dataset(name)
+        if tag in dataset.tags.list():
+            raise AlreadyExists(f"tag {tag!r} exists on table {name!r}")
+        target = version or dataset.version
+        self._checkout(name, dataset, target)  # NotFound for a version that is not there
+        dataset.tags.create(tag, target)
+        return target
+
+    def delete_tag(self, name: str, tag: str) -> None:
+        dataset = self.dataset(name)
+        if tag in dataset.tags.list():
+            dataset.tags.delete(tag)
 
     # -- reads -------------------------------------------------------------------------------
 
-    def count_rows(self, name: str, where: str = "", version: int = 0) -> int:
-        dataset = self.dataset(name, version)
+    def count_rows(self, name: str, where: str = "", version: int = 0, tag: str = "") -> int:
+        dataset = self.dataset(name, version, tag)
         try:
             return dataset.count_rows(where or None)
         except (ValueError, OSError) as exc:
             raise _user_error(f"bad filter {where!r}", exc) from exc
 
     def search(self, name: str, params: SearchParams) -> pa.Table:
-        """The k nearest rows to ``params.vector``, nearest first, with ``_distance``."""
-        dataset = self.dataset(name, params.version)
-        column = (
-            dataset.schema.field(params.vector_column)
-            if (params.vector_column in dataset.schema.names)
-            else None
+        """The k nearest rows to ``params.vector``, nearest first, with ``_distance``.
+
+        Exact queries on the latest version (no vector index on the column, or
+        ``bypass_vector_index``) are answered from the in-memory matrix; the rest by Lance.
+        """
+        dataset = self.dataset(name, params.version, params.tag)
+        _check_search(name, dataset.schema, params)
+        if self._exact_applies(name, dataset, params):
+            snapshot = self.exact.snapshot(name, dataset, params.vector_column)
+            if snapshot is not None:
+                return self._search_exact(snapshot, params)
+        return self._search_lance(dataset, params)
+
+    def _exact_applies(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> bool:
+        if not self.exact.max_bytes or params.version or params.tag:
+            return False
+        return (
+            params.bypass_vector_index
+            or params.vector_column not in self._vector_indexed_columns(name, dataset)
         )
-        if column is None or not is_vector(column):
-            vectors = [f.name for f in dataset.schema if is_vector(f)]
-            raise InvalidArgument(
-                f"{params.vector_column!r} is not a vector column of table {name!r}; "
-                f"vector columns: {vectors}"
-            )
-        if params.vector.shape != (column.type.list_size,):
-            raise InvalidArgument(
-                f"query vector has {params.vector.size} dimensions, "
-                f"column {params.vector_column!r} has {column.type.list_size}"
-            )
-        if not 1 <= params.k <= 10_000:
-            raise InvalidArgument(f"k must be between 1 and 10000, got {params.k}")
-        unknown = [c for c in params.columns if c not in dataset.schema.names]
-        if unknown:
-            raise InvalidArgument(f"unknown column(s) {unknown} in select")
+
+    def _vector_indexed_columns(self, name: str, dataset: lance.LanceDataset) -> set[str]:
+        key = (name, dataset.version)
+        found = self._vector_indexed.get(key)
+        if found is None:
+            schema = dataset.schema
+            found = {
+                column
+                for desc in dataset.describe_indices()
+                for column in desc.field_names
+                if column in schema.names and is_vector(schema.field(column))
+            }
+            self._vector_indexed = {k: v for k, v in self._vector_indexed.items() if k[0] != name}
+            self._vector_indexed[key] = found
+        return found
+
+    def _search_exact(self, snapshot: exact.Snapshot, params: SearchParams) -> pa.Table:
+        metric = params.metric or "l2"
+        want = params.k + params.offset
+        try:
+            allowed = snapshot.rows_matching(params.filter) if params.filter else None
+        except (ValueError, OSError) as exc:
+            raise _user_error(f"search with filter {params.filter!r} failed", exc) from exc
+        prefilter = allowed if not params.postfilter else None
+        rows, distances = exact.nearest(
+            snapshot,
+            params.vector,
+            want,
+            metric,
+            prefilter,
+            params.distance_lower_bound,
+            params.distance_upper_bound,
+        )
+        if params.postfilter and allowed is not None:
+            keep = allowed[rows]
+            rows, distances = rows[keep], distances[keep]
+        rows, distances = rows[params.offset :], distances[params.offset :]
+        columns = params.columns or snapshot.dataset.schema.names
+        row_ids = snapshot.buffers.row_ids[rows]
+        if len(rows):
+            found = snapshot.dataset._take_rows(row_ids.tolist(), columns=columns)
+        else:
+            found = snapshot.dataset.schema.empty_table().select(columns)
+        found = found.append_column("_distance", pa.array(distances, pa.float32()))
+        if params.with_row_id:
+            found = found.append_column("_rowid", pa.array(row_ids, pa.uint64()))
+        return found
+
+    def _search_lance(self, dataset: lance.LanceDataset, params: SearchParams) -> pa.Table:
         nearest: dict[str, Any] = {
             "column": params.vector_column,
             "q": params.vector,
@@ -354,9 +523,10 @@ class TableCatalog:
             nearest["ef"] = params.ef
         if params.distance_lower_bound is not None or params.distance_upper_bound is not None:
             nearest["distance_range"] = (params.distance_lower_bound, params.distance_upper_bound)
+        columns = [*params.columns, "_distance"] if params.columns else None
         try:
             result = dataset.to_table(
-                columns=params.columns or None,
+                columns=columns,
                 filter=params.filter or None,
                 nearest=nearest,
                 prefilter=not params.postfilter,
@@ -369,26 +539,123 @@ class TableCatalog:
             raise _user_error(what, exc) from exc
         return result.slice(params.offset) if params.offset else result
 
-    def list_versions(self, name: str) -> list[dict[str, Any]]:
-        return self.dataset(name).versions()
+    def text_search(self, name: str, params: TextSearchParams) -> pa.Table:
+        """Rows matching ``params.query`` by BM25 over INVERTED indexes, with ``_score``."""
+        dataset = self.dataset(name, params.version, params.tag)
+        if not params.query.strip():
+            raise InvalidArgument("a text search needs a query")
+        if not 1 <= params.k <= _MAX_K:
+            raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
+        schema = dataset.schema
+        unknown = [c for c in [*params.search_columns, *params.columns] if c not in schema.names]
+        if unknown:
+            raise InvalidArgument(f"unknown column(s) {unknown}; the table has {schema.names}")
+        indexed = {
+            c
+            for d in dataset.describe_indices()
+            if str(d.index_type).upper() in ("INVERTED", "FTS")
+            for c in d.field_names
+        }
+        columns = params.search_columns or sorted(indexed)
+        missing = sorted(set(columns) - indexed) or "a text column"
+        if not columns or set(columns) - indexed:
+            raise InvalidArgument(
+                f"text search needs an INVERTED index on {missing}; "
+                f"indexed text columns: {sorted(indexed)}"
+            )
+        try:
+            result = dataset.to_table(
+                columns=[*params.columns, "_score"] if params.columns else None,
+                full_text_query={"columns": columns, "query": params.query},
+                filter=params.filter or None,
+                prefilter=True,
+                limit=params.k + params.offset,
+                with_row_id=params.with_row_id,
+            )
+        except (ValueError, OSError) as exc:
+            raise _user_error("text search failed", exc) from exc
+        return result.slice(params.offset) if params.offset else result
 
     # -- indexes -----------------------------------------------------------------------------
 
-    def _indexes(self, dataset: lance.LanceDataset) -> list[IndexInfo]:
-        infos = []
+    def _indexes(self, name: str, dataset: lance.LanceDataset) -> list[IndexInfo]:
+        infos = {}
         for desc in dataset.describe_indices():
-            infos.append(
-                IndexInfo(
-                    name=desc.name,
-                    columns=list(desc.field_names),
-                    index_type=str(desc.index_type),
-                    num_indexed_rows=int(getattr(desc, "num_rows_indexed", 0) or 0),
-                )
+            stats = _index_stats(dataset, desc.name)
+            infos[desc.name] = IndexInfo(
+                name=desc.name,
+                columns=list(desc.field_names),
+                index_type=str(desc.index_type),
+                num_indexed_rows=int(stats.get("num_indexed_rows", 0) or 0),
+                num_unindexed_rows=int(stats.get("num_unindexed_rows", 0) or 0),
+                num_deltas=int(stats.get("num_indices", len(desc.segments)) or 0),
             )
-        return infos
+        for pending in self.builder.pending(name):
+            committed = infos.get(pending.name)
+            if committed is not None:  # a rebuild (replace) of a committed index
+                committed.status, committed.stage = pending.status, pending.stage
+                committed.progress = pending.progress
+            else:
+                infos[pending.name] = pending
+        return sorted(infos.values(), key=lambda i: i.name)
 
     def list_indexes(self, name: str) -> list[IndexInfo]:
-        return self._indexes(self.dataset(name))
+        return self._indexes(name, self.dataset(name))
+
+    def create_index(self, spec: IndexSpec, wait: bool = False) -> IndexInfo:
+        """Start building an index in the background; with ``wait``, return once it is built."""
+        dataset = self.dataset(spec.table)
+        existing = [d.name for d in dataset.describe_indices()]
+        indexes.check_spec(spec, dataset.schema, existing)
+        build = self.builder.submit(spec)
+        if not wait:
+            return build.info()
+        what = f"building index {spec.name!r} on table {spec.table!r} failed"
+        try:
+            build.future.result()
+        except EmbedsearchError as exc:
+            raise type(exc)(f"{what}: {exc}") from exc
+        except Exception as exc:
+            raise _user_error(what, exc) from exc
+        return next(i for i in self.list_indexes(spec.table) if i.name == spec.name)
+
+    def drop_index(self, name: str, index_name: str, ignore_missing: bool = False) -> None:
+        dataset = self.dataset(name)
+        if index_name not in [d.name for d in dataset.describe_indices()]:
+            if ignore_missing:
+                return
+            raise NotFound(f"table {name!r} has no index {index_name!r}")
+        self.commit(name, "drop_index", lambda ds: ds.drop_index(index_name))
+        self.builder.forget(name, index_name)
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def warm(self, name: str) -> None:
+        """Load a table's indexes, and the exact-search matrices of its unindexed vector columns."""
+        dataset = self.dataset(name)
+        for desc in dataset.describe_indices():
+            try:
+                dataset.prewarm_index(desc.name)
+            except (ValueError, OSError, RuntimeError) as exc:
+                log.warning("could not prewarm index %s of %s: %s", desc.name, name, exc)
+        indexed = self._vector_indexed_columns(name, dataset)
+        for field_ in dataset.schema:
+            if is_vector(field_) and field_.name not in indexed and self.exact.max_bytes:
+                self.exact.snapshot(name, dataset, field_.name)
+
+    def warm_all(self) -> None:
+        for name in self.list_tables():
+            try:
+                self.warm(name)
+            except Exception:
+                log.exception("could not warm table %s", name)
+
+
+def _index_stats(dataset: lance.LanceDataset, index_name: str) -> dict[str, Any]:
+    try:
+        return dataset.stats.index_stats(index_name)
+    except (ValueError, OSError, RuntimeError):
+        return {}
 
 
 def _check_schema(schema: pa.Schema) -> None:
@@ -396,3 +663,23 @@ def _check_schema(schema: pa.Schema) -> None:
         raise InvalidSchema("a table needs at least one column")
     if len(set(schema.names)) != len(schema.names):
         raise InvalidSchema(f"duplicate column names in {schema.names}")
+
+
+def _check_search(name: str, schema: pa.Schema, params: SearchParams) -> None:
+    column = schema.field(params.vector_column) if params.vector_column in schema.names else None
+    if column is None or not is_vector(column):
+        vectors = [f.name for f in schema if is_vector(f)]
+        raise InvalidArgument(
+            f"{params.vector_column!r} is not a vector column of table {name!r}; "
+            f"vector columns: {vectors}"
+        )
+    if params.vector.shape != (column.type.list_size,):
+        raise InvalidArgument(
+            f"query vector has {params.vector.size} dimensions, "
+            f"column {params.vector_column!r} has {column.type.list_size}"
+        )
+    if not 1 <= params.k <= _MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
+    unknown = [c for c in params.columns if c not in schema.names]
+    if unknown:
+        raise InvalidArgument(f"unknown column(s) {unknown} in select")

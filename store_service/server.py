@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from embedsearch.errors import InvalidArgument
@@ -14,11 +17,21 @@ from embedsearch.rpc.convert import metric_from_pb
 from embedsearch.rpc.server import RpcMetrics, new_server
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc, unpack_vector
-from store_service.catalog import IndexInfo, SearchParams, TableCatalog, TableInfo, WriteResult
+from store_service.catalog import (
+    SearchParams,
+    TableCatalog,
+    TableInfo,
+    TextSearchParams,
+    WriteResult,
+)
+from store_service.indexes import IndexInfo, IndexSpec
+from store_service.maintenance import Maintenance, OptimizeResult, register_metrics
 from store_service.settings import StoreSettings
+from store_service.storage import storage_options_from_env
 
 SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 T = TypeVar("T")
+P = TypeVar("P")
 
 CREATE_MODES = {
     common_pb2.CREATE_MODE_UNSPECIFIED: "create",
@@ -30,10 +43,16 @@ _INDEX_TYPES = {
     name.removeprefix("INDEX_TYPE_").replace("_", ""): value
     for name, value in common_pb2.IndexType.items()
 }
+_INDEX_NAMES = {
+    value: name.removeprefix("INDEX_TYPE_")
+    for name, value in common_pb2.IndexType.items()
+    if value != common_pb2.INDEX_TYPE_UNSPECIFIED
+}
 
 
 def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
     kind = index.index_type.upper().replace("_", "")
+    kind = "INVERTED" if kind == "FTS" else kind
     return common_pb2.IndexInfo(
         name=index.name,
         columns=index.columns,
@@ -41,6 +60,23 @@ def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
         status=index.status,
         num_indexed_rows=index.num_indexed_rows,
         num_unindexed_rows=index.num_unindexed_rows,
+        progress=index.progress,
+        stage=index.stage,
+        num_deltas=index.num_deltas,
+    )
+
+
+def index_spec_from_pb(request: store_pb2.StoreCreateIndexRequest) -> IndexSpec:
+    if request.index_type not in _INDEX_NAMES:
+        raise InvalidArgument(f"index_type is required; use one of {sorted(_INDEX_NAMES.values())}")
+    return params_from_pb(
+        request.params,
+        IndexSpec,
+        table=request.name,
+        column=request.column,
+        index_type=_INDEX_NAMES[request.index_type],
+        name=request.index_name,
+        metric=metric_from_pb(request.params.metric) or "l2",
     )
 
 
@@ -63,44 +99,65 @@ def write_to_pb(result: WriteResult) -> common_pb2.WriteResult:
     )
 
 
+def params_from_pb(request: Message, cls: type[P], **computed: Any) -> P:
+    """A parameters dataclass from the request's fields of the same names; ``computed`` win.
+
+    Repeated fields become lists, and an unset ``optional`` field becomes None.
+    """
+    by_name = request.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        pb_field = by_name.get(field.name)
+        if field.name in computed or pb_field is None:
+            continue
+        if pb_field.is_repeated:
+            values[field.name] = list(getattr(request, field.name))
+        elif pb_field.has_presence and not request.HasField(field.name):
+            values[field.name] = None
+        else:
+            values[field.name] = getattr(request, field.name)
+    return cls(**values, **computed)
+
+
 def search_from_pb(request: store_pb2.StoreSearchRequest) -> SearchParams:
-    return SearchParams(
-        vector_column=request.vector_column,
+    return params_from_pb(
+        request,
+        SearchParams,
         vector=unpack_vector(request.vector),
         k=request.k or 10,
         metric=metric_from_pb(request.metric),
-        filter=request.filter,
-        postfilter=request.postfilter,
-        columns=list(request.columns),
-        nprobes=request.nprobes,
-        refine_factor=request.refine_factor,
-        ef=request.ef,
-        distance_lower_bound=(
-            request.distance_lower_bound if request.HasField("distance_lower_bound") else None
-        ),
-        distance_upper_bound=(
-            request.distance_upper_bound if request.HasField("distance_upper_bound") else None
-        ),
-        offset=request.offset,
-        with_row_id=request.with_row_id,
-        version=request.version,
-        bypass_vector_index=request.bypass_vector_index,
     )
+
+
+def text_search_from_pb(request: store_pb2.StoreTextSearchRequest) -> TextSearchParams:
+    return params_from_pb(request, TextSearchParams, k=request.k or 10)
 
 
 def version_to_pb(version: dict[str, Any]) -> common_pb2.TableVersion:
     return common_pb2.TableVersion(
         version=version["version"],
         timestamp=version["timestamp"].timestamp(),
+        tags=version.get("tags", []),
         metadata={k: str(v) for k, v in (version.get("metadata") or {}).items()},
+    )
+
+
+def optimize_to_pb(result: OptimizeResult) -> store_pb2.StoreOptimizeResponse:
+    return store_pb2.StoreOptimizeResponse(
+        fragments_removed=result.fragments_removed,
+        fragments_added=result.fragments_added,
+        versions_removed=result.versions_removed,
+        bytes_removed=result.bytes_removed,
+        version=result.version,
     )
 
 
 class StoreServicer(store_pb2_grpc.StoreServicer):
     """Unpacks requests, runs the catalog in a worker thread, packs replies."""
 
-    def __init__(self, catalog: TableCatalog) -> None:
+    def __init__(self, catalog: TableCatalog, maintenance: Maintenance) -> None:
         self.catalog = catalog
+        self.maintenance = maintenance
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -120,7 +177,8 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     async def DescribeTable(
         self, request: store_pb2.StoreDescribeTableRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreTableInfo:
-        return table_to_pb(await self._run(self.catalog.describe, request.name, request.version))
+        info = await self._run(self.catalog.describe, request.name, request.version, request.tag)
+        return table_to_pb(info)
 
     async def ListTables(
         self, request: store_pb2.StoreListTablesRequest, context: grpc.aio.ServicerContext
@@ -174,7 +232,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self, request: store_pb2.StoreCountRowsRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreCountRowsResponse:
         count = await self._run(
-            self.catalog.count_rows, request.name, request.filter, request.version
+            self.catalog.count_rows, request.name, request.filter, request.version, request.tag
         )
         return store_pb2.StoreCountRowsResponse(count=count)
 
@@ -196,17 +254,87 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         versions = await self._run(self.catalog.list_versions, request.name)
         return store_pb2.StoreListVersionsResponse(versions=[version_to_pb(v) for v in versions])
 
+    async def Restore(
+        self, request: store_pb2.StoreRestoreRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.WriteResult:
+        result = await self._run(self.catalog.restore, request.name, request.version, request.tag)
+        return write_to_pb(result)
+
+    async def CreateTag(
+        self, request: store_pb2.StoreCreateTagRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreTag:
+        version = await self._run(
+            self.catalog.create_tag, request.name, request.tag, request.version
+        )
+        return store_pb2.StoreTag(tag=request.tag, version=version)
+
+    async def DeleteTag(
+        self, request: store_pb2.StoreDeleteTagRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreDeleteTagResponse:
+        await self._run(self.catalog.delete_tag, request.name, request.tag)
+        return store_pb2.StoreDeleteTagResponse()
+
+    async def ListTags(
+        self, request: store_pb2.StoreListTagsRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreListTagsResponse:
+        tags = await self._run(self.catalog.list_tags, request.name)
+        return store_pb2.StoreListTagsResponse(
+            tags=[store_pb2.StoreTag(tag=t, version=v) for t, v in sorted(tags.items())]
+        )
+
+    async def Optimize(
+        self, request: store_pb2.StoreOptimizeRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreOptimizeResponse:
+        older_than = (
+            request.cleanup_older_than_s if request.HasField("cleanup_older_than_s") else None
+        )
+        result = await self._run(self.maintenance.optimize, request.name, older_than)
+        return optimize_to_pb(result)
+
+    async def CreateIndex(
+        self, request: store_pb2.StoreCreateIndexRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.IndexInfo:
+        spec = index_spec_from_pb(request)
+        return index_to_pb(await self._run(self.catalog.create_index, spec, request.wait))
+
+    async def DropIndex(
+        self, request: store_pb2.StoreDropIndexRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreDropIndexResponse:
+        await self._run(
+            self.catalog.drop_index, request.name, request.index_name, request.ignore_missing
+        )
+        return store_pb2.StoreDropIndexResponse()
+
+    async def TextSearch(
+        self, request: store_pb2.StoreTextSearchRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreSearchResponse:
+        result = await self._run(
+            self.catalog.text_search, request.name, text_search_from_pb(request)
+        )
+        return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
+
 
 async def create_server(settings: StoreSettings) -> tuple[grpc.aio.Server, int]:
-    """Build the store server, bound but not started; SERVING once the data root is open."""
+    """Build the store server, bound but not started; SERVING once the data root is open and,
+    with ``warm_on_start``, every table's indexes and exact-search matrices are loaded."""
     metrics = RpcMetrics("store", CollectorRegistry())
-    catalog = await asyncio.to_thread(TableCatalog, settings.data_root)
-    servicer = StoreServicer(catalog)
+    options = storage_options_from_env(os.environ, settings.storage_options)
+    catalog = await asyncio.to_thread(TableCatalog, settings.data_root, options, settings)
+    maintenance = Maintenance(catalog, settings)
+    register_metrics(maintenance, metrics.registry)
+    servicer = StoreServicer(catalog, maintenance)
     server, port, readiness = await new_server(
         settings,
         [SERVICE],
         lambda s: store_pb2_grpc.add_StoreServicer_to_server(servicer, s),
         metrics,
     )
-    await readiness.set(True)
+
+    async def warm_up() -> None:
+        if settings.warm_on_start:
+            await asyncio.to_thread(catalog.warm_all)
+        await asyncio.to_thread(maintenance.measure_all)
+        maintenance.start()
+
+    readiness.warm_up(warm_up(), f"store on {settings.data_root}")
     return server, port

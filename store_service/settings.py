@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from embedsearch.rpc.settings import ServiceSettings
 
+GiB = 1024**3
+
 
 class StoreSettings(ServiceSettings):
     """Settings of store_service."""
@@ -20,4 +22,47 @@ class StoreSettings(ServiceSettings):
     metrics_port: int = Field(9452, ge=-1, le=65535, description="/metrics port; -1 is off.")
     data_root: str = Field(
         "./data", description="Directory or object-store URI (s3://bucket/prefix) of the tables."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Lance object-store options as JSON, over those read from AWS_* variables "
+        '(e.g. {"aws_endpoint": "http://minio:9000", "allow_http": "true"}).',
+    )
+    exact_cache_max_bytes: int = Field(
+        2 * GiB,
+        ge=0,
+        description="Largest vector column (rows x dims x 4 bytes) kept in memory for exact "
+        "search; larger columns use Lance's flat search. 0 turns the cache off.",
+    )
+    commit_retries: int = Field(
+        8, ge=0, description="Retries of a write whose commit lost a race with another writer."
+    )
+    index_build_threads: int = Field(
+        1, ge=1, description="Index builds running at once (each uses every core Lance gets)."
+    )
+    warm_on_start: bool = Field(
+        True, description="Load indexes and exact-search matrices before reporting SERVING."
+    )
+    maintenance_interval_s: float = Field(
+        300.0, ge=0, description="Seconds between background maintenance passes; 0 is off."
+    )
+    compact_min_fragments: int = Field(
+        16, ge=2, description="Compact a table once it has this many small fragments."
+    )
+    compact_target_rows: int = Field(
+        1024 * 1024, ge=1024, description="Rows per fragment that compaction aims for."
+    )
+    compact_deleted_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Rewrite a fragment once this fraction of its rows is deleted.",
+    )
+    index_min_unindexed_rows: int = Field(
+        1, ge=1, description="Add new rows to an index once this many are unindexed."
+    )
+    retention_s: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="Cleanup removes untagged versions older than this many seconds.",
     )

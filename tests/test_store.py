@@ -189,3 +189,165 @@ def test_search_validation(store_stub, table):
         expect_code(
             grpc.StatusCode.INVALID_ARGUMENT, lambda r=request: store_stub.Search(r), fragment
         )
+
+
+def versions_of(stub, name):
+    return stub.ListVersions(store_pb2.StoreListVersionsRequest(name=name)).versions
+
+
+def count(stub, name, **options):
+    return stub.CountRows(store_pb2.StoreCountRowsRequest(name=name, **options)).count
+
+
+def test_time_travel_tags_and_restore(store_stub, table):
+    for ids in ([1, 2], [3], [4, 5, 6]):  # versions 2, 3, 4
+        store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows(ids)))
+    assert [count(store_stub, table, version=v) for v in (1, 2, 3, 4)] == [0, 2, 3, 6]
+    old = store_stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name=table, version=3))
+    assert (old.version, old.num_rows) == (3, 3)
+
+    tagged = store_stub.CreateTag(store_pb2.StoreCreateTagRequest(name=table, tag="v3", version=3))
+    assert tagged.version == 3
+    store_stub.CreateTag(store_pb2.StoreCreateTagRequest(name=table, tag="latest-at-4"))
+    tags = store_stub.ListTags(store_pb2.StoreListTagsRequest(name=table)).tags
+    assert [(t.tag, t.version) for t in tags] == [("latest-at-4", 4), ("v3", 3)]
+    assert [list(v.tags) for v in versions_of(store_stub, table)] == [
+        [],
+        [],
+        ["v3"],
+        ["latest-at-4"],
+    ]
+    assert count(store_stub, table, tag="v3", filter="id > 1") == 2
+    by_tag = store_stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name=table, tag="v3"))
+    assert by_tag.version == 3
+
+    restored = store_stub.Restore(store_pb2.StoreRestoreRequest(name=table, version=2))
+    assert restored.version == 5 and count(store_stub, table) == 2
+    restored = store_stub.Restore(store_pb2.StoreRestoreRequest(name=table, tag="v3"))
+    assert restored.version == 6 and count(store_stub, table) == 3
+    assert count(store_stub, table, version=4) == 6  # nothing was lost
+
+    store_stub.DeleteTag(store_pb2.StoreDeleteTagRequest(name=table, tag="v3"))
+    store_stub.DeleteTag(store_pb2.StoreDeleteTagRequest(name=table, tag="v3"))  # idempotent
+    assert [
+        t.tag for t in store_stub.ListTags(store_pb2.StoreListTagsRequest(name=table)).tags
+    ] == ["latest-at-4"]
+    not_found, exists = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS
+    for call, code, fragment in [
+        (lambda: count(store_stub, table, version=99), not_found, "version 99"),
+        (lambda: count(store_stub, table, tag="v3"), not_found, "tag 'v3'"),
+        (
+            lambda: store_stub.Restore(store_pb2.StoreRestoreRequest(name=table, version=99)),
+            not_found,
+            "version 99",
+        ),
+        (
+            lambda: store_stub.CreateTag(
+                store_pb2.StoreCreateTagRequest(name=table, tag="latest-at-4")
+            ),
+            exists,
+            "latest-at-4",
+        ),
+        (
+            lambda: store_stub.CreateTag(store_pb2.StoreCreateTagRequest(name=table, tag="a/b")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid tag name",
+        ),
+        (
+            lambda: store_stub.CreateTag(
+                store_pb2.StoreCreateTagRequest(name=table, tag="x", version=99)
+            ),
+            not_found,
+            "version 99",
+        ),
+    ]:
+        expect_code(code, call, fragment)
+    assert describe(store_stub, table).version == 6
+
+
+def test_merge_insert_deletes_rows_missing_from_source(store_stub, table):
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2, 3, 4])))
+    merged = store_stub.MergeInsert(
+        store_pb2.StoreMergeInsertRequest(
+            name=table,
+            on=["id"],
+            arrow_ipc=rows([2, 3, 9], ["new"] * 3),
+            when_matched_update_all=True,
+            when_not_matched_insert_all=True,
+            when_not_matched_by_source_delete=True,
+            when_not_matched_by_source_condition="id > 3",
+        )
+    )
+    assert (merged.rows_inserted, merged.rows_updated, merged.rows_deleted) == (1, 2, 1)
+    assert count(store_stub, table) == 4  # 1 kept (the condition spared it), 2 and 3, new 9
+    assert count(store_stub, table, filter="id = 4") == 0
+
+
+def test_optimize_compacts_and_cleans_up(store_stub, table):
+    for i in range(6):
+        store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([i])))
+    store_stub.Delete(store_pb2.StoreDeleteRequest(name=table, filter="id = 0"))
+    store_stub.CreateTag(store_pb2.StoreCreateTagRequest(name=table, tag="keep", version=3))
+    done = store_stub.Optimize(store_pb2.StoreOptimizeRequest(name=table, cleanup_older_than_s=0))
+    # The delete emptied the first add's fragment, which Lance dropped at once.
+    assert done.fragments_removed == 5 and done.fragments_added == 1
+    assert [v.version for v in versions_of(store_stub, table)] == [3, done.version]
+    assert done.versions_removed == done.version - 2  # all but the latest and the tagged one
+    assert count(store_stub, table) == 5 and count(store_stub, table, tag="keep") == 2
+    expect_code(grpc.StatusCode.NOT_FOUND, lambda: count(store_stub, table, version=4))
+    default = store_stub.Optimize(store_pb2.StoreOptimizeRequest(name=table))
+    assert default.versions_removed == 0  # the default retention keeps recent versions
+
+
+def test_more_bad_input_changes_nothing(store_stub, table):
+    store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2])))
+    before = describe(store_stub, table).version
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    wrong_type = table_to_ipc(pa.table({"id": ["one"]}))
+    expect_code(
+        invalid,
+        lambda: store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=wrong_type)),
+        "cannot convert",
+    )
+    for call in [
+        lambda: store_stub.Delete(store_pb2.StoreDeleteRequest(name=table, filter="id = = 1")),
+        lambda: store_stub.Update(
+            store_pb2.StoreUpdateRequest(name=table, filter="id >", updates={"tag": "'y'"})
+        ),
+        lambda: store_stub.Update(
+            store_pb2.StoreUpdateRequest(name=table, updates={"id": "no_such_column + 1"})
+        ),
+        lambda: count(store_stub, table, filter="nope = 1"),
+        lambda: store_stub.MergeInsert(
+            store_pb2.StoreMergeInsertRequest(name=table, on=["tag"], arrow_ipc=rows([1]))
+        ),
+    ]:
+        expect_code(invalid, call)
+    assert describe(store_stub, table).version == before
+    assert count(store_stub, table) == 2
+
+
+def test_batch_over_the_message_limit(servers, tmp_path, table_name):
+    from conftest import QUIET
+
+    from embedsearch.local import wait_until_serving
+    from embedsearch.v1 import store_pb2_grpc
+    from store_service.server import create_server
+    from store_service.settings import StoreSettings
+
+    settings = StoreSettings(data_root=str(tmp_path), max_message_bytes=64 * 1024, **QUIET)
+    address = servers.start(create_server, settings)
+    wait_until_serving(address, 30)
+    stub = store_pb2_grpc.StoreStub(grpc.insecure_channel(address))
+    stub.CreateTable(
+        store_pb2.StoreCreateTableRequest(name=table_name, arrow_schema=schema_to_ipc(SCHEMA))
+    )
+    big = rows(list(range(5000)))
+    assert len(big) > 64 * 1024
+    expect_code(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        lambda: stub.Add(store_pb2.StoreAddRequest(name=table_name, arrow_ipc=big)),
+    )
+    assert describe(stub, table_name).version == 1
+    stub.Add(store_pb2.StoreAddRequest(name=table_name, arrow_ipc=rows(list(range(100)))))
+    assert describe(stub, table_name).num_rows == 100

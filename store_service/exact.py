@@ -1,0 +1,342 @@
+"""Exact nearest-neighbour search from an in-memory float32 matrix per vector column."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lance
+import numpy as np
+import pyarrow as pa
+
+# A Lance row address is (fragment id << 32) | offset in the fragment.
+_OFFSET_MASK = np.uint64(0xFFFFFFFF)
+# Extra candidates re-ranked with exactly computed distances, so that the fast (expanded) form
+# of the distance cannot push a true neighbour past the cut by rounding.
+_SPARE = 16
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one fragment's rows sit in the matrix, and what identifies its contents."""
+
+    start: int
+    rows: int
+    files: tuple[str, ...]
+    deletions: tuple[Any, ...]
+
+
+@dataclass
+class _Buffers:
+    """Row storage that grows by doubling; snapshots see only the prefix that was filled."""
+
+    matrix: np.ndarray
+    row_ids: np.ndarray
+    sq_norms: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def empty(cls, capacity: int, dims: int) -> _Buffers:
+        return cls(
+            np.zeros((capacity, dims), np.float32),
+            np.zeros(capacity, np.uint64),
+            np.zeros(capacity, np.float32),
+            np.zeros(capacity, bool),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return len(self.row_ids)
+
+    def grown(self, used: int, needed: int) -> _Buffers:
+        """These buffers if ``needed`` rows fit, else larger copies holding the first ``used``."""
+        if needed <= self.capacity:
+            return self
+        bigger = _Buffers.empty(max(needed, 2 * self.capacity), self.matrix.shape[1])
+        for name in ("matrix", "row_ids", "sq_norms", "valid"):
+            getattr(bigger, name)[:used] = getattr(self, name)[:used]
+        return bigger
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A vector column at one table version, as a matrix; immutable once published."""
+
+    dataset: lance.LanceDataset
+    column: str
+    buffers: _Buffers
+    used: int
+    alive: np.ndarray
+    slots: Mapping[int, _Slot]
+    _frag_ids: np.ndarray = field(repr=False)
+    _frag_starts: np.ndarray = field(repr=False)
+
+    @property
+    def version(self) -> int:
+        return self.dataset.version
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.buffers.matrix[: self.used]
+
+    @property
+    def dims(self) -> int:
+        return self.buffers.matrix.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.used * self.dims * 4
+
+    def positions(self, row_addresses: np.ndarray) -> np.ndarray:
+        """Matrix rows of Lance row addresses (``_rowaddr``) of this version."""
+        addresses = row_addresses.astype(np.uint64)
+        fragments = addresses >> np.uint64(32)
+        slot = np.searchsorted(self._frag_ids, fragments)
+        return self._frag_starts[slot] + (addresses & _OFFSET_MASK).astype(np.int64)
+
+    def rows_matching(self, where: str) -> np.ndarray:
+        """A mask over the matrix of the rows matching a SQL filter (Lance evaluates it)."""
+        found = self.dataset.to_table(columns=[], filter=where, with_row_address=True)
+        mask = np.zeros(self.used, bool)
+        mask[self.positions(found.column("_rowaddr").to_numpy())] = True
+        return mask
+
+    def distances(self, query: np.ndarray, metric: str, rows: np.ndarray | None = None) -> Any:
+        """Lance's distances from ``query`` to every row, or exactly to ``rows``.
+
+        Over every row the fast, expanded forms run as one matrix-vector product; over a few
+        candidate rows they are computed directly, the way Lance does, to match its values.
+        l2 is squared Euclidean, cosine is 1 - cos, dot is 1 - x.q (all as Lance reports them).
+        """
+        q = query.astype(np.float32)
+        if rows is not None:
+            x = self.buffers.matrix[rows]
+            if metric == "l2":
+                diff = x - q
+                return np.einsum("ij,ij->i", diff, diff)
+            dots = x @ q
+            if metric == "dot":
+                return np.float32(1) - dots
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * np.sqrt(q @ q)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.float32(1) - dots / norms
+        dots = self.matrix @ q
+        if metric == "l2":
+            return self.buffers.sq_norms[: self.used] - 2 * dots + (q @ q)
+        if metric == "dot":
+            return np.float32(1) - dots
+        norms = np.sqrt(self.buffers.sq_norms[: self.used]) * np.sqrt(q @ q)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.float32(1) - dots / norms
+
+
+def nearest(
+    snapshot: Snapshot,
+    query: np.ndarray,
+    want: int,
+    metric: str,
+    allowed: np.ndarray | None,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``want`` nearest allowed rows: (matrix positions, distances), nearest first.
+
+    ``lower <= distance < upper`` when given, as Lance's distance_range.
+    """
+    fast = snapshot.distances(query, metric)
+    keep = snapshot.alive if allowed is None else snapshot.alive & allowed
+    keep = keep & np.isfinite(fast)
+    # The fast forms are off by rounding, so the range is widened here and applied exactly below.
+    slack = 1e-3 * (1.0 + np.abs(fast))
+    if lower is not None:
+        keep &= fast >= lower - slack
+    if upper is not None:
+        keep &= fast < upper + slack
+    pool = np.flatnonzero(keep)
+    take = min(len(pool), 2 * want + _SPARE)
+    if take < len(pool):
+        pool = pool[np.argpartition(fast[pool], take - 1)[:take]]
+    exact = snapshot.distances(query, metric, pool).astype(np.float32)
+    ok = np.ones(len(pool), bool)
+    if lower is not None:
+        ok &= exact >= lower
+    if upper is not None:
+        ok &= exact < upper
+    pool, exact = pool[ok], exact[ok]
+    order = np.lexsort((pool, exact))[:want]
+    return pool[order], exact[order]
+
+
+def _vectors(column: pa.ChunkedArray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x dims float32 matrix, non-null mask) of a fixed_size_list column."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    valid = (
+        np.ones(len(array), bool)
+        if array.null_count == 0
+        else array.is_valid().to_numpy(zero_copy_only=False)
+    )
+    start = array.offset * dims
+    values = array.values.slice(start, len(array) * dims).to_numpy(zero_copy_only=False)
+    matrix = np.nan_to_num(values.astype(np.float32, copy=False).reshape(len(array), dims))
+    return matrix, valid
+
+
+class ExactCache:
+    """Snapshots of vector columns, refreshed incrementally as table versions advance.
+
+    Appends read only the new fragments; deletions re-read only the row addresses of the
+    fragments they touched; compaction reads the rewritten fragments. A snapshot is never
+    modified after it is published, so readers need no lock.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._snapshots: dict[tuple[str, str], Snapshot] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def fits(self, dataset: lance.LanceDataset, column: str) -> bool:
+        """Whether the column at this version is small enough to keep in memory."""
+        dims = dataset.schema.field(column).type.list_size
+        rows = sum(f.metadata.physical_rows for f in dataset.get_fragments())
+        return 0 < rows * dims * 4 <= self.max_bytes if self.max_bytes else False
+
+    def snapshot(self, table: str, dataset: lance.LanceDataset, column: str) -> Snapshot | None:
+        """The column at ``dataset``'s version, or None if it is too large to cache."""
+        key = (table, column)
+        current = self._snapshots.get(key)
+        if current is not None and current.version == dataset.version:
+            return current
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            current = self._snapshots.get(key)
+            if current is not None and current.version == dataset.version:
+                return current
+            if not self.fits(dataset, column):
+                self._snapshots.pop(key, None)
+                return None
+            # A snapshot newer than the handle means the table was dropped and made anew.
+            base = current if current and current.version < dataset.version else None
+            fresh = _refresh(base, dataset, column)
+            self._snapshots[key] = fresh
+            return fresh
+
+    def forget(self, table: str) -> None:
+        for key in [k for k in self._snapshots if k[0] == table]:
+            self._snapshots.pop(key, None)
+
+    def stats(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(rows, bytes) held per (table, column)."""
+        return {k: (int(s.alive.sum()), s.nbytes) for k, s in self._snapshots.items()}
+
+
+def _slot_key(fragment: lance.LanceFragment) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    meta = fragment.metadata
+    files = tuple(f.path for f in meta.files)
+    deletion = meta.deletion_file
+    deletions = (
+        () if deletion is None else (deletion.id, deletion.read_version, deletion.num_deleted_rows)
+    )
+    return files, deletions
+
+
+def _refresh(base: Snapshot | None, dataset: lance.LanceDataset, column: str) -> Snapshot:
+    """``base`` brought to ``dataset``'s version, reading as little as possible."""
+    dims = dataset.schema.field(column).type.list_size
+    if base is not None and (base.dims != dims or base.column != column):
+        base = None
+    old_slots = dict(base.slots) if base else {}
+    fragments = dataset.get_fragments()
+    slots: dict[int, _Slot] = {}
+    to_read: list[lance.LanceFragment] = []
+    to_recheck: list[lance.LanceFragment] = []
+    for fragment in fragments:
+        files, deletions = _slot_key(fragment)
+        old = old_slots.get(fragment.fragment_id)
+        if old is not None and old.files == files and old.rows == fragment.physical_rows:
+            slots[fragment.fragment_id] = _Slot(old.start, old.rows, files, deletions)
+            if old.deletions != deletions:
+                to_recheck.append(fragment)
+        else:
+            to_read.append(fragment)
+
+    kept_rows = sum(s.rows for s in slots.values())
+    new_rows = sum(f.physical_rows for f in to_read)
+    used = base.used if base else 0
+    if base is None or (used - kept_rows) > max(used // 3, 4096):
+        # Start over from the fragments still live (no IO: their rows are copied).
+        buffers, alive, slots, used = _repack(base, slots, new_rows, dims)
+    else:
+        buffers = base.buffers.grown(used, used + new_rows)
+        alive = np.zeros(used + new_rows, bool)
+        for slot in slots.values():
+            alive[slot.start : slot.start + slot.rows] = base.alive[
+                slot.start : slot.start + slot.rows
+            ]
+
+    for fragment in to_read:
+        files, deletions = _slot_key(fragment)
+        slots[fragment.fragment_id] = _Slot(used, fragment.physical_rows, files, deletions)
+        used += fragment.physical_rows
+    snapshot = _publish(dataset, column, buffers, used, alive, slots)
+
+    if to_read:
+        table = dataset.scanner(
+            columns=[column], with_row_id=True, with_row_address=True, fragments=to_read
+        ).to_table()
+        where = snapshot.positions(table.column("_rowaddr").to_numpy())
+        matrix, valid = _vectors(table.column(column), dims)
+        buffers.matrix[where] = matrix
+        buffers.row_ids[where] = table.column("_rowid").to_numpy()
+        buffers.sq_norms[where] = np.einsum("ij,ij->i", matrix, matrix)
+        buffers.valid[where] = valid
+        for fragment in to_read:
+            slot = slots[fragment.fragment_id]
+            alive[slot.start : slot.start + slot.rows] = False
+        alive[where] = valid
+    if to_recheck:
+        present = dataset.scanner(
+            columns=[], with_row_address=True, fragments=to_recheck
+        ).to_table()
+        where = snapshot.positions(present.column("_rowaddr").to_numpy())
+        for fragment in to_recheck:
+            slot = slots[fragment.fragment_id]
+            alive[slot.start : slot.start + slot.rows] = False
+        alive[where] = buffers.valid[where]
+    return snapshot
+
+
+def _repack(
+    base: Snapshot | None, slots: dict[int, _Slot], new_rows: int, dims: int
+) -> tuple[_Buffers, np.ndarray, dict[int, _Slot], int]:
+    kept = sum(s.rows for s in slots.values())
+    buffers = _Buffers.empty(max(kept + new_rows, 1024), dims)
+    alive = np.zeros(kept + new_rows, bool)
+    moved: dict[int, _Slot] = {}
+    cursor = 0
+    for fragment_id, slot in sorted(slots.items()):
+        assert base is not None  # slots are only kept from a base snapshot
+        src = slice(slot.start, slot.start + slot.rows)
+        dst = slice(cursor, cursor + slot.rows)
+        for name in ("matrix", "row_ids", "sq_norms", "valid"):
+            getattr(buffers, name)[dst] = getattr(base.buffers, name)[src]
+        alive[dst] = base.alive[src]
+        moved[fragment_id] = _Slot(cursor, slot.rows, slot.files, slot.deletions)
+        cursor += slot.rows
+    return buffers, alive, moved, cursor
+
+
+def _publish(
+    dataset: lance.LanceDataset,
+    column: str,
+    buffers: _Buffers,
+    used: int,
+    alive: np.ndarray,
+    slots: dict[int, _Slot],
+) -> Snapshot:
+    ids = np.array(sorted(slots), dtype=np.uint64)
+    starts = np.array([slots[int(i)].start for i in ids], dtype=np.int64)
+    return Snapshot(dataset, column, buffers, used, alive, slots, ids, starts)

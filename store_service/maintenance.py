@@ -1,0 +1,261 @@
+"""Keeping tables healthy: compaction, index deltas, version cleanup, and per-table metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import lance
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from embedsearch.errors import EmbedsearchError
+from store_service.catalog import TableCatalog, lance_message
+from store_service.settings import StoreSettings
+
+log = logging.getLogger("store_service.maintenance")
+
+
+@dataclass
+class IndexStats:
+    """How far an index lags its table."""
+
+    unindexed_rows: int
+    deltas: int
+
+
+@dataclass
+class TableStats:
+    """What maintenance looks at, and what /metrics exports, for one table."""
+
+    version: int
+    rows: int
+    fragments: int
+    small_fragments: int
+    deleted_rows: int
+    versions: int
+    indexes: dict[str, IndexStats] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizeResult:
+    """What one optimization did."""
+
+    version: int
+    fragments_removed: int = 0
+    fragments_added: int = 0
+    versions_removed: int = 0
+    bytes_removed: int = 0
+
+
+def table_stats(dataset: lance.LanceDataset, small_rows: int) -> TableStats:
+    """Counts read from the manifest and index metadata (no data is scanned)."""
+    data = dataset.stats.dataset_stats(max_rows_per_group=small_rows)
+    indexes = {}
+    for desc in dataset.describe_indices():
+        try:
+            stats = dataset.stats.index_stats(desc.name)
+        except (ValueError, OSError, RuntimeError):
+            continue
+        indexes[desc.name] = IndexStats(
+            unindexed_rows=int(stats.get("num_unindexed_rows", 0) or 0),
+            deltas=int(stats.get("num_indices", len(desc.segments)) or 0),
+        )
+    return TableStats(
+        version=dataset.version,
+        rows=dataset.count_rows(),
+        fragments=int(data["num_fragments"]),
+        small_fragments=int(data["num_small_files"]),
+        deleted_rows=int(data["num_deleted_rows"]),
+        versions=len(dataset.version_refs()),
+        indexes=indexes,
+    )
+
+
+class Maintenance:
+    """Optimizes tables on request, and in the background every ``maintenance_interval_s``.
+
+    A background pass only does what a table needs: compaction once it has
+    ``compact_min_fragments`` small fragments or enough deleted rows, ``optimize_indices``
+    once rows are unindexed, and cleanup of versions older than ``retention_s``.
+    """
+
+    def __init__(self, catalog: TableCatalog, settings: StoreSettings) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.stats: dict[str, TableStats] = {}
+        self.runs: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one table ---------------------------------------------------------------------------
+
+    def measure(self, name: str) -> TableStats:
+        stats = table_stats(self.catalog.dataset(name), self._small_rows)
+        self.stats[name] = stats
+        return stats
+
+    @property
+    def _small_rows(self) -> int:
+        # A fragment is small below a sixteenth of what compaction aims for.
+        return max(1, self.settings.compact_target_rows // 16)
+
+    def optimize(
+        self, name: str, cleanup_older_than_s: float | None = None, *, only_if_needed: bool = False
+    ) -> OptimizeResult:
+        """Compact, add unindexed rows to indexes, and remove old versions, for one table."""
+        stats = self.measure(name)
+        result = OptimizeResult(version=stats.version)
+        if not only_if_needed or self._needs_compaction(stats):
+            metrics, _ = self.catalog.commit(name, "compact", self._compact)
+            result.fragments_removed = metrics.fragments_removed
+            result.fragments_added = metrics.fragments_added
+            self._count("compact")
+        if stats.indexes and (
+            not only_if_needed
+            or any(
+                i.unindexed_rows >= self.settings.index_min_unindexed_rows
+                for i in stats.indexes.values()
+            )
+        ):
+            self.catalog.commit(name, "optimize_indices", lambda ds: ds.optimize.optimize_indices())
+            self._count("optimize_indices")
+        older_than = (
+            self.settings.retention_s if cleanup_older_than_s is None else cleanup_older_than_s
+        )
+        # Lance reads a zero timedelta as "not given" (two weeks): one microsecond means now.
+        cleanup = self.catalog.dataset(name).cleanup_old_versions(
+            older_than=timedelta(seconds=older_than) or timedelta(microseconds=1),
+            error_if_tagged_old_versions=False,
+        )
+        result.versions_removed, result.bytes_removed = cleanup.old_versions, cleanup.bytes_removed
+        if cleanup.old_versions:
+            self._count("cleanup")
+        result.version = self.measure(name).version
+        return result
+
+    def _needs_compaction(self, stats: TableStats) -> bool:
+        deleted = stats.deleted_rows / max(stats.rows + stats.deleted_rows, 1)
+        return stats.small_fragments >= self.settings.compact_min_fragments or (
+            stats.deleted_rows > 0 and deleted >= self.settings.compact_deleted_fraction
+        )
+
+    def _compact(self, dataset: lance.LanceDataset) -> lance.optimize.CompactionMetrics:
+        return dataset.optimize.compact_files(
+            target_rows_per_fragment=self.settings.compact_target_rows,
+            materialize_deletions=True,
+            materialize_deletions_threshold=self.settings.compact_deleted_fraction,
+        )
+
+    def _count(self, action: str) -> None:
+        self.runs[action] = self.runs.get(action, 0) + 1
+
+    # -- every table, in the background --------------------------------------------------------
+
+    def run_once(self) -> None:
+        """One pass over every table; a table that fails is logged and left for the next."""
+        names = self.catalog.list_tables()
+        for gone in set(self.stats) - set(names):
+            self.stats.pop(gone, None)
+        for name in names:
+            if self._stop.is_set():
+                return
+            try:
+                before = self.stats.get(name)
+                result = self.optimize(name, only_if_needed=True)
+                if before is None or result.version != before.version:
+                    self.catalog.warm(name)  # rebuild exact matrices off the request path
+            except (EmbedsearchError, OSError, ValueError, RuntimeError) as exc:
+                log.warning("maintenance of %s failed: %s", name, lance_message(exc))
+
+    def measure_all(self) -> None:
+        """Fill the per-table metrics (start-up); failures are logged."""
+        for name in self.catalog.list_tables():
+            try:
+                self.measure(name)
+            except (EmbedsearchError, OSError, ValueError, RuntimeError) as exc:
+                log.warning("could not measure %s: %s", name, lance_message(exc))
+
+    def start(self) -> None:
+        """Run :meth:`run_once` every ``maintenance_interval_s`` on a daemon thread."""
+        if not self.settings.maintenance_interval_s or self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.maintenance_interval_s):
+                self.run_once()
+
+        self._thread = threading.Thread(target=loop, name="store-maintenance", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class StoreCollector(Collector):
+    """Per-table gauges from the last measurement (a scrape does no IO) and conflict counts."""
+
+    def __init__(self, maintenance: Maintenance) -> None:
+        self.maintenance = maintenance
+
+    def collect(self) -> Iterator[Metric]:
+        table_gauges = {
+            "rows": "Rows in the latest version.",
+            "fragments": "Fragments (data files) in the latest version.",
+            "small_fragments": "Fragments small enough to be compacted.",
+            "deleted_rows": "Rows deleted but not yet removed by compaction.",
+            "versions": "Versions kept (removed by cleanup after the retention period).",
+            "version": "Latest version number.",
+        }
+        stats = dict(self.maintenance.stats)
+        for attribute, doc in table_gauges.items():
+            gauge = GaugeMetricFamily(f"store_table_{attribute}", doc, labels=["table"])
+            for name, table in stats.items():
+                gauge.add_metric([name], getattr(table, attribute))
+            yield gauge
+        unindexed = GaugeMetricFamily(
+            "store_index_unindexed_rows",
+            "Rows not yet covered by an index (searched by brute force).",
+            labels=["table", "index"],
+        )
+        deltas = GaugeMetricFamily(
+            "store_index_deltas",
+            "Index segments (deltas) not yet merged.",
+            labels=["table", "index"],
+        )
+        for name, table in stats.items():
+            for index, index_stats in table.indexes.items():
+                unindexed.add_metric([name, index], index_stats.unindexed_rows)
+                deltas.add_metric([name, index], index_stats.deltas)
+        yield unindexed
+        yield deltas
+        conflicts = CounterMetricFamily(
+            "store_commit_conflicts",
+            "Commits that lost a race with a concurrent writer and were retried.",
+            labels=["operation"],
+        )
+        for operation, count in dict(self.maintenance.catalog.conflicts).items():
+            conflicts.add_metric([operation], count)
+        yield conflicts
+        runs = CounterMetricFamily(
+            "store_maintenance_actions", "Maintenance actions taken.", labels=["action"]
+        )
+        for action, count in dict(self.maintenance.runs).items():
+            runs.add_metric([action], count)
+        yield runs
+        cached = GaugeMetricFamily(
+            "store_exact_cache_bytes",
+            "Bytes of vectors held in memory for exact search.",
+            labels=["table", "column"],
+        )
+        for (name, column), (_, nbytes) in self.maintenance.catalog.exact.stats().items():
+            cached.add_metric([name, column], nbytes)
+        yield cached
+
+
+def register_metrics(maintenance: Maintenance, registry: CollectorRegistry) -> None:
+    registry.register(StoreCollector(maintenance))

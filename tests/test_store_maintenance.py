@@ -1,0 +1,118 @@
+"""Healthy tables: background maintenance, per-table metrics, warm start-up of an existing root."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from test_store_search import Store
+
+from embedsearch.v1 import common_pb2, store_pb2
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """A sample's value from a Prometheus exposition, or None."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}(?:\{{{re.escape(wanted)}\}})? (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def eventually(check, timeout: float = 30.0, show=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in time: {show()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def busy_store(servers, tmp_path) -> Store:
+    """A store whose maintenance runs every half second and compacts from 3 small fragments."""
+    return Store(
+        servers,
+        tmp_path,
+        maintenance_interval_s=0.5,
+        compact_min_fragments=3,
+        compact_target_rows=4096,
+        retention_s=0.0,
+    )
+
+
+@pytest.mark.slow
+def test_background_maintenance_and_metrics(busy_store, table_name):
+    store, stub = busy_store, busy_store.stub
+    store.create(table_name)
+    for part in range(4):
+        store.add(table_name, range(part * 300, (part + 1) * 300), seed=part)
+    stub.CreateIndex(
+        store_pb2.StoreCreateIndexRequest(
+            name=table_name, column="id", index_type=common_pb2.INDEX_TYPE_BTREE, wait=True
+        )
+    )
+    store.add(table_name, range(5000, 5010), seed=9)
+    stub.Delete(store_pb2.StoreDeleteRequest(name=table_name, filter="id < 200"))
+
+    def healthy() -> bool:
+        text = store.metrics()
+        fragments = metric(text, "store_table_fragments", table=table_name)
+        return (
+            fragments is not None
+            and fragments <= 2  # from 6: 4 + 1 small ones compacted, the rest below the threshold
+            and metric(text, "store_table_deleted_rows", table=table_name) == 0
+            and metric(text, "store_index_unindexed_rows", index="id_idx", table=table_name) == 0
+            and metric(text, "store_table_versions", table=table_name) == 1
+        )
+
+    eventually(healthy, show=lambda: [x for x in store.metrics().splitlines() if table_name in x])
+    text = store.metrics()
+    assert metric(text, "store_table_rows", table=table_name) == 1010
+    assert metric(text, "store_maintenance_actions_total", action="compact") >= 1
+    assert metric(text, "store_maintenance_actions_total", action="cleanup") >= 1
+    assert "# TYPE store_commit_conflicts_total counter" in text
+    assert "store_index_deltas" in text
+    assert stub.CountRows(store_pb2.StoreCountRowsRequest(name=table_name)).count == 1010
+
+
+@pytest.mark.slow
+def test_restart_warms_indexes_and_matrices(servers, tmp_path, table_name):
+    first = Store(servers, tmp_path)
+    first.create(table_name)
+    vectors = first.add(table_name, range(500), seed=1)
+    first.stub.CreateIndex(
+        store_pb2.StoreCreateIndexRequest(
+            name=table_name, column="text", index_type=common_pb2.INDEX_TYPE_INVERTED, wait=True
+        )
+    )
+
+    second = Store(servers, tmp_path)  # a new process would do the same on this root
+    text = second.metrics()
+    cached = metric(text, "store_exact_cache_bytes", column="vector", table=table_name)
+    assert cached == 500 * 16 * 4  # loaded before SERVING, not on the first query
+    assert metric(text, "store_table_rows", table=table_name) == 500
+    found = second.search(table_name, vectors[42], k=1)
+    assert found.column("id").to_pylist() == [42]
+
+
+def test_concurrent_updates_all_land(busy_store, table_name):
+    store, stub = busy_store, busy_store.stub
+    store.create(table_name)
+    store.add(table_name, range(200), seed=3)
+
+    def update(i: int) -> None:
+        stub.Update(
+            store_pb2.StoreUpdateRequest(
+                name=table_name, filter=f"id % 4 = {i}", updates={"category": f"'u{i}'"}
+            )
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(update, range(4)))
+    for i in range(4):
+        count = stub.CountRows(
+            store_pb2.StoreCountRowsRequest(name=table_name, filter=f"category = 'u{i}'")
+        )
+        assert count.count == 50
+    assert stub.CountRows(store_pb2.StoreCountRowsRequest(name=table_name)).count == 200
