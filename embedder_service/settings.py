@@ -33,7 +33,10 @@ class EmbedderSettings(ServiceSettings):
         16384, ge=1, description="Most padded tokens per batch (longest input x batch size)."
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, description="How long an idle model waits for a fuller batch."
+        0.0,
+        ge=0,
+        description="How long an idle model waits for a fuller batch (0: never; under load "
+        "batches fill while the model is busy).",
     )
     padding_slack: float = Field(
         0.3,

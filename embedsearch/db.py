@@ -11,11 +11,13 @@ import grpc
 import numpy as np
 import pyarrow as pa
 
+from embedsearch.embeddings import EmbeddingFunction, RemoteEmbeddingFunction
+from embedsearch.embeddings.registry import alias_of
 from embedsearch.errors import InvalidArgument, Unavailable
 from embedsearch.rpc.client import channel_options, typed_errors
 from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
-from embedsearch.wire import schema_to_ipc, unpack_vectors
+from embedsearch.wire import schema_to_ipc, table_to_ipc, unpack_vectors
 
 if TYPE_CHECKING:
     from embedsearch.table import Table
@@ -48,11 +50,16 @@ class Connection:
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
-    def call(self, method: str, request: Any) -> Any:
-        """Invoke a Gateway RPC; failures raise the typed errors of :mod:`embedsearch.errors`."""
+    def call(self, method: str, request: Any, timeout: float | None = -1.0) -> Any:
+        """Invoke a Gateway RPC; failures raise the typed errors of :mod:`embedsearch.errors`.
+
+        ``timeout`` defaults to the connection's; ``None`` waits as long as the call runs.
+        """
         with typed_errors(self._peer):
             return getattr(self._stub, method)(
-                request, timeout=self.timeout, metadata=self._metadata
+                request,
+                timeout=self.timeout if timeout == -1.0 else timeout,
+                metadata=self._metadata,
             )
 
     # -- tables ------------------------------------------------------------------------------
@@ -85,35 +92,37 @@ class Connection:
     ) -> Table:
         """Create a table from a schema (a ``LanceModel`` or an Arrow schema) and/or data.
 
-        Embedding functions bound with ``func.SourceField()`` / ``func.VectorField()`` are
-        applied by the server: rows are embedded on insert, text queries on search.
+        Functions from the registry are applied by the server: rows are embedded on insert,
+        text queries on search. Functions registered in this process with ``@register`` run
+        here, and the server stores what they produce.
         """
-        from embedsearch.table import Table, bad_vectors_to_pb, rows_to_pb
+        from embedsearch.table import Table, bad_vectors_to_pb, embed_locally, to_arrow
 
         if mode not in CREATE_MODES:
             raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODES)}, got {mode!r}")
         arrow_schema, bindings = self._schema_and_bindings(schema)
-        rows = rows_to_pb(data) if data is not None else None
-        if arrow_schema is None:
-            if rows is None:
-                raise InvalidArgument("create_table needs data or a schema")
-            arrow_schema = pa.ipc.open_stream(rows.arrow_ipc).schema
         request = gateway_pb2.CreateTableRequest(
             name=name,
-            arrow_schema=schema_to_ipc(arrow_schema),
-            bindings=bindings,
+            bindings=[binding for binding, _ in bindings],
             mode=CREATE_MODES["exist_ok" if exist_ok else mode],
             on_bad_vectors=bad_vectors_to_pb(on_bad_vectors),
             fill_value=fill_value,
         )
-        if rows is not None:
-            request.rows.CopyFrom(rows)
+        if data is not None:
+            rows = to_arrow(data)
+            local = {b.vector_column: (b, func) for b, func in bindings if b.client_side}
+            if local and arrow_schema is not None:
+                rows = embed_locally(rows, arrow_schema, local)
+            request.rows.arrow_ipc = table_to_ipc(rows)
+            arrow_schema = arrow_schema if arrow_schema is not None else rows.schema
+        if arrow_schema is None:
+            raise InvalidArgument("create_table needs data or a schema")
+        request.arrow_schema = schema_to_ipc(arrow_schema)
         return Table(self, self.call("CreateTable", request))
 
     def _schema_and_bindings(
         self, schema: Any
-    ) -> tuple[pa.Schema | None, list[common_pb2.EmbeddingBinding]]:
-        from embedsearch.embeddings.remote import RemoteEmbeddingFunction
+    ) -> tuple[pa.Schema | None, list[tuple[common_pb2.EmbeddingBinding, EmbeddingFunction]]]:
         from embedsearch.pydantic import LanceModel
 
         if schema is None or isinstance(schema, pa.Schema):
@@ -122,19 +131,15 @@ class Connection:
             raise InvalidArgument("schema must be a LanceModel subclass or a pyarrow.Schema")
         bindings = []
         for func, source, vector in schema.embedding_bindings():
-            if not isinstance(func, RemoteEmbeddingFunction):
-                raise InvalidArgument(
-                    f"{type(func).__name__} runs on the client; client-side functions are not "
-                    "supported by this version of the SDK"
-                )
-            func.bind(self)
-            bindings.append(
-                common_pb2.EmbeddingBinding(
-                    function=spec_to_pb(func.provider, func.args),
-                    source_column=source,
-                    vector_column=vector,
-                )
-            )
+            binding = common_pb2.EmbeddingBinding(source_column=source, vector_column=vector)
+            if isinstance(func, RemoteEmbeddingFunction):
+                func.bind(self)
+                binding.function.CopyFrom(spec_to_pb(func.provider, func.args))
+            else:  # registered in this process: it runs here
+                binding.function.CopyFrom(spec_to_pb(alias_of(func), func.safe_model_dump()))
+                binding.client_side = True
+                binding.ndims = func.ndims()
+            bindings.append((binding, func))
         return schema.to_arrow_schema(), bindings
 
     # -- functions ---------------------------------------------------------------------------

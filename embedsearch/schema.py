@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -127,3 +128,54 @@ def type_name(dtype: pa.DataType) -> str:
         if known == dtype:
             return name
     return str(dtype)
+
+
+@dataclass
+class VectorFill:
+    """A vector column being completed: the vectors rows came with, and which rows lack one."""
+
+    field: pa.Field
+    matrix: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def start(cls, rows: pa.Table, field: pa.Field) -> VectorFill:
+        """Read the vectors ``rows`` carry in ``field`` (checked against its dimension)."""
+        ndims = field.type.list_size
+        matrix = np.zeros((rows.num_rows, ndims), dtype=np.float32)
+        valid = np.zeros(rows.num_rows, dtype=bool)
+        if field.name in rows.column_names:
+            given = rows.column(field.name)
+            check_vector_lengths(given, field)
+            valid = ~np.asarray(given.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            if valid.any():
+                present = pc.cast(given.filter(pa.array(valid)), field.type).combine_chunks()
+                matrix[valid] = present.values.to_numpy().reshape(-1, ndims)
+        return cls(field, matrix, valid)
+
+    def missing(self) -> np.ndarray:
+        """Indices of the rows that still need a vector."""
+        return np.flatnonzero(~self.valid)
+
+    def set(self, rows: np.ndarray, vectors: np.ndarray | float) -> None:
+        """Give ``rows`` these vectors (or one value in every dimension)."""
+        self.matrix[rows] = vectors
+        self.valid[rows] = True
+
+    def apply(self, rows: pa.Table) -> pa.Table:
+        """``rows`` with this column replaced (or added); rows without a vector get null."""
+        flat = pa.array(self.matrix.ravel(), type=pa.float32())
+        column = pa.FixedSizeListArray.from_arrays(
+            flat, type=self.field.type, mask=pa.array(~self.valid)
+        )
+        index = rows.schema.get_field_index(self.field.name)
+        if index >= 0:
+            return rows.set_column(index, self.field, column)
+        return rows.append_column(self.field, column)
+
+
+def embeddable(value: object) -> bool:
+    """A source value that can be embedded: non-blank text, or non-empty bytes."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, bytes) and bool(value)

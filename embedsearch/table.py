@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.errors import InvalidArgument
-from embedsearch.rpc.convert import METRIC_TO_PB
+from embedsearch.embeddings import EmbeddingFunction, get_registry
+from embedsearch.errors import EmbedsearchError, FailedPrecondition, InvalidArgument
+from embedsearch.rpc.convert import METRIC_TO_PB, args_from_pb
+from embedsearch.schema import VectorFill, embeddable
+from embedsearch.sql import sql_literal
 from embedsearch.v1 import common_pb2, gateway_pb2
 from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc
 
@@ -25,6 +31,12 @@ BAD_VECTORS = {
     "fill": gateway_pb2.ON_BAD_VECTORS_FILL,
     "null": gateway_pb2.ON_BAD_VECTORS_NULL,
 }
+QUERY_TYPES = {
+    "auto": gateway_pb2.QUERY_TYPE_UNSPECIFIED,
+    "vector": gateway_pb2.QUERY_TYPE_VECTOR,
+    "fts": gateway_pb2.QUERY_TYPE_FTS,
+    "hybrid": gateway_pb2.QUERY_TYPE_HYBRID,
+}
 
 
 def bad_vectors_to_pb(policy: str) -> int:
@@ -36,7 +48,7 @@ def bad_vectors_to_pb(policy: str) -> int:
 
 
 def to_arrow(data: Any) -> pa.Table:
-    """Rows as an Arrow table: from a list of dicts or models, pandas, Arrow, or record batches."""
+    """Rows as an Arrow table: from dicts or models, pandas, Arrow, or an iterable of batches."""
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):
@@ -46,8 +58,8 @@ def to_arrow(data: Any) -> pa.Table:
     if isinstance(data, dict):
         data = [data]
     rows = [row.model_dump() if hasattr(row, "model_dump") else row for row in data]
-    if rows and isinstance(rows[0], pa.RecordBatch):
-        return pa.Table.from_batches(rows)
+    if rows and isinstance(rows[0], pa.RecordBatch | pa.Table):
+        return pa.concat_tables(to_arrow(part) for part in rows)
     if not all(isinstance(row, dict) for row in rows):
         raise InvalidArgument("rows must be dicts, pydantic models, a DataFrame or Arrow data")
     try:
@@ -56,23 +68,93 @@ def to_arrow(data: Any) -> pa.Table:
         raise InvalidArgument(f"rows cannot be converted to Arrow: {exc}") from exc
 
 
-def rows_to_pb(data: Any) -> common_pb2.RowData:
-    """Rows for the wire, as Arrow IPC; the server casts them to the table's schema."""
-    return common_pb2.RowData(arrow_ipc=table_to_ipc(to_arrow(data)))
+CHUNK_ROWS = 2048
+
+
+def _batches(data: Any) -> tuple[Iterator[pa.Table], int | None]:
+    """Chunks of at most CHUNK_ROWS rows, and the row count when it is known up front."""
+    if isinstance(data, Iterator):
+        chunks = (piece for part in data for piece in _slices(to_arrow(part)))
+        return chunks, None
+    rows = to_arrow(data)
+    return _slices(rows), rows.num_rows
+
+
+def _slices(rows: pa.Table) -> Iterator[pa.Table]:
+    for start in range(0, max(rows.num_rows, 1), CHUNK_ROWS):
+        yield rows.slice(start, CHUNK_ROWS)
+
+
+def progress_bar(total: int | None, what: str) -> Any:
+    """A tqdm bar on a terminal; silent elsewhere (CI logs, notebooks' redirected stderr)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="rows", disable=not sys.stderr.isatty())
+
+
+def local_functions(
+    bindings: Iterable[common_pb2.EmbeddingBinding],
+) -> dict[str, tuple[common_pb2.EmbeddingBinding, EmbeddingFunction | None]]:
+    """The client-side bindings, by vector column, each with its function if this process
+    registered it (``None`` otherwise: using the table then fails with a clear message)."""
+    registry = get_registry()
+    found: dict[str, tuple[common_pb2.EmbeddingBinding, EmbeddingFunction | None]] = {}
+    for binding in bindings:
+        if not binding.client_side:
+            continue
+        name = binding.function.provider
+        func = (
+            registry.get(name).create(**args_from_pb(binding.function.args))
+            if (name in registry)
+            else None
+        )
+        found[binding.vector_column] = (binding, func)
+    return found
+
+
+def _require(
+    binding: common_pb2.EmbeddingBinding, func: EmbeddingFunction | None
+) -> EmbeddingFunction:
+    if func is None:
+        raise FailedPrecondition(
+            f"vector column {binding.vector_column!r} is computed by the client-side function "
+            f"{binding.function.provider!r}, which this process has not registered: import the "
+            f"module that defines it (@register({binding.function.provider!r})) first"
+        )
+    return func
+
+
+def embed_locally(rows: pa.Table, schema: pa.Schema, functions: dict[str, Any]) -> pa.Table:
+    """Fill the vector columns of client-side functions for rows that lack them."""
+    for vector_column, (binding, func) in functions.items():
+        fill = VectorFill.start(rows, schema.field(vector_column))
+        todo = fill.missing()
+        if not todo.size or binding.source_column not in rows.column_names:
+            continue  # the server reports rows it cannot complete, naming the row
+        source = rows.column(binding.source_column).take(pa.array(todo)).to_pylist()
+        good = [i for i, value in zip(todo, source, strict=True) if embeddable(value)]
+        if good:
+            values = [source[list(todo).index(i)] for i in good]
+            vectors = _require(binding, func).compute_source_embeddings(values)
+            fill.set(np.asarray(good), np.asarray(vectors, dtype=np.float32))
+            rows = fill.apply(rows)
+    return rows
 
 
 class Table:
-    """A table behind a gateway. Writes embed missing vectors on the server."""
+    """A table behind a gateway. Writes embed missing vectors; searches embed the query."""
 
-    def __init__(self, connection: Connection, info: gateway_pb2.TableInfo) -> None:
+    def __init__(
+        self, connection: Connection, info: gateway_pb2.TableInfo, version: int = 0
+    ) -> None:
         self._conn = connection
         self._info = info
+        self._checked_out = version
         self.name = info.name
 
     def _refresh(self) -> gateway_pb2.TableInfo:
-        self._info = self._conn.call(
-            "DescribeTable", gateway_pb2.DescribeTableRequest(name=self.name)
-        )
+        request = gateway_pb2.DescribeTableRequest(name=self.name, version=self._checked_out)
+        self._info = self._conn.call("DescribeTable", request)
         return self._info
 
     @property
@@ -82,13 +164,44 @@ class Table:
 
     @property
     def version(self) -> int:
-        """The latest version number."""
+        """The version this handle reads: the latest, unless checked out."""
         return self._refresh().version
+
+    @property
+    def embedding_functions(self) -> dict[str, common_pb2.EmbeddingBinding]:
+        """The bindings, by vector column."""
+        return {b.vector_column: b for b in self._refresh().bindings}
+
+    def checkout(self, version: int) -> None:
+        """Read ``version`` from now on (time travel); writes need :meth:`checkout_latest`."""
+        self._checked_out = version
+        self._refresh()
+
+    def checkout_latest(self) -> None:
+        """Follow the latest version again."""
+        self._checked_out = 0
+        self._refresh()
+
+    def _writable(self) -> None:
+        if self._checked_out:
+            raise FailedPrecondition(
+                f"table {self.name!r} is checked out at version {self._checked_out}, which is "
+                "read-only; call checkout_latest() to write"
+            )
 
     def count_rows(self, filter: str | None = None) -> int:
         """Rows in the table, or matching an SQL filter."""
-        request = gateway_pb2.CountRowsRequest(table=self.name, filter=filter or "")
+        request = gateway_pb2.CountRowsRequest(
+            table=self.name, filter=filter or "", version=self._checked_out
+        )
         return self._conn.call("CountRows", request).count
+
+    def _rows(self, data: Any) -> common_pb2.RowData:
+        rows = to_arrow(data)
+        functions = local_functions(self._info.bindings)
+        if functions:
+            rows = embed_locally(rows, ipc_to_schema(self._info.arrow_schema), functions)
+        return common_pb2.RowData(arrow_ipc=table_to_ipc(rows))
 
     def add(
         self,
@@ -96,20 +209,61 @@ class Table:
         mode: str = "append",
         on_bad_vectors: str = "error",
         fill_value: float = 0.0,
+        commit_per_chunk: bool = False,
     ) -> common_pb2.WriteResult:
-        """Append rows; vector columns bound to a function are embedded from their source."""
+        """Append rows; vector columns bound to a function are embedded from their source.
+
+        ``data`` is a list of dicts or models, a DataFrame, Arrow data, or an iterator of any of
+        those (batches). More than CHUNK_ROWS rows, or an iterator, are streamed in chunks: the
+        server embeds one chunk while it writes the previous, and commits them all as one
+        version at the end (each chunk as its own version with ``commit_per_chunk``). A
+        progress bar shows on a terminal.
+        """
+        self._writable()
         if mode != "append":
             raise InvalidArgument("add supports mode='append'; use create_table(mode='overwrite')")
-        request = gateway_pb2.AddRequest(
-            table=self.name,
-            rows=rows_to_pb(data),
-            on_bad_vectors=bad_vectors_to_pb(on_bad_vectors),
-            fill_value=fill_value,
-        )
-        return self._conn.call("Add", request)
+        bad = bad_vectors_to_pb(on_bad_vectors)
+        batches, total = _batches(data)
+        if total is not None and total <= CHUNK_ROWS:
+            request = gateway_pb2.AddRequest(
+                table=self.name, rows=self._rows(data), on_bad_vectors=bad, fill_value=fill_value
+            )
+            return self._conn.call("Add", request)
+
+        failed: list[BaseException] = []
+
+        def requests() -> Iterator[gateway_pb2.AddRequest]:
+            try:
+                with progress_bar(total, f"add {self.name}") as bar:
+                    for index, batch in enumerate(batches):
+                        request = gateway_pb2.AddRequest(rows=self._rows(batch))
+                        if index == 0:
+                            request.table = self.name
+                            request.on_bad_vectors = bad
+                            request.fill_value = fill_value
+                            request.commit_per_chunk = commit_per_chunk
+                        yield request
+                        bar.update(batch.num_rows)
+            except BaseException as exc:  # gRPC would report it as a bare "iterating requests"
+                failed.append(exc)
+                raise
+
+        try:
+            return self._conn.call("AddStream", requests(), timeout=None)
+        except EmbedsearchError:
+            if failed:
+                raise failed[0] from None
+            raise
+
+    def merge_insert(self, on: str | list[str]) -> MergeInsertBuilder:
+        """Upsert on key columns: ``.when_matched_update_all().when_not_matched_insert_all()
+        .execute(rows)``."""
+        self._writable()
+        return MergeInsertBuilder(self, [on] if isinstance(on, str) else list(on))
 
     def delete(self, where: str) -> common_pb2.WriteResult:
         """Delete the rows matching an SQL filter."""
+        self._writable()
         return self._conn.call("Delete", gateway_pb2.DeleteRequest(table=self.name, filter=where))
 
     def update(
@@ -119,7 +273,12 @@ class Table:
         values_sql: dict[str, str] | None = None,
     ) -> common_pb2.WriteResult:
         """Set columns on the rows matching ``where``: literal ``values`` or SQL expressions."""
-        updates = {k: _sql_literal(v) for k, v in (values or {}).items()} | (values_sql or {})
+        self._writable()
+        try:
+            literals = {k: sql_literal(v) for k, v in (values or {}).items()}
+        except TypeError as exc:
+            raise InvalidArgument(f"{exc}; pass an SQL expression in values_sql") from None
+        updates = literals | (values_sql or {})
         request = gateway_pb2.UpdateRequest(table=self.name, filter=where or "", updates=updates)
         return self._conn.call("Update", request)
 
@@ -131,49 +290,215 @@ class Table:
             for v in reply.versions
         ]
 
-    def search(self, query: Any = None, vector_column_name: str | None = None) -> Query:
-        """Start a nearest-neighbour query by text (embedded on the server) or by vector."""
-        return Query(self._conn, self.name, query, vector_column_name)
+    def restore(self, version: int | None = None) -> common_pb2.WriteResult:
+        """Make ``version`` (default: the checked-out one) the latest, as a new version."""
+        version = version or self._checked_out
+        if not version:
+            raise InvalidArgument("restore() needs a version, or a checkout() first")
+        result = self._conn.call(
+            "Restore", gateway_pb2.RestoreRequest(table=self.name, version=version)
+        )
+        self.checkout_latest()
+        return result
+
+    def create_index(
+        self,
+        metric: str = "l2",
+        num_partitions: int = 0,
+        num_sub_vectors: int = 0,
+        vector_column_name: str | None = None,
+        replace: bool = True,
+        index_type: str = "IVF_PQ",
+        num_bits: int = 0,
+        m: int = 0,
+        ef_construction: int = 0,
+        wait: bool = True,
+        name: str | None = None,
+    ) -> common_pb2.IndexInfo:
+        """Build a vector index (IVF_PQ, IVF_HNSW_SQ or IVF_FLAT) on a vector column."""
+        column = vector_column_name or self._only_vector_column()
+        params = common_pb2.IndexParams(
+            num_partitions=num_partitions,
+            num_sub_vectors=num_sub_vectors,
+            num_bits=num_bits,
+            m=m,
+            ef_construction=ef_construction,
+            metric=_metric_pb(metric),
+            replace=replace,
+        )
+        return self._index(column, index_type, params, wait, name)
+
+    def create_scalar_index(
+        self, column: str, index_type: str = "BTREE", replace: bool = True, wait: bool = True
+    ) -> common_pb2.IndexInfo:
+        """Build a BTREE or BITMAP index that speeds up filters on ``column``."""
+        return self._index(column, index_type, common_pb2.IndexParams(replace=replace), wait)
+
+    def create_fts_index(
+        self, field_names: str, replace: bool = True, wait: bool = True
+    ) -> common_pb2.IndexInfo:
+        """Build a full-text (INVERTED) index: enables "fts" and "hybrid" searches."""
+        params = common_pb2.IndexParams(replace=replace)
+        return self._index(field_names, "INVERTED", params, wait)
+
+    def _index(
+        self,
+        column: str,
+        index_type: str,
+        params: common_pb2.IndexParams,
+        wait: bool,
+        name: str | None = None,
+    ) -> common_pb2.IndexInfo:
+        self._writable()
+        try:
+            kind = common_pb2.IndexType.Value(f"INDEX_TYPE_{index_type.upper()}")
+        except ValueError:
+            raise InvalidArgument(f"unknown index type {index_type!r}") from None
+        watch = wait and sys.stderr.isatty()  # on a terminal, show the build's progress
+        request = gateway_pb2.CreateIndexRequest(
+            table=self.name,
+            column=column,
+            index_type=kind,
+            params=params,
+            wait=wait and not watch,
+            index_name=name or "",
+        )
+        info = self._conn.call("CreateIndex", request)
+        return self._watch(info) if watch else info
+
+    def _watch(self, info: common_pb2.IndexInfo) -> common_pb2.IndexInfo:
+        """Poll a building index, drawing its progress, until it is ready or failed."""
+        from tqdm import tqdm
+
+        with tqdm(total=1.0, desc=f"index {info.name}", bar_format="{l_bar}{bar}") as bar:
+            while info.status == "building":
+                time.sleep(0.5)
+                info = next(i for i in self.list_indices() if i.name == info.name)
+                bar.set_postfix_str(info.stage)
+                bar.n = info.progress
+                bar.refresh()
+        if info.status.startswith("failed"):
+            raise FailedPrecondition(f"index {info.name!r} on table {self.name!r} {info.status}")
+        return info
+
+    def list_indices(self) -> list[common_pb2.IndexInfo]:
+        """Indexes with their status, coverage and build progress."""
+        reply = self._conn.call("ListIndexes", gateway_pb2.ListIndexesRequest(table=self.name))
+        return list(reply.indexes)
+
+    def _only_vector_column(self) -> str:
+        vectors = [f.name for f in self.schema if pa.types.is_fixed_size_list(f.type)]
+        if len(vectors) != 1:
+            raise InvalidArgument(f"name the vector column: the table has {vectors}")
+        return vectors[0]
+
+    def search(
+        self, query: Any = None, vector_column_name: str | None = None, query_type: str = "auto"
+    ) -> Query:
+        """Start a search by text, image (bytes or a PIL image) or vector.
+
+        Text is embedded by the vector column's function: on the server, or here for a
+        client-side function. ``query_type`` is "auto" (hybrid when a text query meets a
+        full-text index), "vector", "fts" or "hybrid".
+        """
+        if query_type not in QUERY_TYPES:
+            raise InvalidArgument(f"query_type must be one of {sorted(QUERY_TYPES)}")
+        query_pb = gateway_pb2.SearchRequest(
+            table=self.name,
+            vector_column=vector_column_name or "",
+            query_type=QUERY_TYPES[query_type],
+            version=self._checked_out,
+        )
+        functions = local_functions(self._info.bindings)
+        if isinstance(query, str) and functions and query_type != "fts":
+            column = vector_column_name or next(iter(functions))
+            if column in functions:
+                binding, func = functions[column]
+                query = _require(binding, func).compute_query_embeddings(query)[0]
+                query_pb.vector_column = column
+        _set_query(query_pb, query)
+        return Query(self._conn, query_pb)
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, version={self._info.version})"
 
 
-def _sql_literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    raise InvalidArgument(f"cannot write {type(value).__name__} as an SQL literal; use values_sql")
+def _set_query(request: gateway_pb2.SearchRequest, query: Any) -> None:
+    if isinstance(query, str):
+        request.text = query
+    elif isinstance(query, bytes):
+        request.blob.data = query
+    elif hasattr(query, "save") and hasattr(query, "size"):  # a PIL image
+        buffer = io.BytesIO()
+        query.save(buffer, format="PNG")
+        request.blob.data = buffer.getvalue()
+        request.blob.mime_type = "image/png"
+    elif isinstance(query, np.ndarray | list | tuple):
+        vector = np.asarray(query, dtype="<f4")
+        if vector.ndim != 1:
+            raise InvalidArgument(f"a query vector must be 1-D, got shape {vector.shape}")
+        request.vector = vector.tobytes()
+    else:
+        raise InvalidArgument("search() needs a text, image or vector query")
+
+
+def _metric_pb(metric: str) -> int:
+    if metric not in METRIC_TO_PB:
+        raise InvalidArgument(f"metric must be one of {sorted(METRIC_TO_PB)}, got {metric!r}")
+    return METRIC_TO_PB[metric]
+
+
+class MergeInsertBuilder:
+    """LanceDB's merge_insert builder: choose what happens to matched and unmatched rows."""
+
+    def __init__(self, table: Table, on: list[str]) -> None:
+        self._table = table
+        self._request = gateway_pb2.MergeInsertRequest(table=table.name, on=on)
+
+    def when_matched_update_all(self, where: str | None = None) -> MergeInsertBuilder:
+        """Replace matched rows (optionally only where ``where`` holds)."""
+        self._request.when_matched_update_all = True
+        self._request.when_matched_update_condition = where or ""
+        return self
+
+    def when_not_matched_insert_all(self) -> MergeInsertBuilder:
+        """Insert source rows that match nothing."""
+        self._request.when_not_matched_insert_all = True
+        return self
+
+    def when_not_matched_by_source_delete(self, condition: str | None = None) -> MergeInsertBuilder:
+        """Delete target rows no source row matches (optionally only where ``condition``)."""
+        self._request.when_not_matched_by_source_delete = True
+        self._request.when_not_matched_by_source_condition = condition or ""
+        return self
+
+    def execute(
+        self, data: Any, on_bad_vectors: str = "error", fill_value: float = 0.0
+    ) -> common_pb2.WriteResult:
+        """Run the upsert as one commit; only rows that will be written are embedded."""
+        self._request.rows.CopyFrom(self._table._rows(data))
+        self._request.on_bad_vectors = bad_vectors_to_pb(on_bad_vectors)
+        self._request.fill_value = fill_value
+        return self._table._conn.call("MergeInsert", self._request)
 
 
 class Query:
     """A search being built: ``.where().select().limit().metric()`` then ``.to_pandas()``."""
 
-    def __init__(
-        self, connection: Connection, table: str, query: Any, vector_column: str | None
-    ) -> None:
+    def __init__(self, connection: Connection, request: gateway_pb2.SearchRequest) -> None:
         self._conn = connection
-        self._request = gateway_pb2.SearchRequest(table=table, vector_column=vector_column or "")
-        if isinstance(query, str):
-            self._request.text = query
-        elif isinstance(query, np.ndarray | list | tuple):
-            vector = np.asarray(query, dtype="<f4")
-            if vector.ndim != 1:
-                raise InvalidArgument(f"a query vector must be 1-D, got shape {vector.shape}")
-            self._request.vector = vector.tobytes()
-        else:
-            raise InvalidArgument("search() needs a text query or a vector")
+        self._request = request
 
     def limit(self, k: int) -> Query:
         """Return at most ``k`` rows (default 10)."""
         if k <= 0:
             raise InvalidArgument(f"limit must be positive, got {k}")
         self._request.k = k
+        return self
+
+    def offset(self, n: int) -> Query:
+        """Skip the first ``n`` results."""
+        self._request.offset = n
         return self
 
     def where(self, filter: str, prefilter: bool = True) -> Query:
@@ -190,9 +515,7 @@ class Query:
 
     def metric(self, metric: str) -> Query:
         """Distance metric: "l2" (default), "cosine" or "dot"."""
-        if metric not in METRIC_TO_PB:
-            raise InvalidArgument(f"metric must be one of {sorted(METRIC_TO_PB)}, got {metric!r}")
-        self._request.metric = METRIC_TO_PB[metric]
+        self._request.metric = _metric_pb(metric)
         return self
 
     distance_type = metric
@@ -207,13 +530,18 @@ class Query:
         self._request.refine_factor = factor
         return self
 
+    def ef(self, ef: int) -> Query:
+        """HNSW search list size."""
+        self._request.ef = ef
+        return self
+
     def with_row_id(self, enabled: bool = True) -> Query:
         """Also return ``_rowid``."""
         self._request.with_row_id = enabled
         return self
 
     def to_arrow(self) -> pa.Table:
-        """Run the query; rows nearest first, with ``_distance``."""
+        """Run the query; rows best first, with ``_distance`` (and scores for text search)."""
         reply = self._conn.call("Search", self._request)
         return ipc_to_table(reply.rows.arrow_ipc, "search results")
 
@@ -222,6 +550,11 @@ class Query:
 
     def to_list(self) -> list[dict[str, Any]]:
         return self.to_arrow().to_pylist()
+
+    def to_pydantic(self, model: type) -> list[Any]:
+        """Rows as instances of a pydantic model (extra columns such as _distance dropped)."""
+        fields = set(model.model_fields)
+        return [model(**{k: v for k, v in row.items() if k in fields}) for row in self.to_list()]
 
     def __repr__(self) -> str:
         return f"Query({json.dumps(self._request.table)})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,6 +34,21 @@ class Peer:
         with typed_errors(self.name):
             return await getattr(self.stub, method)(request, timeout=timeout)
 
+    async def stream(self, method: str, requests: AsyncIterator[Any]) -> Any:
+        """A client-streaming call: send every request, then await the reply. If producing the
+        requests fails, the call is cancelled (the peer commits nothing) and the error raised."""
+        # No default deadline: the caller's stream sets the pace, however long the ingest.
+        call = getattr(self.stub, method)(timeout=remaining(None))
+        with typed_errors(self.name):
+            try:
+                async for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+            except BaseException:
+                call.cancel()
+                raise
+            return await call
+
     async def close(self) -> None:
         await self.channel.close()
 
@@ -50,11 +66,16 @@ class EmbedderClient(Peer):
         return await self.call("ResolveFunction", request)
 
     async def embed(
-        self, provider: str, args: dict[str, Any], mode: str, texts: list[str]
+        self, provider: str, args: dict[str, Any], mode: str, inputs: list[str] | list[bytes]
     ) -> np.ndarray:
+        """Vectors for texts, or for encoded images and other binary inputs."""
         request = embedder_pb2.EmbedRequest(
-            function=spec_to_pb(provider, args), mode=MODE_TO_PB[mode], texts=texts
+            function=spec_to_pb(provider, args), mode=MODE_TO_PB[mode]
         )
+        if inputs and isinstance(inputs[0], bytes):
+            request.blobs.extend(embedder_pb2.Blob(data=data) for data in inputs)
+        else:
+            request.texts.extend(inputs)
         reply: embedder_pb2.EmbedResponse = await self.call("Embed", request)
         return unpack_vectors(reply.vectors, reply.ndims).reshape(reply.count, reply.ndims)
 

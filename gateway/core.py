@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from embedsearch.errors import FailedPrecondition, InvalidArgument, InvalidSchema
+from embedsearch.errors import (
+    EmbedsearchError,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidSchema,
+)
 from embedsearch.rpc.convert import args_from_pb, copy_shared_fields
-from embedsearch.schema import check_vector_lengths, is_vector, vector_type
-from embedsearch.v1 import store_pb2
+from embedsearch.schema import VectorFill, embeddable, is_vector, vector_type
+from embedsearch.sql import keys_filter
+from embedsearch.v1 import common_pb2, gateway_pb2, store_pb2
 from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc
-from gateway.mapping import Binding, bindings_from_schema, pick_binding, schema_with_bindings
+from gateway.mapping import (
+    Binding,
+    bindings_from_schema,
+    client_side_error,
+    pick_binding,
+    schema_with_bindings,
+)
 
 if TYPE_CHECKING:
     from gateway.clients import EmbedderClient, StoreClient
 
 ERROR, DROP, FILL, NULL = "error", "drop", "fill", "null"
 Rows = pa.Table | list[dict[str, Any]]
+# Source keys looked up per Scan when working out which merge_insert rows are written.
+KEY_LOOKUP_BATCH = 500
+# Reciprocal rank fusion's constant (Cormack et al.; LanceDB's RRFReranker uses the same).
+RRF_K = 60
 
 
 @dataclass
@@ -31,6 +47,19 @@ class Table:
     info: store_pb2.StoreTableInfo
     schema: pa.Schema
     bindings: list[Binding]
+
+    def has_text_index(self) -> bool:
+        return any(i.index_type == common_pb2.INDEX_TYPE_INVERTED for i in self.info.indexes)
+
+
+@dataclass
+class Chunk:
+    """One message of an AddStream."""
+
+    table: str
+    rows: Rows
+    bad: BadVectors
+    commit_per_chunk: bool = False
 
 
 @dataclass
@@ -48,12 +77,13 @@ class GatewayCore:
         self.embedder = embedder
         self.store = store
 
-    async def table(self, name: str) -> Table:
-        info = await self.store.call(
-            "DescribeTable", store_pb2.StoreDescribeTableRequest(name=name)
-        )
+    async def table(self, name: str, version: int = 0) -> Table:
+        request = store_pb2.StoreDescribeTableRequest(name=name, version=version)
+        info = await self.store.call("DescribeTable", request)
         schema = ipc_to_schema(info.arrow_schema)
         return Table(info=info, schema=schema, bindings=bindings_from_schema(schema))
+
+    # -- create ------------------------------------------------------------------------------
 
     async def create_table(
         self,
@@ -66,10 +96,9 @@ class GatewayCore:
     ) -> Table:
         """Create a table whose schema carries the (canonical) bindings in its metadata."""
         bindings = bindings or bindings_from_schema(schema)
-        resolved = await asyncio.gather(*(self._bind(schema, b) for b in bindings))
-        for binding, ndims in resolved:
-            schema = _with_vector_column(schema, binding, ndims)
-        canonical = [binding for binding, _ in resolved]
+        canonical = list(await asyncio.gather(*(self._bind(schema, b) for b in bindings)))
+        for binding in canonical:
+            schema = _with_vector_column(schema, binding)
         if canonical:
             schema = schema_with_bindings(schema, canonical)
         request = store_pb2.StoreCreateTableRequest(
@@ -82,19 +111,28 @@ class GatewayCore:
         schema = ipc_to_schema(info.arrow_schema)
         return Table(info=info, schema=schema, bindings=bindings_from_schema(schema))
 
-    async def _bind(self, schema: pa.Schema, binding: Binding) -> tuple[Binding, int]:
+    async def _bind(self, schema: pa.Schema, binding: Binding) -> Binding:
+        """The binding with canonical arguments and its vector length."""
         if schema.get_field_index(binding.source_column) < 0:
             raise InvalidSchema(
                 f"source column {binding.source_column!r} is not in the schema {schema.names}"
             )
+        if binding.client_side:
+            if binding.ndims <= 0:
+                raise InvalidArgument(
+                    f"client-side function {binding.provider!r} needs ndims in its binding"
+                )
+            return binding
         resolved = await self.embedder.resolve(binding.provider, binding.args)
-        canonical = Binding(
+        return Binding(
             provider=resolved.canonical.provider,
             args=args_from_pb(resolved.canonical.args),
             source_column=binding.source_column,
             vector_column=binding.vector_column,
+            ndims=resolved.ndims,
         )
-        return canonical, resolved.ndims
+
+    # -- writes ------------------------------------------------------------------------------
 
     async def add(self, name: str, rows: Rows, bad: BadVectors) -> Any:
         """Embed the rows' missing vectors, then append them as one commit."""
@@ -106,108 +144,189 @@ class GatewayCore:
             "Add", store_pb2.StoreAddRequest(name=name, arrow_ipc=table_to_ipc(data))
         )
 
+    async def add_stream(self, chunks: AsyncIterator[Chunk]) -> common_pb2.WriteResult:
+        """Embed and write a stream of chunks, embedding chunk n+1 while chunk n is written.
+
+        The store commits the whole stream as one version when it ends; with commit_per_chunk
+        every chunk is its own version. An error stops both stages and commits nothing more.
+        """
+        first = await anext(chunks, None)
+        if first is None or not first.table:
+            raise InvalidArgument("AddStream's first message must name the table")
+        table = await self.table(first.table)
+        # Embedded chunks, then None at the end, or the error that stopped embedding: the
+        # writer raises it after writing what came before (kept with commit_per_chunk).
+        embedded: asyncio.Queue[pa.Table | Exception | None] = asyncio.Queue(maxsize=2)
+
+        async def embed_all() -> None:
+            chunk: Chunk | None = first
+            index = 0
+            try:
+                while chunk is not None:
+                    rows = to_table(chunk.rows, table.schema)
+                    await embedded.put(
+                        await self.embed_rows(rows, table.schema, table.bindings, first.bad)
+                    )
+                    chunk, index = await anext(chunks, None), index + 1
+            except EmbedsearchError as exc:
+                await embedded.put(type(exc)(f"chunk {index}: {exc}"))
+            except Exception as exc:
+                await embedded.put(exc)
+            else:
+                await embedded.put(None)
+
+        async def requests() -> AsyncIterator[store_pb2.StoreAddRequest]:
+            while (rows := await embedded.get()) is not None:
+                if isinstance(rows, Exception):
+                    raise rows
+                yield store_pb2.StoreAddRequest(name=first.table, arrow_ipc=table_to_ipc(rows))
+
+        async def write_all() -> common_pb2.WriteResult:
+            if not first.commit_per_chunk:
+                return await self.store.stream("AddStream", requests())
+            total = common_pb2.WriteResult(version=table.info.version)
+            async for request in requests():
+                result = await self.store.call("Add", request)
+                total.version = result.version
+                total.rows_inserted += result.rows_inserted
+            return total
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(embed_all())
+                writer = group.create_task(write_all())
+        except BaseExceptionGroup as failed:  # the first stage to fail says why
+            raise failed.exceptions[0] from None
+        return writer.result()
+
     async def merge_insert(
         self, request: store_pb2.StoreMergeInsertRequest, rows: Rows, bad: BadVectors
     ) -> Any:
-        """Embed the rows' missing vectors, then upsert them on the key columns."""
+        """Upsert on the key columns, embedding only the rows the upsert will write (LanceDB
+        embeds every source row, lancedb#2523): matched rows when only updating, unmatched
+        rows when only inserting, none when only deleting."""
         table = await self.table(request.name)
-        data = await self.embed_rows(
-            to_table(rows, table.schema), table.schema, table.bindings, bad
-        )
+        data = to_table(rows, table.schema)
+        written = await self._rows_written(request, data)
+        data = await self.embed_rows(data, table.schema, table.bindings, bad, only=written)
         request.arrow_ipc = table_to_ipc(data)
         return await self.store.call("MergeInsert", request)
 
+    async def _rows_written(
+        self, request: store_pb2.StoreMergeInsertRequest, rows: pa.Table
+    ) -> np.ndarray | None:
+        """Which source rows the upsert writes (None: all of them)."""
+        update, insert = request.when_matched_update_all, request.when_not_matched_insert_all
+        if update and insert:
+            return None
+        if not (update or insert) or rows.num_rows == 0:
+            return np.zeros(rows.num_rows, dtype=bool)
+        on = list(request.on)
+        if any(column not in rows.column_names for column in on):
+            return None  # the store reports the missing key column
+        keys = [tuple(row.values()) for row in rows.select(on).to_pylist()]
+        found: set[tuple[Any, ...]] = set()
+        for start in range(0, len(keys), KEY_LOOKUP_BATCH):
+            try:
+                where = keys_filter(on, keys[start : start + KEY_LOOKUP_BATCH])
+            except TypeError:
+                return None  # keys of a type with no SQL literal: embed every row
+            scan = store_pb2.StoreScanRequest(name=request.name, filter=where, columns=on)
+            reply = await self.store.call("Scan", scan)
+            existing = ipc_to_table(reply.arrow_ipc, "key lookup").to_pylist()
+            found.update(tuple(row.values()) for row in existing)
+        matched = np.array([key in found for key in keys], dtype=bool)
+        return matched if update else ~matched
+
     async def embed_rows(
-        self, rows: pa.Table, schema: pa.Schema, bindings: list[Binding], bad: BadVectors
+        self,
+        rows: pa.Table,
+        schema: pa.Schema,
+        bindings: list[Binding],
+        bad: BadVectors,
+        only: np.ndarray | None = None,
     ) -> pa.Table:
-        """Fill each bound vector column for the rows where it is missing or null."""
+        """Fill each bound vector column for the rows where it is missing or null (of the rows
+        in ``only``, if given: the others are left as they are)."""
         if rows.num_rows == 0 or not bindings:
             return rows
         drop = np.zeros(rows.num_rows, dtype=bool)
-        columns = await asyncio.gather(
-            *(self._vectors(rows, schema.field(b.vector_column), b, bad, drop) for b in bindings)
+        fills = await asyncio.gather(
+            *(self._fill(rows, schema.field(b.vector_column), b, bad, drop, only) for b in bindings)
         )
-        for binding, column in zip(bindings, columns, strict=True):
-            index = rows.schema.get_field_index(binding.vector_column)
-            field = schema.field(binding.vector_column)
-            rows = (
-                rows.set_column(index, field, column)
-                if index >= 0
-                else rows.append_column(field, column)
-            )
+        for fill in fills:
+            rows = fill.apply(rows)
         return rows.filter(pa.array(~drop)) if drop.any() else rows
 
-    async def _vectors(
-        self, rows: pa.Table, field: pa.Field, binding: Binding, bad: BadVectors, drop: np.ndarray
-    ) -> pa.Array:
-        ndims = field.type.list_size
-        matrix = np.zeros((rows.num_rows, ndims), dtype=np.float32)
-        valid = np.zeros(rows.num_rows, dtype=bool)
-        if binding.vector_column in rows.column_names:
-            given = rows.column(binding.vector_column)
-            check_vector_lengths(given, field)
-            valid = ~np.asarray(given.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            if valid.any():
-                present = pc.cast(given.filter(pa.array(valid)), field.type).combine_chunks()
-                matrix[valid] = present.values.to_numpy().reshape(-1, ndims)
-        todo = np.flatnonzero(~valid)
-        if todo.size:
-            if binding.source_column not in rows.column_names:
-                raise InvalidSchema(
-                    f"rows have neither {binding.vector_column!r} nor its source column "
-                    f"{binding.source_column!r}"
-                )
-            source = rows.column(binding.source_column).take(pa.array(todo)).to_pylist()
-            ok = np.array([isinstance(v, str) and bool(v.strip()) for v in source], dtype=bool)
-            if not ok.all():
-                valid = self._bad_rows(todo[~ok], binding, field, bad, drop, matrix, valid)
-            good = todo[ok]
-            if good.size:
-                texts = [source[i] for i in np.flatnonzero(ok)]
-                vectors = await self.embedder.embed(binding.provider, binding.args, "source", texts)
-                if vectors.shape[1] != ndims:
-                    raise FailedPrecondition(
-                        f"{binding.provider} returns {vectors.shape[1]}-dimensional vectors but "
-                        f"column {binding.vector_column!r} holds {ndims}"
-                    )
-                matrix[good] = vectors
-                valid[good] = True
-        flat = pa.array(matrix.ravel(), type=pa.float32())
-        return pa.FixedSizeListArray.from_arrays(
-            flat, type=vector_type(ndims), mask=pa.array(~valid)
-        )
-
-    @staticmethod
-    def _bad_rows(
-        rows: np.ndarray,
-        binding: Binding,
+    async def _fill(
+        self,
+        rows: pa.Table,
         field: pa.Field,
+        binding: Binding,
         bad: BadVectors,
         drop: np.ndarray,
-        matrix: np.ndarray,
-        valid: np.ndarray,
-    ) -> np.ndarray:
-        where = f"source column {binding.source_column!r} is null or empty"
-        if bad.policy == ERROR:
-            raise InvalidArgument(
-                f"row {int(rows[0])}: {where}; fix the row, or set on_bad_vectors "
-                "to drop, fill or null"
+        only: np.ndarray | None,
+    ) -> VectorFill:
+        fill = VectorFill.start(rows, field)
+        todo = fill.missing()
+        if only is not None:
+            todo = todo[only[todo]]
+        if not todo.size:
+            return fill
+        if binding.source_column not in rows.column_names:
+            raise InvalidSchema(
+                f"rows have neither {binding.vector_column!r} nor its source column "
+                f"{binding.source_column!r}"
             )
-        if bad.policy == DROP:
-            drop[rows] = True
-        elif bad.policy == FILL:
-            matrix[rows] = bad.fill_value
-            valid = valid.copy()
-            valid[rows] = True
-        elif not field.nullable:
-            raise InvalidArgument(
-                f"row {int(rows[0])}: {where}, and {field.name!r} is not nullable"
+        source = rows.column(binding.source_column).take(pa.array(todo)).to_pylist()
+        ok = np.array([embeddable(value) for value in source], dtype=bool)
+        if not ok.all():
+            _bad_rows(todo[~ok], binding, field, bad, drop, fill)
+        good = todo[ok]
+        if not good.size:
+            return fill
+        if binding.client_side:
+            raise client_side_error(binding, f"{good.size} row(s) have no vector")
+        inputs = [source[i] for i in np.flatnonzero(ok)]
+        vectors = await self.embedder.embed(binding.provider, binding.args, "source", inputs)
+        if vectors.shape[1] != field.type.list_size:
+            raise FailedPrecondition(
+                f"{binding.provider} returns {vectors.shape[1]}-dimensional vectors but "
+                f"column {binding.vector_column!r} holds {field.type.list_size}"
             )
-        return valid
+        fill.set(good, vectors)
+        return fill
 
-    async def search(self, request: Any, vector: np.ndarray | None) -> pa.Table:
-        """Search by ``vector``, or embed the request's text with the bound function first."""
-        table = await self.table(request.table)
+    # -- search ------------------------------------------------------------------------------
+
+    async def search(
+        self, request: gateway_pb2.SearchRequest, vector: np.ndarray | None
+    ) -> pa.Table:
+        """Vector, full-text or hybrid search; text and images are embedded in query mode."""
+        table = await self.table(request.table, request.version)
+        query_type = request.query_type
+        kind = request.WhichOneof("query")
+        if query_type == gateway_pb2.QUERY_TYPE_UNSPECIFIED:
+            query_type = _default_query_type(table, request, kind)
+        if query_type == gateway_pb2.QUERY_TYPE_FTS:
+            return await self._text_search(request, with_row_id=request.with_row_id)
+        if query_type == gateway_pb2.QUERY_TYPE_HYBRID:
+            if kind != "text":
+                raise InvalidArgument("hybrid search needs a text query")
+            found, texts = await asyncio.gather(
+                self._vector_search(table, request, vector, with_row_id=True),
+                self._text_search(request, with_row_id=True),
+            )
+            return fuse(found, texts, request.k or 10, request.with_row_id)
+        return await self._vector_search(table, request, vector, request.with_row_id)
+
+    async def _vector_search(
+        self,
+        table: Table,
+        request: gateway_pb2.SearchRequest,
+        vector: np.ndarray | None,
+        with_row_id: bool,
+    ) -> pa.Table:
         binding = pick_binding(table.bindings, request.vector_column, request.table)
         column = request.vector_column or (binding.vector_column if binding else "")
         if not column:
@@ -219,35 +338,117 @@ class GatewayCore:
                 )
             column = vectors[0]
         if vector is None:
-            if binding is None:
-                raise InvalidArgument(
-                    f"column {column!r} of table {request.table!r} has no embedding function; "
-                    "search it with a vector"
-                )
-            query = request.text
-            if not query.strip():
-                raise InvalidArgument("the text query is empty")
-            vector = (await self.embedder.embed(binding.provider, binding.args, "query", [query]))[
-                0
-            ]
+            vector = await self._query_vector(request, binding, column)
         store_request = copy_shared_fields(request, store_pb2.StoreSearchRequest())
         store_request.name = request.table
         store_request.vector_column = column
         store_request.vector = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        store_request.with_row_id = with_row_id
         reply = await self.store.call("Search", store_request)
         return ipc_to_table(reply.arrow_ipc, "search results")
 
+    async def _query_vector(
+        self, request: gateway_pb2.SearchRequest, binding: Binding | None, column: str
+    ) -> np.ndarray:
+        if binding is None:
+            raise InvalidArgument(
+                f"column {column!r} of table {request.table!r} has no embedding function; "
+                "search it with a vector"
+            )
+        if binding.client_side:
+            raise client_side_error(binding, "cannot embed the query on the server")
+        query: Any = request.text if request.WhichOneof("query") == "text" else request.blob.data
+        if not embeddable(query):
+            raise InvalidArgument("the query is empty")
+        vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query])
+        return vectors[0]
 
-def _with_vector_column(schema: pa.Schema, binding: Binding, ndims: int) -> pa.Schema:
+    async def _text_search(self, request: gateway_pb2.SearchRequest, with_row_id: bool) -> pa.Table:
+        if request.WhichOneof("query") != "text" or not request.text.strip():
+            raise InvalidArgument("full-text search needs a non-empty text query")
+        store_request = copy_shared_fields(request, store_pb2.StoreTextSearchRequest())
+        store_request.name = request.table
+        store_request.query = request.text
+        store_request.search_columns.extend(request.fts_columns)
+        store_request.with_row_id = with_row_id
+        reply = await self.store.call("TextSearch", store_request)
+        return ipc_to_table(reply.arrow_ipc, "search results")
+
+
+def _default_query_type(table: Table, request: gateway_pb2.SearchRequest, kind: str | None) -> int:
+    """Vector search, unless a text query meets a full-text index: then hybrid (or full-text
+    alone when no function can embed the text). A client-side function never falls back."""
+    if kind != "text" or not table.has_text_index():
+        return gateway_pb2.QUERY_TYPE_VECTOR
+    binding = pick_binding(table.bindings, request.vector_column, request.table)
+    if binding is None:
+        return gateway_pb2.QUERY_TYPE_FTS
+    return gateway_pb2.QUERY_TYPE_VECTOR if binding.client_side else gateway_pb2.QUERY_TYPE_HYBRID
+
+
+def fuse(vector_rows: pa.Table, text_rows: pa.Table, k: int, keep_row_id: bool) -> pa.Table:
+    """Reciprocal rank fusion of two result lists, best first, with ``_relevance_score``."""
+    scores: dict[int, float] = {}
+    for rows in (vector_rows, text_rows):
+        for rank, row_id in enumerate(rows.column("_rowid").to_pylist()):
+            scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    best = sorted(scores, key=lambda row_id: -scores[row_id])[:k]
+    combined = pa.concat_tables([vector_rows, text_rows], promote_options="default")
+    first: dict[int, int] = {}
+    for index, row_id in enumerate(combined.column("_rowid").to_pylist()):
+        first.setdefault(row_id, index)
+    fused = combined.take([first[row_id] for row_id in best])
+    for name, source in (("_distance", vector_rows), ("_score", text_rows)):
+        if name in source.column_names:
+            ids, values = source.column("_rowid").to_pylist(), source.column(name).to_pylist()
+            by_id = dict(zip(ids, values, strict=True))
+            fused = _replace(fused, name, pa.array([by_id.get(r) for r in best], pa.float32()))
+    fused = fused.append_column(
+        "_relevance_score", pa.array([scores[r] for r in best], pa.float32())
+    )
+    return fused if keep_row_id else fused.drop_columns(["_rowid"])
+
+
+def _replace(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        return table.append_column(name, column)
+    return table.set_column(index, name, column)
+
+
+def _bad_rows(
+    rows: np.ndarray,
+    binding: Binding,
+    field: pa.Field,
+    bad: BadVectors,
+    drop: np.ndarray,
+    fill: VectorFill,
+) -> None:
+    """Apply on_bad_vectors to rows whose source value is null or empty."""
+    where = f"source column {binding.source_column!r} is null or empty"
+    if bad.policy == ERROR:
+        raise InvalidArgument(
+            f"row {int(rows[0])}: {where}; fix the row, or set on_bad_vectors to drop, fill or null"
+        )
+    if bad.policy == DROP:
+        drop[rows] = True
+    elif bad.policy == FILL:
+        fill.set(rows, bad.fill_value)
+    elif not field.nullable:
+        raise InvalidArgument(f"row {int(rows[0])}: {where}, and {field.name!r} is not nullable")
+
+
+def _with_vector_column(schema: pa.Schema, binding: Binding) -> pa.Schema:
     """Add the binding's vector column if absent; otherwise check its dimension."""
     index = schema.get_field_index(binding.vector_column)
     if index < 0:
-        return schema.append(pa.field(binding.vector_column, vector_type(ndims), nullable=True))
+        field = pa.field(binding.vector_column, vector_type(binding.ndims), nullable=True)
+        return schema.append(field)
     field = schema.field(index)
-    if not is_vector(field) or field.type.list_size != ndims:
+    if not is_vector(field) or field.type.list_size != binding.ndims:
         raise InvalidSchema(
             f"vector column {binding.vector_column!r} is {field.type}, but {binding.provider} "
-            f"returns {ndims}-dimensional vectors: declare it as Vector({ndims})"
+            f"returns {binding.ndims}-dimensional vectors: declare it as Vector({binding.ndims})"
         )
     return schema
 

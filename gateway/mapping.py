@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -15,21 +15,29 @@ METADATA_KEY = b"embedding_functions"
 
 @dataclass(frozen=True)
 class Binding:
-    """source_column -> vector_column through the function (provider, args)."""
+    """source_column -> vector_column through the function (provider, args).
+
+    A client-side binding names a function registered in the client's process; the server
+    never calls it, and ``ndims`` comes from the client.
+    """
 
     provider: str
     args: dict[str, Any]
     source_column: str
     vector_column: str
+    client_side: bool = False
+    ndims: int = field(default=0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         # LanceDB's shape: name = provider, model = create() kwargs, then the two columns.
-        return {
+        # LanceDB ignores other keys, so "client_side" is added only where it is true.
+        item = {
             "name": self.provider,
             "model": self.args,
             "source_column": self.source_column,
             "vector_column": self.vector_column,
         }
+        return {**item, "client_side": True} if self.client_side else item
 
 
 def bindings_from_schema(schema: pa.Schema) -> list[Binding]:
@@ -38,17 +46,26 @@ def bindings_from_schema(schema: pa.Schema) -> list[Binding]:
     if raw is None:
         return []
     try:
-        return [
+        bindings = [
             Binding(
                 provider=item["name"],
                 args=dict(item.get("model") or {}),
                 source_column=item["source_column"],
                 vector_column=item["vector_column"],
+                client_side=bool(item.get("client_side", False)),
             )
             for item in json.loads(raw)
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidSchema(f"malformed embedding_functions metadata: {exc}") from exc
+    return [_with_ndims(b, schema) for b in bindings]
+
+
+def _with_ndims(binding: Binding, schema: pa.Schema) -> Binding:
+    index = schema.get_field_index(binding.vector_column)
+    dtype = schema.field(index).type if index >= 0 else None
+    ndims = dtype.list_size if dtype is not None and pa.types.is_fixed_size_list(dtype) else 0
+    return Binding(**{**binding.__dict__, "ndims": ndims})
 
 
 def schema_with_bindings(schema: pa.Schema, bindings: list[Binding]) -> pa.Schema:
@@ -62,9 +79,18 @@ def pick_binding(bindings: list[Binding], vector_column: str, table: str) -> Bin
     """The binding searched by a text query: the named vector column's, or the only one."""
     if vector_column:
         return next((b for b in bindings if b.vector_column == vector_column), None)
-    if len(bindings) > 1:
-        choices = [b.vector_column for b in bindings]
+    if len({b.vector_column for b in bindings}) > 1:
+        choices = sorted({b.vector_column for b in bindings})
         raise InvalidSchema(
             f"table {table!r} has several vector columns {choices}; name one in vector_column"
         )
     return bindings[0] if bindings else None
+
+
+def client_side_error(binding: Binding, what: str) -> InvalidSchema:
+    """The error for a server asked to run a function that lives in a client."""
+    return InvalidSchema(
+        f"{what}: vector column {binding.vector_column!r} is computed by the client-side "
+        f"function {binding.provider!r}; register it with @register in your process (the SDK "
+        "then embeds for you) or send vectors"
+    )

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ from embedsearch.v1 import (
 )
 from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
 from gateway.clients import EmbedderClient, StoreClient
-from gateway.core import BadVectors, GatewayCore, Rows, Table
+from gateway.core import BadVectors, Chunk, GatewayCore, Rows, Table
 from gateway.mapping import Binding
 from gateway.settings import GatewaySettings
 
@@ -74,7 +75,24 @@ def binding_from_pb(binding: common_pb2.EmbeddingBinding) -> Binding:
     provider, args = spec_from_pb(binding.function)
     if not binding.source_column or not binding.vector_column:
         raise InvalidArgument("a binding needs source_column and vector_column")
-    return Binding(provider, args, binding.source_column, binding.vector_column)
+    return Binding(
+        provider,
+        args,
+        binding.source_column,
+        binding.vector_column,
+        client_side=binding.client_side,
+        ndims=binding.ndims,
+    )
+
+
+def binding_to_pb(binding: Binding) -> common_pb2.EmbeddingBinding:
+    return common_pb2.EmbeddingBinding(
+        function=spec_to_pb(binding.provider, binding.args),
+        source_column=binding.source_column,
+        vector_column=binding.vector_column,
+        client_side=binding.client_side,
+        ndims=binding.ndims,
+    )
 
 
 def bad_vectors_from_pb(request: Any) -> BadVectors:
@@ -92,14 +110,7 @@ def table_to_pb(table: Table) -> gateway_pb2.TableInfo:
         arrow_schema=table.info.arrow_schema,
         version=table.info.version,
         num_rows=table.info.num_rows,
-        bindings=[
-            common_pb2.EmbeddingBinding(
-                function=spec_to_pb(b.provider, b.args),
-                source_column=b.source_column,
-                vector_column=b.vector_column,
-            )
-            for b in table.bindings
-        ],
+        bindings=[binding_to_pb(b) for b in table.bindings],
         indexes=table.info.indexes,
         columns=[
             gateway_pb2.ColumnSpec(name=f.name, type=type_name(f.type), nullable=f.nullable)
@@ -147,7 +158,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def DescribeTable(
         self, request: gateway_pb2.DescribeTableRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.TableInfo:
-        return table_to_pb(await self.core.table(request.name))
+        return table_to_pb(await self.core.table(request.name, request.version))
 
     async def ListTables(
         self, request: gateway_pb2.ListTablesRequest, context: grpc.aio.ServicerContext
@@ -175,6 +186,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return await self.core.add(
             request.table, rows_from_pb(request.rows), bad_vectors_from_pb(request)
         )
+
+    async def AddStream(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.AddRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> common_pb2.WriteResult:
+        async def chunks() -> AsyncIterator[Chunk]:
+            async for request in request_iterator:
+                yield Chunk(
+                    request.table,
+                    rows_from_pb(request.rows),
+                    bad_vectors_from_pb(request),
+                    request.commit_per_chunk,
+                )
+
+        return await self.core.add_stream(chunks())
 
     async def MergeInsert(
         self, request: gateway_pb2.MergeInsertRequest, context: grpc.aio.ServicerContext
@@ -206,7 +233,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.CountRowsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CountRowsResponse:
         reply = await self.core.store.call(
-            "CountRows", store_pb2.StoreCountRowsRequest(name=request.table, filter=request.filter)
+            "CountRows",
+            store_pb2.StoreCountRowsRequest(
+                name=request.table, filter=request.filter, version=request.version
+            ),
         )
         return gateway_pb2.CountRowsResponse(count=reply.count)
 
@@ -216,11 +246,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidArgument("a search needs a query: text, vector or blob")
-        if kind == "blob":
-            raise InvalidArgument("image queries need an image-capable binding (open-clip)")
         vector = unpack_vector(request.vector) if kind == "vector" else None
         result = await self.core.search(request, vector)
         return gateway_pb2.SearchResponse(rows=rows_to_pb(result, request.result_format))
+
+    async def CreateIndex(
+        self, request: gateway_pb2.CreateIndexRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.IndexInfo:
+        store_request = copy_shared_fields(request, store_pb2.StoreCreateIndexRequest())
+        store_request.name = request.table
+        return await self.core.store.call("CreateIndex", store_request)
+
+    async def Restore(
+        self, request: gateway_pb2.RestoreRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.WriteResult:
+        return await self.core.store.call(
+            "Restore", store_pb2.StoreRestoreRequest(name=request.table, version=request.version)
+        )
 
     async def ListIndexes(
         self, request: gateway_pb2.ListIndexesRequest, context: grpc.aio.ServicerContext
@@ -254,6 +296,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return await self.core.embedder.call("Embed", request)
 
 
+def table_named(request: Any) -> str:
+    """What an error is about, for messages: the request's table, if it names one."""
+    name = getattr(request, "table", "") or getattr(request, "name", "")
+    return f"table {name!r}" if isinstance(name, str) and name else ""
+
+
 async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int]:
     """Build the gateway, bound but not started; SERVING once both peers answer SERVING."""
     metrics = RpcMetrics("gateway", CollectorRegistry())
@@ -265,6 +313,7 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
         [SERVICE],
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
         metrics,
+        subject=table_named,
     )
     readiness.warm_up(
         wait_serving([embedder, store]),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import lance
+import lance.fragment
 import numpy as np
 import pyarrow as pa
 
@@ -317,6 +318,10 @@ class TableCatalog:
         _, after = self.commit(name, "add", lambda ds: ds.insert(data))
         return WriteResult(version=after.version, rows_inserted=data.num_rows)
 
+    def begin_append(self, name: str) -> StagedAppend:
+        """Start an append that spans many messages and commits once (AddStream)."""
+        return StagedAppend(self, name, self.dataset(name))
+
     def merge_insert(
         self,
         name: str,
@@ -576,6 +581,34 @@ class TableCatalog:
             raise _user_error("text search failed", exc) from exc
         return result.slice(params.offset) if params.offset else result
 
+    def scan(
+        self,
+        name: str,
+        where: str = "",
+        columns: list[str] | None = None,
+        limit: int = 0,
+        offset: int = 0,
+        version: int = 0,
+        with_row_id: bool = False,
+    ) -> pa.Table:
+        """Rows matching ``where`` in storage order."""
+        dataset = self.dataset(name, version)
+        unknown = [c for c in columns or [] if c not in dataset.schema.names]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown column(s) {unknown}; the table has {dataset.schema.names}"
+            )
+        try:
+            return dataset.to_table(
+                columns=columns or None,
+                filter=where or None,
+                limit=limit or None,
+                offset=offset or None,
+                with_row_id=with_row_id,
+            )
+        except (ValueError, OSError) as exc:
+            raise _user_error(f"bad filter {where!r}", exc) from exc
+
     # -- indexes -----------------------------------------------------------------------------
 
     def _indexes(self, name: str, dataset: lance.LanceDataset) -> list[IndexInfo]:
@@ -649,6 +682,49 @@ class TableCatalog:
                 self.warm(name)
             except Exception:
                 log.exception("could not warm table %s", name)
+
+
+class StagedAppend:
+    """Rows written as data files as they arrive, committed as one version at the end.
+
+    Until :meth:`commit`, no version references the files: a stream that fails or is cancelled
+    leaves the table as it was, and cleanup (optimize, maintenance) removes the orphans.
+    """
+
+    def __init__(self, catalog: TableCatalog, name: str, base: lance.LanceDataset) -> None:
+        self.catalog, self.name, self.base = catalog, name, base
+        self.fragments: list[Any] = []
+        self.rows = 0
+
+    def add(self, rows: pa.Table) -> None:
+        """Check ``rows`` against the schema and write them, uncommitted."""
+        data = conform(rows, self.base.schema)
+        if data.num_rows == 0:
+            return
+        self.fragments.extend(
+            lance.fragment.write_fragments(
+                data,
+                self.catalog.uri(self.name),
+                schema=self.base.schema,
+                storage_options=self.catalog.storage_options,
+            )
+        )
+        self.rows += data.num_rows
+
+    def commit(self) -> WriteResult:
+        """Make every staged row visible in one new version."""
+        if not self.fragments:
+            return WriteResult(version=self.catalog.dataset(self.name).version)
+        uri, options = self.catalog.uri(self.name), self.catalog.storage_options
+        append = lance.LanceOperation.Append(self.fragments)
+        _, after = self.catalog.commit(
+            self.name,
+            "add",
+            lambda dataset: lance.LanceDataset.commit(
+                uri, append, read_version=dataset.version, storage_options=options
+            ),
+        )
+        return WriteResult(version=after.version, rows_inserted=self.rows)
 
 
 def _index_stats(dataset: lance.LanceDataset, index_name: str) -> dict[str, Any]:

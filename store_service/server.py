@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +19,7 @@ from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc, unpack_vector
 from store_service.catalog import (
     SearchParams,
+    StagedAppend,
     TableCatalog,
     TableInfo,
     TextSearchParams,
@@ -198,6 +199,20 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         rows = ipc_to_table(request.arrow_ipc)
         return write_to_pb(await self._run(self.catalog.add, request.name, rows))
 
+    async def AddStream(
+        self,
+        request_iterator: AsyncIterator[store_pb2.StoreAddRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> common_pb2.WriteResult:
+        staged: StagedAppend | None = None
+        async for request in request_iterator:
+            if staged is None:
+                staged = await self._run(self.catalog.begin_append, request.name)
+            await self._run(staged.add, ipc_to_table(request.arrow_ipc))
+        if staged is None:
+            raise InvalidArgument("AddStream needs at least one message naming the table")
+        return write_to_pb(await self._run(staged.commit))
+
     async def MergeInsert(
         self, request: store_pb2.StoreMergeInsertRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
@@ -304,6 +319,21 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             self.catalog.drop_index, request.name, request.index_name, request.ignore_missing
         )
         return store_pb2.StoreDropIndexResponse()
+
+    async def Scan(
+        self, request: store_pb2.StoreScanRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreSearchResponse:
+        result = await self._run(
+            self.catalog.scan,
+            request.name,
+            request.filter,
+            list(request.columns),
+            request.limit,
+            request.offset,
+            request.version,
+            request.with_row_id,
+        )
+        return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 
     async def TextSearch(
         self, request: store_pb2.StoreTextSearchRequest, context: grpc.aio.ServicerContext

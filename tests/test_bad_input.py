@@ -78,7 +78,9 @@ def test_null_source_names_the_row(gateway_stub, table):
     request = gateway_pb2.AddRequest(
         table=table, rows=arrow_rows(id=[3, 4, 5], text=["fine", None, "ok"])
     )
-    expect_code(INVALID, lambda: gateway_stub.Add(request), "row 1", "on_bad_vectors")
+    expect_code(
+        INVALID, lambda: gateway_stub.Add(request), "row 1", "on_bad_vectors", f"table {table!r}"
+    )
     assert state(gateway_stub, table) == before
 
 

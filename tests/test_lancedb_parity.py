@@ -78,3 +78,27 @@ def test_lancedb_opens_our_table_and_searches_by_text(stack, table_name):
     np.testing.assert_allclose(
         [r["_distance"] for r in theirs], [r["_distance"] for r in mine], atol=1e-4
     )
+
+
+def test_our_gateway_opens_a_lancedb_table_adds_and_searches(stack, table_name, model_path):
+    lfunc = lancedb_registry().get("sentence-transformers").create(name=model_path, device="cpu")
+
+    class Theirs(LanceDBModel):
+        text: str = lfunc.SourceField()
+        vector: LanceDBVector(lfunc.ndims()) = lfunc.VectorField()
+
+    theirs = lancedb.connect(stack.data_root).create_table(table_name, schema=Theirs)
+    theirs.add([{"text": t} for t in CORPUS[:5]])
+
+    ours = embedsearch.connect(f"grpc://{stack.gateway}").open_table(table_name)
+    ours.add([{"text": t} for t in CORPUS[5:]])  # embedded by our embedder, from their metadata
+
+    assert ours.count_rows() == len(CORPUS)
+    mine = ours.search("Kubernetes containers").limit(3).to_list()
+    assert mine[0]["text"] == "Kubernetes schedules containers onto nodes."
+    theirs.checkout_latest()
+    anchor = theirs.search("Kubernetes containers").limit(3).to_list()
+    assert [r["text"] for r in anchor] == [r["text"] for r in mine]
+    np.testing.assert_allclose(
+        [r["_distance"] for r in anchor], [r["_distance"] for r in mine], atol=1e-4
+    )

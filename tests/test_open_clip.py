@@ -13,14 +13,21 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pyarrow as pa
 import pytest
-from conftest import free_port
+from conftest import QUIET, free_port
 from helpers import expect_code
 from PIL import Image
 
+import embedsearch
 from embedsearch.local import wait_until_serving
 from embedsearch.rpc.convert import spec_to_pb
-from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, gateway_pb2
+from embedsearch.wire import schema_to_ipc
+from gateway.server import create_server as create_gateway
+from gateway.settings import GatewaySettings
+from store_service.server import create_server as create_store
+from store_service.settings import StoreSettings
 
 ROOT = Path(__file__).parent.parent
 VISION_PYTHON = Path(os.environ.get("VISION_PYTHON", ROOT / ".venv-vision" / "bin" / "python"))
@@ -60,30 +67,35 @@ def clip_embedder():
     )
     try:
         wait_until_serving(f"127.0.0.1:{port}", timeout=120)
-        yield embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def clip_stub(clip_embedder):
+    return embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(clip_embedder))
 
 
 def vectors(reply: embedder_pb2.EmbedResponse) -> np.ndarray:
     return np.frombuffer(reply.vectors, "<f4").reshape(reply.count, reply.ndims)
 
 
-def test_text_and_images_share_one_space(clip_embedder):
-    resolved = clip_embedder.ResolveFunction(embedder_pb2.ResolveFunctionRequest(function=SPEC))
+def test_text_and_images_share_one_space(clip_stub):
+    resolved = clip_stub.ResolveFunction(embedder_pb2.ResolveFunctionRequest(function=SPEC))
     assert resolved.ndims == 512
     assert set(resolved.modalities) == {common_pb2.MODALITY_TEXT, common_pb2.MODALITY_IMAGE}
 
     texts = vectors(
-        clip_embedder.Embed(
+        clip_stub.Embed(
             embedder_pb2.EmbedRequest(function=SPEC, texts=["a red square", "a photo of a cat"])
         )
     )
     blobs = [embedder_pb2.Blob(data=png(i), mime_type="image/png") for i in range(3)]
-    images = vectors(clip_embedder.Embed(embedder_pb2.EmbedRequest(function=SPEC, blobs=blobs)))
+    images = vectors(clip_stub.Embed(embedder_pb2.EmbedRequest(function=SPEC, blobs=blobs)))
     query = vectors(
-        clip_embedder.Embed(
+        clip_stub.Embed(
             embedder_pb2.EmbedRequest(
                 function=SPEC, blobs=blobs[:1], mode=common_pb2.EMBED_MODE_QUERY
             )
@@ -99,23 +111,50 @@ def test_text_and_images_share_one_space(clip_embedder):
     assert similarity.shape == (2, 3) and np.isfinite(similarity).all()
 
 
-def test_unreadable_image_names_the_input(clip_embedder):
+def test_unreadable_image_names_the_input(clip_stub):
     blobs = [
         embedder_pb2.Blob(data=png(1), mime_type="image/png"),
         embedder_pb2.Blob(data=b"not an image", mime_type="image/png"),
     ]
     expect_code(
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda: clip_embedder.Embed(embedder_pb2.EmbedRequest(function=SPEC, blobs=blobs)),
+        lambda: clip_stub.Embed(embedder_pb2.EmbedRequest(function=SPEC, blobs=blobs)),
         "input 1",
         "not a readable image",
     )
 
 
-def test_pretrained_tag_without_network_says_what_to_set(clip_embedder):
+def test_pretrained_tag_without_network_says_what_to_set(clip_stub):
     spec = spec_to_pb("open-clip", {"device": "cpu"})  # the laion2b tag needs a download
     expect_code(
         grpc.StatusCode.FAILED_PRECONDITION,
-        lambda: clip_embedder.Embed(embedder_pb2.EmbedRequest(function=spec, texts=["x"])),
+        lambda: clip_stub.Embed(embedder_pb2.EmbedRequest(function=spec, texts=["x"])),
         "set pretrained to a local checkpoint path",
     )
+
+
+def test_image_column_through_the_gateway(servers, clip_embedder, tmp_path):
+    """A binary column bound to open-clip: images embedded on add, image and text queries."""
+    store = servers.start(create_store, StoreSettings(data_root=str(tmp_path), **QUIET))
+    gateway = servers.start(
+        create_gateway, GatewaySettings(embedder_addr=clip_embedder, store_addr=store, **QUIET)
+    )
+    db = embedsearch.connect(f"grpc://{gateway}")
+    args = {"name": "ViT-B-32", "pretrained": None, "device": "cpu"}
+    binding = common_pb2.EmbeddingBinding(
+        function=spec_to_pb("open-clip", args), source_column="image", vector_column="vector"
+    )
+    schema = pa.schema([pa.field("label", pa.string()), pa.field("image", pa.binary())])
+    db.call(
+        "CreateTable",
+        gateway_pb2.CreateTableRequest(
+            name="images", arrow_schema=schema_to_ipc(schema), bindings=[binding]
+        ),
+    )
+    table = db.open_table("images")
+    table.add([{"label": f"noise {i}", "image": png(i)} for i in range(4)])
+
+    by_image = table.search(png(2)).limit(2).to_list()
+    assert by_image[0]["label"] == "noise 2" and by_image[0]["_distance"] < 1e-4
+    by_text = table.search("a noisy picture").limit(4).to_list()
+    assert len(by_text) == 4 and len(by_text[0]["vector"]) == 512

@@ -68,11 +68,19 @@ class _Outcome:
         self.metrics.latency.labels(self.method).observe(time.perf_counter() - self.start)
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome) -> None:
-    """End a failed call with the status its error maps to; unexpected errors become INTERNAL."""
+async def _abort_for(
+    exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome, subject: str
+) -> None:
+    """End a failed call with the status its error maps to; unexpected errors become INTERNAL.
+
+    ``subject`` (say "table 'docs'") is put in front of a message that does not name it yet.
+    """
     if isinstance(exc, EmbedsearchError):
         out.code = status_code_name(exc)
-        await context.abort(grpc.StatusCode[out.code], str(exc))
+        message = str(exc)
+        if subject and subject.split(" ", 1)[-1] not in message:
+            message = f"{subject}: {message}"
+        await context.abort(grpc.StatusCode[out.code], message)
     out.code = "INTERNAL"
     log.exception("unhandled error in %s", out.method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {out.method}: {exc!r}")
@@ -80,7 +88,7 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out:
 
 @asynccontextmanager
 async def _answering(
-    metrics: RpcMetrics, method: str, context: grpc.aio.ServicerContext
+    metrics: RpcMetrics, method: str, context: grpc.aio.ServicerContext, subject: str = ""
 ) -> AsyncIterator[None]:
     """Around one call: record its deadline, code and latency; map a raised error to a status."""
     out = _Outcome(metrics, method)
@@ -94,7 +102,7 @@ async def _answering(
         out.code = "CANCELLED"
         raise
     except Exception as exc:
-        await _abort_for(exc, context, out)
+        await _abort_for(exc, context, out, subject)
     finally:
         out.close()
 
@@ -105,8 +113,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     Servicers therefore never catch errors themselves: they raise, and this one place answers.
     """
 
-    def __init__(self, metrics: RpcMetrics) -> None:
+    def __init__(self, metrics: RpcMetrics, subject: Callable[[Any], str] | None = None) -> None:
         self._metrics = metrics
+        self._subject = subject or (lambda request: "")
 
     async def intercept_service(
         self,
@@ -117,13 +126,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith("/grpc."):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        metrics = self._metrics
+        metrics, subject = self._metrics, self._subject
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _answering(metrics, method, context):
+                about = subject(request) if handler.unary_unary else ""
+                async with _answering(metrics, method, context, about):
                     return await inner(request, context)
 
             factory = (
@@ -193,6 +203,7 @@ async def new_server(
     service_full_names: list[str],
     add_servicers: Callable[[grpc.aio.Server], None],
     metrics: RpcMetrics,
+    subject: Callable[[Any], str] | None = None,
 ) -> tuple[grpc.aio.Server, int, Readiness]:
     """Build a gRPC server with our interceptor, health, reflection and limits, and bind it.
 
@@ -202,8 +213,13 @@ async def new_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Clients keep idle channels alive with pings every 30 s (rpc/client.py); accept them
+        # instead of answering GOAWAY "too_many_pings" during long calls.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics, subject)], options=options)
     add_servicers(server)
     readiness = Readiness(service_full_names)
     await readiness.set(False)  # grpc's HealthServicer starts "" as SERVING; we are not, yet
