@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.cli import up_command
+from embedsearch.local import free_port, service_process
 
 
 def machine() -> str:
@@ -72,12 +71,6 @@ def percentiles(samples_s: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_stack(data_dir: Path) -> Iterator[str]:
     """``embedsearch up`` on free ports, as a deployment runs it; yields the gateway URI."""
@@ -103,26 +96,5 @@ def running_stack(data_dir: Path) -> Iterator[str]:
 @contextmanager
 def service(module: str, *flags: str) -> Iterator[str]:
     """``python -m <module>`` on a free loopback port until SERVING; yields its address."""
-    from embedsearch.local import wait_until_serving
-
-    address = f"127.0.0.1:{free_port()}"
-    command = [
-        sys.executable,
-        "-m",
-        module,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        address.rsplit(":", 1)[1],
-        "--metrics-port",
-        "-1",
-        *flags,
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    try:
-        wait_until_serving(address, timeout=180)
+    with service_process(module, *flags) as (address, _):
         yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)

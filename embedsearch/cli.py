@@ -11,6 +11,7 @@ import time
 
 from embedsearch.errors import Unavailable
 from embedsearch.local import wait_until_serving
+from embedsearch.rpc.server import PARENT_PID_ENV
 
 READY_TIMEOUT_S = 180.0
 
@@ -97,7 +98,11 @@ def up(args: argparse.Namespace) -> int:
             ],
         ),
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        PARENT_PID_ENV: str(os.getpid()),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -109,7 +114,7 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for name, address, command in specs:
-            procs.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
+            procs.append(subprocess.Popen(command, env=env))
             try:
                 _wait(address, procs[-1], lambda: stopping)
             except Unavailable as exc:
@@ -145,16 +150,6 @@ def up(args: argparse.Namespace) -> int:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the launcher dies, even by SIGKILL (Linux), so no service is
-    left running without its supervisor."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None:

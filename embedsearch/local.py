@@ -6,10 +6,14 @@ import asyncio
 import atexit
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -32,6 +36,30 @@ class _Loop:
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop_servers(self, servers: list[grpc.aio.Server]) -> None:
+        """Stop ``servers``, then the loop itself, and wait for its thread to end.
+
+        Leaving the loop running into interpreter exit lets gRPC's pollers race the runtime's
+        teardown, which can abort the process after every test has passed.
+        """
+
+        async def stop_all() -> None:
+            await asyncio.gather(*(s.stop(0) for s in servers))
+            # Background work such as a warm-up still loading a model is cancelled, as
+            # asyncio.run() would, rather than destroyed pending when the loop closes.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        try:
+            self.run(stop_all())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            if not self.thread.is_alive():
+                self.loop.close()
 
 
 class LocalStack:
@@ -101,14 +129,9 @@ class LocalStack:
     def _shutdown(cls) -> None:
         if cls._loop is None:
             return
-
-        async def stop_all() -> None:
-            await asyncio.gather(*(s.stop(0) for s in cls._servers))
-
         try:
-            cls._loop.run(stop_all())
+            cls._loop.stop_servers(cls._servers)
         finally:
-            cls._loop.loop.call_soon_threadsafe(cls._loop.loop.stop)
             shutil.rmtree(cls._sockets_dir, ignore_errors=True)
 
 
@@ -142,3 +165,45 @@ def wait_until_serving(target: str, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise Unavailable(f"{target} did not report SERVING within {timeout:.0f}s")
             time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def service_process(
+    module: str,
+    *flags: str,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    output: int | None = subprocess.DEVNULL,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``python -m <module>`` on a free loopback port, metrics off, until it is SERVING.
+
+    Yields its address and process; SIGTERM stops it on the way out. For tests, benchmarks and
+    tools that need one real service process.
+    """
+    port = free_port()
+    command = [python, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--metrics-port", "-1", *flags],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+        text=True,
+    )
+    try:
+        wait_until_serving(f"127.0.0.1:{port}", ready_timeout)
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

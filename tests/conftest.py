@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +26,6 @@ from store_service.settings import StoreSettings
 QUIET = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_period_s": 0.0}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Servers:
     """Servers started on a background event loop, stopped together."""
@@ -55,10 +47,7 @@ class Servers:
         self.loop.run(self.started[index].stop(0))
 
     def stop_all(self) -> None:
-        async def go() -> None:
-            await asyncio.gather(*(s.stop(0) for s in self.started))
-
-        self.loop.run(go())
+        self.loop.stop_servers(self.started)
 
 
 @dataclass

@@ -8,11 +8,12 @@ import grpc
 import numpy as np
 import pytest
 from api_doubles import CohereDouble, OpenAIDouble, fake_vector
-from conftest import QUIET, free_port
+from conftest import QUIET
 from helpers import expect_code
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
+from embedsearch.local import free_port
 from embedsearch.rpc.convert import args_from_pb, spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from embedsearch.wire import unpack_vectors

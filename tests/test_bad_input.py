@@ -8,6 +8,7 @@ import pytest
 from helpers import arrow_rows, create_text_table, expect_code, st_binding
 
 import embedsearch
+from embedsearch.local import free_port
 from embedsearch.v1 import common_pb2, gateway_pb2
 from embedsearch.wire import pack_vectors, schema_to_ipc
 from gateway.server import create_server as create_gateway
@@ -168,7 +169,7 @@ def test_sdk_raises_typed_errors(stack, table):
 
 def test_embedder_unreachable_is_unavailable_and_writes_nothing(servers, stack, table):
     """A gateway whose embedder is down answers UNAVAILABLE, and the table is unchanged."""
-    from conftest import QUIET, free_port
+    from conftest import QUIET
 
     dead = f"127.0.0.1:{free_port()}"
     address = servers.start(

@@ -11,13 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import QUIET, free_port
+from conftest import QUIET
 from helpers import expect_code
 
 from embedder_service.batcher import Batcher, BatchLimits, BatchStats
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
 from embedsearch.errors import Overloaded
+from embedsearch.local import free_port
 from embedsearch.rpc.convert import spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import QUIET, free_port
+from conftest import QUIET
 from helpers import expect_code
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.local import wait_until_serving
+from embedsearch.local import service_process
 from embedsearch.rpc.convert import spec_to_pb
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -122,35 +120,12 @@ def test_entry_point_plugin(tmp_path):
         "[embedsearch.providers]\ntoy-ep = toy_plugin:ToyHashEmbeddings\n"
     )
     plugins = Path(__file__).parent / "plugins"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(plugins)])}
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "embedder_service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--preload",
-            "toy-ep",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", timeout=60)
-        stub = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(plugins)])}
+    with service_process("embedder_service", "--preload", "toy-ep", env=env) as (address, _):
+        stub = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(address))
         providers = stub.ListProviders(embedder_pb2.ListProvidersRequest()).providers
         assert "toy-ep" in [p.name for p in providers]
         reply = stub.Embed(
             embedder_pb2.EmbedRequest(function=spec_to_pb("toy-ep", {}), texts=["lance"])
         )
         assert (reply.count, reply.ndims) == (1, 16)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import QUIET, free_port
+from conftest import QUIET
 from helpers import expect_code
 from PIL import Image
 
 import embedsearch
-from embedsearch.local import wait_until_serving
+from embedsearch.local import service_process
 from embedsearch.rpc.convert import spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, gateway_pb2
 from embedsearch.wire import schema_to_ipc
@@ -46,31 +45,10 @@ def png(seed: int, size: int = 48) -> bytes:
 @pytest.fixture(scope="module")
 def clip_embedder():
     assert VISION_PYTHON.exists(), f"{VISION_PYTHON} is missing: run make install-vision"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(VISION_PYTHON),
-            "-m",
-            "embedder_service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--preload",
-            "",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", timeout=120)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with service_process(
+        "embedder_service", "--preload", "", python=str(VISION_PYTHON), ready_timeout=120
+    ) as (address, _):
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import QUIET, free_port
+from conftest import QUIET
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -21,7 +21,7 @@ from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
 from embedsearch.cli import up_command
 from embedsearch.embeddings import get_registry
-from embedsearch.local import wait_until_serving
+from embedsearch.local import free_port, service_process
 from embedsearch.pydantic import LanceModel, Vector
 from embedsearch.v1 import store_pb2, store_pb2_grpc
 from gateway.server import create_server as create_gateway
@@ -107,31 +107,10 @@ def test_gateway_without_peers_stops_with_a_clear_message():
 
 
 def test_store_entry_point_stops_gracefully_on_sigterm(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "store_service",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "-1",
-            "--data-root",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", timeout=60)
+    store = service_process("store_service", "--data-root", str(tmp_path), output=subprocess.PIPE)
+    with store as (_, proc):
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, output
     assert '"msg": "store shutting down' in output  # structured JSON log lines
 

@@ -13,9 +13,8 @@ from contextlib import contextmanager
 import grpc
 import pyarrow as pa
 import pytest
-from conftest import free_port
 
-from embedsearch.local import wait_until_serving
+from embedsearch.local import free_port, wait_until_serving
 from embedsearch.v1 import store_pb2, store_pb2_grpc
 from embedsearch.wire import schema_to_ipc, table_to_ipc
 

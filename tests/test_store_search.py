@@ -8,9 +8,9 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import QUIET, free_port
+from conftest import QUIET
 
-from embedsearch.local import wait_until_serving
+from embedsearch.local import free_port, wait_until_serving
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from store_service.server import create_server

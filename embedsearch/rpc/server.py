@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -275,6 +276,27 @@ async def serve(
     await server.stop(settings.grace_period_s)
 
 
+PARENT_PID_ENV = "EMBEDSEARCH_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Get SIGTERM when the launcher named by ``EMBEDSEARCH_PARENT_PID`` dies, even by SIGKILL,
+    so ``embedsearch up`` never leaves a service running without its supervisor (Linux only).
+
+    The child arms this itself, at start-up: a ``preexec_fn`` in the launcher would fork a
+    process that already runs gRPC's threads, and gRPC's fork handlers can abort that child.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(
     settings_cls: type[ServiceSettings],
     create_server: Callable[[Any], Awaitable[tuple[grpc.aio.Server, int]]],
@@ -286,4 +308,5 @@ def main(
     except ValidationError as exc:
         sys.exit(f"{settings_cls.service_name}: {settings_cls.explain(exc)}")
     configure_logging(settings.log_level)
+    die_with_parent()
     asyncio.run(serve(settings, create_server))
