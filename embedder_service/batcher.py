@@ -20,6 +20,8 @@ import numpy as np
 
 from embedsearch.errors import Overloaded
 
+MAX_RETRY_AFTER_S = 10.0  # the longest back-off a full queue asks callers for
+
 
 class Runner(Protocol):
     """How one function prepares inputs and embeds a batch of prepared inputs."""
@@ -129,6 +131,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._in_flight = 0
         self._worker: asyncio.Task[None] | None = None
+        self._seconds_per_input = 0.01  # moving average of inference time per input
 
     @property
     def queued(self) -> int:
@@ -138,9 +141,12 @@ class Batcher:
     async def embed(self, mode: str, inputs: list[Any], keys: list[Hashable]) -> np.ndarray:
         """Vectors for ``inputs`` (in order). Raises Overloaded at once when the queue is full."""
         if self.queued + len(inputs) > self.limits.max_queued_inputs:
+            # Back off for about as long as the queue ahead takes to drain at recent speed.
+            wait_s = min(MAX_RETRY_AFTER_S, max(0.05, self.queued * self._seconds_per_input))
             raise Overloaded(
                 f"the embedder queue is full ({self.queued} inputs waiting, limit "
-                f"{self.limits.max_queued_inputs}); retry shortly"
+                f"{self.limits.max_queued_inputs}); retry after {wait_s:.2f}s",
+                retry_after_s=wait_s,
             )
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._tokenizers, self.runner.prepare, mode, inputs)
@@ -264,6 +270,8 @@ class Batcher:
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result(request.vectors)
+        took = time.perf_counter() - started
+        self._seconds_per_input += 0.2 * (took / len(payloads) - self._seconds_per_input)
         if self._on_batch is not None:
             self._on_batch(
                 BatchStats(
@@ -271,6 +279,6 @@ class Batcher:
                     unique=len(payloads),
                     padded_tokens=max(i.cost for i in batch) * len(payloads),
                     queue_s=[started - i.request.enqueued for i in batch],
-                    inference_s=time.perf_counter() - started,
+                    inference_s=took,
                 )
             )

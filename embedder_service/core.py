@@ -36,6 +36,7 @@ class EmbedderConfig:
     query_cache_size: int = 10_000
     retry_base_s: float = 0.5
     secrets_dir: str = ""
+    max_text_bytes: int = 1 << 20
 
 
 class FunctionRunner:
@@ -206,7 +207,7 @@ class EmbedderCore:
         return loaded, vectors
 
     async def _embed(self, loaded: LoadedFunction, mode: str, inputs: list[Any]) -> np.ndarray:
-        _check_inputs(loaded, inputs)
+        _check_inputs(loaded, inputs, self.config.max_text_bytes)
         keys = [input_key(value) for value in inputs]
         if not inputs:
             return np.zeros((0, loaded.ndims), dtype=np.float32)
@@ -236,12 +237,20 @@ class EmbedderCore:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _check_inputs(loaded: LoadedFunction, inputs: list[Any]) -> None:
-    """Reject, naming the row, what would fail (or silently become a null vector) in a batch."""
+def _check_inputs(loaded: LoadedFunction, inputs: list[Any], max_text_bytes: int) -> None:
+    """Reject, naming the row, what would fail (or silently become a null vector) in a batch,
+    and texts too long to be worth tokenizing (models read their first few hundred tokens)."""
     for row, value in enumerate(inputs):
         kind = "text" if isinstance(value, str) else "binary"
         if kind == "text" and not value.strip():
             raise InvalidArgument(f"input {row} is an empty string; embed only non-empty text")
+        if kind == "text" and len(value) * 4 > max_text_bytes:
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > max_text_bytes:
+                raise InvalidArgument(
+                    f"input {row} is {size} bytes of text, over the limit of {max_text_bytes} "
+                    "(--max-text-bytes): shorten or split it"
+                )
         if kind == "binary" and not (value[0] if isinstance(value, tuple) else value):
             raise InvalidArgument(f"input {row} is empty bytes")
         if kind == "text" and "text" not in loaded.modalities:

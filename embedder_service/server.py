@@ -128,6 +128,7 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
         query_cache_size=settings.query_cache_size,
         retry_base_s=settings.retry_base_s,
         secrets_dir=settings.secrets_dir,
+        max_text_bytes=settings.max_text_bytes,
     )
     core = EmbedderCore(providers, config, EmbedderMetrics(registry))
     servicer = EmbedderServicer(core)

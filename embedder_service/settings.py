@@ -46,6 +46,9 @@ class EmbedderSettings(ServiceSettings):
     max_queued_inputs: int = Field(
         4096, ge=1, description="Inputs waiting per function before RESOURCE_EXHAUSTED."
     )
+    max_text_bytes: int = Field(
+        1 << 20, ge=1, description="Longest text accepted as one input, in UTF-8 bytes."
+    )
     tokenizer_workers: int = Field(2, ge=1, description="Threads tokenizing incoming requests.")
     query_cache_size: int = Field(
         10_000, ge=0, description="Query embeddings kept in the LRU cache; 0 turns it off."

@@ -14,7 +14,7 @@ import pyarrow as pa
 from embedsearch.embeddings import EmbeddingFunction, RemoteEmbeddingFunction
 from embedsearch.embeddings.registry import alias_of
 from embedsearch.errors import InvalidArgument, Unavailable
-from embedsearch.rpc.client import channel_options, typed_errors
+from embedsearch.rpc.client import channel_credentials, channel_options, typed_errors
 from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
 from embedsearch.wire import schema_to_ipc, table_to_ipc, unpack_vectors
@@ -41,12 +41,21 @@ class Connection:
     """
 
     def __init__(
-        self, target: str, uri: str, api_key: str | None = None, timeout: float | None = 300.0
+        self,
+        target: str,
+        uri: str,
+        api_key: str | None = None,
+        timeout: float | None = 300.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.uri = uri
         self.timeout = timeout
         self._peer = f"gateway at {uri}"
-        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=channel_options())
+            if credentials
+            else grpc.insecure_channel(target, options=channel_options())
+        )
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
@@ -172,18 +181,29 @@ _LATEST: list[Connection] = []
 _LATEST_LOCK = threading.Lock()
 
 
-def connect(uri: str, api_key: str | None = None, timeout: float | None = 300.0) -> Connection:
+def connect(
+    uri: str,
+    api_key: str | None = None,
+    timeout: float | None = 300.0,
+    tls_ca_file: str | None = None,
+) -> Connection:
     """Connect to embedsearch.
 
-    ``grpc://host:port`` reaches a running gateway. A local path runs embedder, store and
-    gateway inside this process, with the tables stored under that directory.
+    ``grpc://host:port`` reaches a running gateway, ``grpcs://host:port`` one serving TLS
+    (verified against the system's roots, or against ``tls_ca_file``). ``api_key`` is sent as
+    a bearer token. A local path runs embedder, store and gateway inside this process, with
+    the tables stored under that directory.
 
     >>> db = connect("./mydb")  # doctest: +SKIP
     """
-    if uri.startswith("grpc://"):
-        connection = Connection(uri.removeprefix("grpc://"), uri, api_key, timeout)
+    scheme, _, address = uri.partition("://")
+    if scheme in ("grpc", "grpcs") and address:
+        credentials = channel_credentials(tls_ca_file or "", use_tls=scheme == "grpcs")
+        connection = Connection(address, uri, api_key, timeout, credentials)
     elif "://" in uri:
-        raise InvalidArgument(f"unsupported URI {uri!r}: use grpc://host:port or a local path")
+        raise InvalidArgument(
+            f"unsupported URI {uri!r}: use grpc://host:port, grpcs://host:port or a local path"
+        )
     else:
         from embedsearch.local import local_stack
 

@@ -44,7 +44,15 @@ class CommitConflict(EmbedsearchError):
 
 
 class Overloaded(EmbedsearchError):
-    """A queue is full: back off and retry."""
+    """A queue is full: back off for ``retry_after_s`` and retry.
+
+    Servers send the delay as ``retry-after-ms`` trailing metadata (see :data:`RETRY_AFTER_KEY`),
+    and the SDK and the gateway read it back into this attribute.
+    """
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(EmbedsearchError):
@@ -74,6 +82,9 @@ class Unimplemented(EmbedsearchError, NotImplementedError):
 class Cancelled(EmbedsearchError):
     """The caller cancelled the request."""
 
+
+# Trailing-metadata key carrying Overloaded.retry_after_s, in whole milliseconds.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 # The single error <-> gRPC status table, by status-code name so that cores need not import grpc.
 # Order matters for the reverse lookup: the first class listed for a code is the one rebuilt.
@@ -110,8 +121,12 @@ def status_code_name(exc: EmbedsearchError) -> str:
     return "INTERNAL"
 
 
-def error_for_code(code_name: str, message: str) -> EmbedsearchError:
+def error_for_code(
+    code_name: str, message: str, retry_after_s: float | None = None
+) -> EmbedsearchError:
     """Rebuild the typed error for a status-code name (``UNKNOWN`` and others become Internal)."""
+    if code_name == "RESOURCE_EXHAUSTED" and retry_after_s is not None:
+        return Overloaded(message, retry_after_s)
     if code_name == "NOT_FOUND" and message.startswith("table "):
         return TableNotFound(message)
     if code_name == "ALREADY_EXISTS" and message.startswith("table "):

@@ -148,10 +148,15 @@ def local_stack(data_dir: str) -> LocalStack:
         return _STACKS[key]
 
 
-def wait_until_serving(target: str, timeout: float) -> None:
+def wait_until_serving(
+    target: str, timeout: float, credentials: grpc.ChannelCredentials | None = None
+) -> None:
     """Block until the service at ``target`` reports SERVING, or raise Unavailable."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

@@ -19,9 +19,15 @@ def table_to_ipc(table: pa.Table | pa.RecordBatch) -> bytes:
 
 
 def ipc_to_table(data: bytes, what: str = "rows") -> pa.Table:
-    """Read an Arrow IPC stream, answering InvalidArgument for bytes that are not one."""
+    """Read an Arrow IPC stream, answering InvalidArgument for bytes that are not one.
+
+    The table is validated in full (offsets, UTF-8 of strings): IPC readers trust the buffers,
+    and a malformed one would otherwise fail later, deep inside a tokenizer or a commit.
+    """
     try:
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        table.validate(full=True)
+        return table
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise InvalidArgument(f"{what} are not a valid Arrow IPC stream: {exc}") from exc
 

@@ -21,10 +21,20 @@ DEFAULT_TIMEOUT_S = 300.0
 class Peer:
     """A channel and stub to one internal service. ``call`` forwards the caller's deadline."""
 
-    def __init__(self, name: str, address: str, stub_class: Any, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        stub_class: Any,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.name = f"{name} at {address}"
-        self.channel = grpc.aio.insecure_channel(
-            target_of(address), options=channel_options(max_message_bytes)
+        target, options = target_of(address), channel_options(max_message_bytes)
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options=options)
         )
         self.stub = stub_class(self.channel)
 
@@ -56,8 +66,15 @@ class Peer:
 class EmbedderClient(Peer):
     """The embedder, with helpers for the calls the schema mapping makes."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
-        super().__init__("embedder", address, embedder_pb2_grpc.EmbedderStub, max_message_bytes)
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        super().__init__(
+            "embedder", address, embedder_pb2_grpc.EmbedderStub, max_message_bytes, credentials
+        )
 
     async def resolve(
         self, provider: str, args: dict[str, Any]
@@ -83,5 +100,10 @@ class EmbedderClient(Peer):
 class StoreClient(Peer):
     """The store; the gateway forwards most of its calls as they are."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
-        super().__init__("store", address, store_pb2_grpc.StoreStub, max_message_bytes)
+    def __init__(
+        self,
+        address: str,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        super().__init__("store", address, store_pb2_grpc.StoreStub, max_message_bytes, credentials)

@@ -36,6 +36,7 @@ ERROR, DROP, FILL, NULL = "error", "drop", "fill", "null"
 Rows = pa.Table | list[dict[str, Any]]
 # Source keys looked up per Scan when working out which merge_insert rows are written.
 KEY_LOOKUP_BATCH = 500
+DEFAULT_MAX_ROWS = 100_000  # rows in one request message; GatewaySettings.max_rows_per_request
 # Reciprocal rank fusion's constant (Cormack et al.; LanceDB's RRFReranker uses the same).
 RRF_K = 60
 
@@ -73,9 +74,21 @@ class BadVectors:
 class GatewayCore:
     """Creates tables with bindings, embeds rows on add and queries on search."""
 
-    def __init__(self, embedder: EmbedderClient, store: StoreClient) -> None:
+    def __init__(
+        self, embedder: EmbedderClient, store: StoreClient, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> None:
         self.embedder = embedder
         self.store = store
+        self.max_rows = max_rows
+
+    def _conform(self, rows: Rows, schema: pa.Schema) -> pa.Table:
+        """The rows of one request message, typed by the table's schema, within the row limit."""
+        if len(rows) > self.max_rows:
+            raise InvalidArgument(
+                f"{len(rows)} rows in one message is over the limit of {self.max_rows} "
+                "(--max-rows-per-request): split them, or stream them with AddStream"
+            )
+        return to_table(rows, schema)
 
     async def table(self, name: str, version: int = 0) -> Table:
         request = store_pb2.StoreDescribeTableRequest(name=name, version=version)
@@ -105,7 +118,7 @@ class GatewayCore:
             name=name, arrow_schema=schema_to_ipc(schema), mode=mode
         )
         if rows is not None:
-            data = await self.embed_rows(to_table(rows, schema), schema, canonical, bad)
+            data = await self.embed_rows(self._conform(rows, schema), schema, canonical, bad)
             request.arrow_ipc = table_to_ipc(data)
         info = await self.store.call("CreateTable", request)
         schema = ipc_to_schema(info.arrow_schema)
@@ -138,7 +151,7 @@ class GatewayCore:
         """Embed the rows' missing vectors, then append them as one commit."""
         table = await self.table(name)
         data = await self.embed_rows(
-            to_table(rows, table.schema), table.schema, table.bindings, bad
+            self._conform(rows, table.schema), table.schema, table.bindings, bad
         )
         return await self.store.call(
             "Add", store_pb2.StoreAddRequest(name=name, arrow_ipc=table_to_ipc(data))
@@ -163,7 +176,7 @@ class GatewayCore:
             index = 0
             try:
                 while chunk is not None:
-                    rows = to_table(chunk.rows, table.schema)
+                    rows = self._conform(chunk.rows, table.schema)
                     await embedded.put(
                         await self.embed_rows(rows, table.schema, table.bindings, first.bad)
                     )
@@ -206,7 +219,7 @@ class GatewayCore:
         embeds every source row, lancedb#2523): matched rows when only updating, unmatched
         rows when only inserting, none when only deleting."""
         table = await self.table(request.name)
-        data = to_table(rows, table.schema)
+        data = self._conform(rows, table.schema)
         written = await self._rows_written(request, data)
         data = await self.embed_rows(data, table.schema, table.bindings, bad, only=written)
         request.arrow_ipc = table_to_ipc(data)
@@ -463,8 +476,13 @@ def to_table(rows: Rows, schema: pa.Schema) -> pa.Table:
     unknown = [n for n in names if schema.get_field_index(n) < 0]
     if unknown:
         raise InvalidSchema(f"unknown column(s) {unknown}; the table has {schema.names}")
-    subset = pa.schema([schema.field(n) for n in names])
-    try:
-        return pa.Table.from_pylist(rows, schema=subset)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-        raise InvalidSchema(f"JSON rows do not fit the table's schema: {exc}") from exc
+    columns = []
+    for name in names:  # column by column, so that an error names its column
+        field = schema.field(name)
+        try:
+            columns.append(pa.array([row.get(name) for row in rows], type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise InvalidSchema(
+                f"JSON column {name!r} does not fit its type {field.type}: {exc}"
+            ) from exc
+    return pa.Table.from_arrays(columns, schema=pa.schema([schema.field(n) for n in names]))

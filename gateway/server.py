@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from embedsearch.errors import InvalidArgument
+from embedsearch.rpc.client import channel_credentials
 from embedsearch.rpc.convert import copy_shared_fields, spec_from_pb, spec_to_pb
-from embedsearch.rpc.server import RpcMetrics, new_server
+from embedsearch.rpc.server import Guard, RpcMetrics, new_server, read_only_methods
 from embedsearch.schema import parse_type, type_name
 from embedsearch.v1 import (
     common_pb2,
@@ -26,10 +28,13 @@ from embedsearch.v1 import (
     store_pb2,
 )
 from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
+from gateway.auth import TokenAuth
 from gateway.clients import EmbedderClient, StoreClient
 from gateway.core import BadVectors, Chunk, GatewayCore, Rows, Table
 from gateway.mapping import Binding
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
@@ -305,15 +310,19 @@ def table_named(request: Any) -> str:
 async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int]:
     """Build the gateway, bound but not started; SERVING once both peers answer SERVING."""
     metrics = RpcMetrics("gateway", CollectorRegistry())
-    embedder = EmbedderClient(settings.embedder_addr, settings.max_message_bytes)
-    store = StoreClient(settings.store_addr, settings.max_message_bytes)
-    servicer = GatewayServicer(GatewayCore(embedder, store))
+    credentials = channel_credentials(
+        settings.peer_tls_ca_file, settings.peer_tls_cert_file, settings.peer_tls_key_file
+    )
+    embedder = EmbedderClient(settings.embedder_addr, settings.max_message_bytes, credentials)
+    store = StoreClient(settings.store_addr, settings.max_message_bytes, credentials)
+    servicer = GatewayServicer(GatewayCore(embedder, store, settings.max_rows_per_request))
     server, port, readiness = await new_server(
         settings,
         [SERVICE],
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
         metrics,
         subject=table_named,
+        guard=auth_guard(settings),
     )
     readiness.warm_up(
         wait_serving([embedder, store]),
@@ -321,6 +330,17 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
     )
     servicer.readiness = readiness  # held by the server, keeps the warm-up task alive
     return server, port
+
+
+def auth_guard(settings: GatewaySettings) -> Guard | None:
+    """Bearer-token checks for every Gateway RPC, read-only tokens limited to the RPCs the
+    contract marks NO_SIDE_EFFECTS; None (an open gateway) when no token is configured."""
+    auth = TokenAuth.configure(settings.auth_tokens, settings.auth_tokens_file)
+    if auth is None:
+        log.info("gateway auth is off: set --auth-tokens-file to require bearer tokens")
+        return None
+    reads = read_only_methods(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"])
+    return lambda method, metadata: auth.authorize(metadata, writes=method not in reads)
 
 
 async def wait_serving(peers: list[Any]) -> None:

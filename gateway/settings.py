@@ -24,3 +24,25 @@ class GatewaySettings(ServiceSettings):
     store_addr: str = Field(
         ..., min_length=1, description="store_service address, host:port or unix:/path."
     )
+    auth_tokens: str = Field(
+        "",
+        description="Comma-separated bearer tokens; 'token:ro' is read-only. Empty and no "
+        "--auth-tokens-file leaves the gateway open.",
+    )
+    auth_tokens_file: str = Field(
+        "",
+        description="File of bearer tokens, one per line ('token' or 'token:ro'); re-read "
+        "when it changes.",
+    )
+    max_rows_per_request: int = Field(
+        100_000, ge=1, description="Most rows one Add/MergeInsert message may carry."
+    )
+    peer_tls_ca_file: str = Field(
+        "",
+        description="PEM CA that signed the embedder's and store's certificates; set, the "
+        "gateway reaches them over TLS.",
+    )
+    peer_tls_cert_file: str = Field(
+        "", description="PEM client certificate the gateway presents to its peers (mutual TLS)."
+    )
+    peer_tls_key_file: str = Field("", description="PEM private key of --peer-tls-cert-file.")

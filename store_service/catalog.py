@@ -28,6 +28,7 @@ from embedsearch.errors import (
     TableNotFound,
 )
 from embedsearch.schema import conform, is_vector
+from embedsearch.sql import check_expression
 from store_service import exact, indexes
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec
 from store_service.settings import StoreSettings
@@ -115,13 +116,21 @@ _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
 _CONFLICT = re.compile(r"commit conflict|too many concurrent writers", re.IGNORECASE)
 
 
+def _where(sql: str) -> str | None:
+    """A caller's filter for Lance: None when empty, InvalidArgument when it is not one whole
+    expression (Lance would run its longest valid prefix)."""
+    return check_expression(sql) if sql.strip() else None
+
+
 def lance_message(exc: Exception) -> str:
     """A Lance error's message without the Rust source locations it carries."""
     return _RUST_LOCATION.sub("", str(exc))
 
 
 def _user_error(what: str, exc: Exception) -> InvalidArgument:
-    """A Lance error caused by the request."""
+    """A Lance error caused by the request (our own InvalidArgument passes as it is)."""
+    if isinstance(exc, InvalidArgument):
+        return exc
     return InvalidArgument(f"{what}: {lance_message(exc)}")
 
 
@@ -384,7 +393,9 @@ class TableCatalog:
             raise InvalidSchema(
                 f"unknown column(s) {unknown}; the table has {current.schema.names}"
             )
-        stats, after = self.commit(name, "update", lambda ds: ds.update(updates, where or None))
+        for column, expression in updates.items():
+            check_expression(expression, f"expression for column {column!r}")
+        stats, after = self.commit(name, "update", lambda ds: ds.update(updates, _where(where)))
         return WriteResult(version=after.version, rows_updated=stats["num_rows_updated"])
 
     # -- versions ----------------------------------------------------------------------------
@@ -438,7 +449,7 @@ class TableCatalog:
     def count_rows(self, name: str, where: str = "", version: int = 0, tag: str = "") -> int:
         dataset = self.dataset(name, version, tag)
         try:
-            return dataset.count_rows(where or None)
+            return dataset.count_rows(_where(where))
         except (ValueError, OSError) as exc:
             raise _user_error(f"bad filter {where!r}", exc) from exc
 
@@ -483,7 +494,7 @@ class TableCatalog:
         metric = params.metric or "l2"
         want = params.k + params.offset
         try:
-            allowed = snapshot.rows_matching(params.filter) if params.filter else None
+            allowed = snapshot.rows_matching(_where(params.filter)) if params.filter else None
         except (ValueError, OSError) as exc:
             raise _user_error(f"search with filter {params.filter!r} failed", exc) from exc
         prefilter = allowed if not params.postfilter else None
@@ -532,7 +543,7 @@ class TableCatalog:
         try:
             result = dataset.to_table(
                 columns=columns,
-                filter=params.filter or None,
+                filter=_where(params.filter),
                 nearest=nearest,
                 prefilter=not params.postfilter,
                 with_row_id=params.with_row_id,
@@ -572,7 +583,7 @@ class TableCatalog:
             result = dataset.to_table(
                 columns=[*params.columns, "_score"] if params.columns else None,
                 full_text_query={"columns": columns, "query": params.query},
-                filter=params.filter or None,
+                filter=_where(params.filter),
                 prefilter=True,
                 limit=params.k + params.offset,
                 with_row_id=params.with_row_id,
@@ -601,7 +612,7 @@ class TableCatalog:
         try:
             return dataset.to_table(
                 columns=columns or None,
-                filter=where or None,
+                filter=_where(where),
                 limit=limit or None,
                 offset=offset or None,
                 with_row_id=with_row_id,

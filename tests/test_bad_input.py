@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
+import numpy as np
 import pyarrow as pa
 import pytest
 from helpers import arrow_rows, create_text_table, expect_code, st_binding
 
 import embedsearch
 from embedsearch.local import free_port
+from embedsearch.rpc.client import channel_options
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import pack_vectors, schema_to_ipc
+from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
 
@@ -188,3 +192,320 @@ def gateway_pb2_grpc_stub(address: str):
     from embedsearch.v1 import gateway_pb2_grpc
 
     return gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(address))
+
+
+# -- the table: one bad request per row, its status code, and nothing changed -----------------
+
+RESOURCE = grpc.StatusCode.RESOURCE_EXHAUSTED
+SMALL_MESSAGE_BYTES = 256 * 1024
+SMALL_MAX_ROWS = 50
+
+
+def json_rows(text: str) -> common_pb2.RowData:
+    return common_pb2.RowData(json=text)
+
+
+def invalid_utf8_rows() -> common_pb2.RowData:
+    """A text column whose bytes are not UTF-8: Arrow IPC carries them without checking."""
+    offsets = pa.py_buffer(np.array([0, 2], dtype=np.int32).tobytes())
+    text = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(b"\xff\xfe")])
+    return common_pb2.RowData(arrow_ipc=table_to_ipc(pa.table({"id": [9], "text": text})))
+
+
+def vector_rows(vector: list[float]) -> common_pb2.RowData:
+    column = pa.array([vector], type=pa.list_(pa.float32(), 384))
+    return common_pb2.RowData(arrow_ipc=table_to_ipc(pa.table({"id": [9], "vector": column})))
+
+
+def truncated_ipc() -> common_pb2.RowData:
+    whole = table_to_ipc(pa.table({"id": list(range(100)), "text": ["words"] * 100}))
+    return common_pb2.RowData(arrow_ipc=whole[: len(whole) // 2])
+
+
+def search(t: str, **fields) -> tuple[str, gateway_pb2.SearchRequest]:
+    return "Search", gateway_pb2.SearchRequest(table=t, **fields)
+
+
+def add(t: str, rows: common_pb2.RowData, **fields) -> tuple[str, gateway_pb2.AddRequest]:
+    return "Add", gateway_pb2.AddRequest(table=t, rows=rows, **fields)
+
+
+def merge(t: str, rows: common_pb2.RowData, **fields) -> tuple[str, object]:
+    return "MergeInsert", gateway_pb2.MergeInsertRequest(table=t, rows=rows, **fields)
+
+
+# (case id, request for table t, expected code, a fragment of the message, small gateway?)
+CASES = [
+    (
+        "ipc-garbage",
+        lambda t: add(t, common_pb2.RowData(arrow_ipc=b"\xff\xff")),
+        INVALID,
+        "Arrow IPC",
+        False,
+    ),
+    ("ipc-truncated", lambda t: add(t, truncated_ipc()), INVALID, "Arrow IPC", False),
+    ("json-not-array", lambda t: add(t, json_rows('{"id": 1}')), INVALID, "array", False),
+    ("json-not-objects", lambda t: add(t, json_rows("[1, 2]")), INVALID, "array of objects", False),
+    (
+        "json-wrong-type",
+        lambda t: add(t, json_rows('[{"id": "one", "text": "x"}]')),
+        INVALID,
+        "'id'",
+        False,
+    ),
+    (
+        "json-unknown-column",
+        lambda t: add(t, json_rows('[{"text": "x", "colour": 1}]')),
+        INVALID,
+        "colour",
+        False,
+    ),
+    (
+        "json-vector-wrong-length",
+        lambda t: add(t, json_rows('[{"text": "x", "vector": [1, 2]}]')),
+        INVALID,
+        "384",
+        False,
+    ),
+    ("no-rows", lambda t: ("Add", gateway_pb2.AddRequest(table=t)), INVALID, "rows", False),
+    ("nan-vector-row", lambda t: add(t, vector_rows([float("nan")] * 384)), INVALID, "NaN", False),
+    (
+        "inf-vector-row",
+        lambda t: add(t, vector_rows([float("inf")] * 384)),
+        INVALID,
+        "infinite",
+        False,
+    ),
+    (
+        "nan-query",
+        lambda t: search(t, vector=pack_vectors([float("nan")] * 384)),
+        INVALID,
+        "NaN",
+        False,
+    ),
+    ("ragged-query-bytes", lambda t: search(t, vector=b"\x00" * 7), INVALID, "float32", False),
+    (
+        "query-wrong-dims",
+        lambda t: search(t, vector=pack_vectors([0.5] * 3)),
+        INVALID,
+        "384",
+        False,
+    ),
+    ("invalid-utf8-text", lambda t: add(t, invalid_utf8_rows()), INVALID, "UTF8", False),
+    (
+        "ten-megabyte-text",
+        lambda t: add(t, json_rows(json.dumps([{"id": 9, "text": "é" * (5 << 20)}]))),
+        INVALID,
+        "bytes",
+        False,
+    ),
+    (
+        "oversized-message",
+        lambda t: add(t, arrow_rows(id=[9], text=["x" * SMALL_MESSAGE_BYTES])),
+        RESOURCE,
+        "larger than",
+        True,
+    ),
+    (
+        "too-many-rows",
+        lambda t: add(
+            t, arrow_rows(id=list(range(SMALL_MAX_ROWS + 1)), text=["w"] * (SMALL_MAX_ROWS + 1))
+        ),
+        INVALID,
+        "--max-rows-per-request",
+        True,
+    ),
+    ("k-too-large", lambda t: search(t, text="a", k=1_000_000_000), INVALID, "k must be", False),
+    (
+        "unknown-vector-column",
+        lambda t: search(t, text="a", vector_column="nope"),
+        INVALID,
+        "nope",
+        False,
+    ),
+    (
+        "select-unknown-column",
+        lambda t: search(t, text="a", columns=["nope"]),
+        INVALID,
+        "nope",
+        False,
+    ),
+    (
+        "filter-stacked-statement",
+        lambda t: search(t, text="a", filter="id = 1; DROP TABLE x"),
+        INVALID,
+        "filter",
+        False,
+    ),
+    (
+        "filter-union",
+        lambda t: search(t, text="a", filter="id = 1 UNION SELECT * FROM t"),
+        INVALID,
+        "filter",
+        False,
+    ),
+    (
+        "filter-unbalanced",
+        lambda t: search(t, text="a", filter="1=1) OR (1=1"),
+        INVALID,
+        "filter",
+        False,
+    ),
+    (
+        "delete-stacked-statement",
+        lambda t: ("Delete", gateway_pb2.DeleteRequest(table=t, filter="true; DELETE FROM x")),
+        INVALID,
+        "filter",
+        False,
+    ),
+    (
+        "count-bad-filter",
+        lambda t: ("CountRows", gateway_pb2.CountRowsRequest(table=t, filter="id ==== 2")),
+        INVALID,
+        "filter",
+        False,
+    ),
+    (
+        "update-unknown-column",
+        lambda t: ("Update", gateway_pb2.UpdateRequest(table=t, updates={"nope": "1"})),
+        INVALID,
+        "nope",
+        False,
+    ),
+    (
+        "update-bad-expression",
+        lambda t: ("Update", gateway_pb2.UpdateRequest(table=t, updates={"id": "id +* 1"})),
+        INVALID,
+        "id",
+        False,
+    ),
+    (
+        "merge-unknown-key",
+        lambda t: merge(
+            t, arrow_rows(id=[1], text=["x"]), on=["nope"], when_not_matched_insert_all=True
+        ),
+        INVALID,
+        "nope",
+        False,
+    ),
+    (
+        "merge-no-key",
+        lambda t: merge(t, arrow_rows(id=[1], text=["x"]), when_not_matched_insert_all=True),
+        INVALID,
+        "on",
+        False,
+    ),
+    (
+        "name-escape",
+        lambda t: add("../" + t, arrow_rows(id=[1], text=["x"])),
+        INVALID,
+        "table name",
+        False,
+    ),
+    (
+        "name-nul",
+        lambda t: add(t + "\x00", arrow_rows(id=[1], text=["x"])),
+        INVALID,
+        "table name",
+        False,
+    ),
+    (
+        "checkout-missing-version",
+        lambda t: search(t, text="a", version=999),
+        NOT_FOUND,
+        "999",
+        False,
+    ),
+    (
+        "restore-missing-version",
+        lambda t: ("Restore", gateway_pb2.RestoreRequest(table=t, version=999)),
+        NOT_FOUND,
+        "999",
+        False,
+    ),
+    (
+        "index-unknown-column",
+        lambda t: (
+            "CreateIndex",
+            gateway_pb2.CreateIndexRequest(
+                table=t, column="nope", index_type=common_pb2.INDEX_TYPE_BTREE
+            ),
+        ),
+        INVALID,
+        "nope",
+        False,
+    ),
+    (
+        "stream-without-table",
+        lambda t: (
+            "AddStream",
+            iter([gateway_pb2.AddRequest(rows=arrow_rows(id=[1], text=["x"]))]),
+        ),
+        INVALID,
+        "name the table",
+        False,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def small_stub(servers, stack) -> object:
+    """A gateway with small message and row limits over the shared embedder and store."""
+    from conftest import QUIET
+
+    from embedsearch.v1 import gateway_pb2_grpc
+
+    settings = GatewaySettings(
+        embedder_addr=stack.embedder,
+        store_addr=stack.store,
+        **{**QUIET, "max_message_bytes": SMALL_MESSAGE_BYTES},
+        max_rows_per_request=SMALL_MAX_ROWS,
+    )
+    address = servers.start(create_gateway, settings)
+    return gateway_pb2_grpc.GatewayStub(
+        grpc.insecure_channel(address, options=channel_options(64 << 20))
+    )
+
+
+@pytest.mark.parametrize(
+    "build,code,fragment,small", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_request_is_refused_and_changes_nothing(
+    gateway_stub, small_stub, table, build, code, fragment, small
+):
+    stub = small_stub if small else gateway_stub
+    before = state(gateway_stub, table)
+    names = gateway_stub.ListTables(gateway_pb2.ListTablesRequest()).names
+    method, request = build(table)
+    expect_code(code, lambda: getattr(stub, method)(request, timeout=60), fragment)
+    assert state(gateway_stub, table) == before
+    assert gateway_stub.ListTables(gateway_pb2.ListTablesRequest()).names == names
+    assert len(CASES) >= 30
+
+
+def test_k_zero_means_the_default_and_an_empty_table_searches_to_nothing(gateway_stub, table_name):
+    """Not errors: k=0 is proto3's unset, LanceDB's default limit of 10; an empty table
+    answers every kind of query with no rows."""
+    create_text_table(gateway_stub, table_name)
+    for request in (
+        gateway_pb2.SearchRequest(table=table_name, text="anything", k=0),
+        gateway_pb2.SearchRequest(table=table_name, vector=pack_vectors([0.1] * 384)),
+    ):
+        reply = gateway_stub.Search(request)
+        assert ipc_to_table(reply.rows.arrow_ipc).num_rows == 0
+
+
+def test_unicode_edge_cases_are_good_text(gateway_stub, table):
+    """Valid Unicode of every shape is embedded and stored as given, not refused."""
+    texts = ["\u200b", "e\u0301", "👩‍👩‍👧‍👦", "\u202eabc", "日本語", "a\x00b", "\U0010ffff"]
+    before = state(gateway_stub, table)
+    gateway_stub.Add(
+        gateway_pb2.AddRequest(
+            table=table, rows=arrow_rows(id=list(range(10, 10 + len(texts))), text=texts)
+        )
+    )
+    assert state(gateway_stub, table)[1] == before[1] + len(texts)
+    reply = gateway_stub.Search(
+        gateway_pb2.SearchRequest(table=table, text="日本語", k=50, columns=["text"])
+    )
+    assert set(texts) <= set(ipc_to_table(reply.rows.arrow_ipc).column("text").to_pylist())

@@ -169,7 +169,7 @@ def test_json_rows_and_column_specs_for_clients_without_arrow(stack, gateway_stu
         lambda: gateway_stub.Add(
             gateway_pb2.AddRequest(table=table_name, rows=common_pb2.RowData(json=bad))
         ),
-        "JSON rows",
+        "JSON column 'id'",
     )
 
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from embedsearch.errors import FailedPrecondition
 from embedsearch.rpc.status import error_from_rpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -22,6 +23,31 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
         # Reconnect quickly after a peer restarts instead of backing off for up to two minutes.
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
+
+
+def read_pem(path: str, flag: str) -> bytes | None:
+    """The bytes of a PEM file named by a setting, None when unset; a clear error otherwise."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot read {flag} {path!r}: {exc.strerror}") from exc
+
+
+def channel_credentials(
+    ca_file: str = "", cert_file: str = "", key_file: str = "", use_tls: bool = False
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials for a channel: the CA that signed the server (system roots when only
+    ``use_tls``), plus a client certificate for mutual TLS. None means plaintext."""
+    if not (ca_file or use_tls):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(ca_file, "the TLS CA file"),
+        private_key=read_pem(key_file, "the TLS client key file"),
+        certificate_chain=read_pem(cert_file, "the TLS client certificate file"),
+    )
 
 
 def target_of(address: str) -> str:

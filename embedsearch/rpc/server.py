@@ -9,17 +9,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor_pb2 import MethodOptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
-from embedsearch.errors import EmbedsearchError, status_code_name
+from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, Overloaded, status_code_name
+from embedsearch.rpc.client import read_pem
 from embedsearch.rpc.deadline import set_deadline
 from embedsearch.rpc.settings import ServiceSettings
 
@@ -61,9 +64,15 @@ class _Outcome:
     def __init__(self, metrics: RpcMetrics, method: str) -> None:
         self.metrics, self.method, self.code = metrics, method, "OK"
         self.start = time.perf_counter()
+        self.closed = False
         metrics.in_flight.inc()
 
-    def close(self) -> None:
+    def close(self, code: str | None = None) -> None:
+        """Record the call once; an error is recorded before its status reaches the caller."""
+        if self.closed:
+            return
+        self.closed = True
+        self.code = code or self.code
         self.metrics.in_flight.dec()
         self.metrics.requests.labels(self.method, self.code).inc()
         self.metrics.latency.labels(self.method).observe(time.perf_counter() - self.start)
@@ -77,24 +86,39 @@ async def _abort_for(
     ``subject`` (say "table 'docs'") is put in front of a message that does not name it yet.
     """
     if isinstance(exc, EmbedsearchError):
-        out.code = status_code_name(exc)
+        out.close(status_code_name(exc))
         message = str(exc)
         if subject and subject.split(" ", 1)[-1] not in message:
             message = f"{subject}: {message}"
+        if isinstance(exc, Overloaded):
+            milliseconds = max(1, round(exc.retry_after_s * 1000))
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(milliseconds)),))
         await context.abort(grpc.StatusCode[out.code], message)
-    out.code = "INTERNAL"
+    out.close("INTERNAL")
     log.exception("unhandled error in %s", out.method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {out.method}: {exc!r}")
 
 
+# Decides whether a call may proceed, from its full method name and its metadata; raises a
+# typed error (Unauthenticated, PermissionDenied) to refuse it.
+Guard = Callable[[str, Sequence[tuple[str, Any]]], None]
+
+
 @asynccontextmanager
 async def _answering(
-    metrics: RpcMetrics, method: str, context: grpc.aio.ServicerContext, subject: str = ""
+    metrics: RpcMetrics,
+    method: str,
+    context: grpc.aio.ServicerContext,
+    subject: str = "",
+    admit: Callable[[], None] | None = None,
 ) -> AsyncIterator[None]:
-    """Around one call: record its deadline, code and latency; map a raised error to a status."""
+    """Around one call: admit it, record its deadline, code and latency, and map a raised
+    error to a status."""
     out = _Outcome(metrics, method)
     set_deadline(context.time_remaining())
     try:
+        if admit is not None:
+            admit()
         yield
     except grpc.aio.AbortError:
         out.code = context.code().name if context.code() else "UNKNOWN"
@@ -114,9 +138,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     Servicers therefore never catch errors themselves: they raise, and this one place answers.
     """
 
-    def __init__(self, metrics: RpcMetrics, subject: Callable[[Any], str] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: RpcMetrics,
+        subject: Callable[[Any], str] | None = None,
+        guard: Guard | None = None,
+    ) -> None:
         self._metrics = metrics
         self._subject = subject or (lambda request: "")
+        self._guard = guard
 
     async def intercept_service(
         self,
@@ -127,14 +157,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith("/grpc."):
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        metrics, subject = self._metrics, self._subject
+        metrics, subject, guard = self._metrics, self._subject, self._guard
+        admit = (
+            None if guard is None else lambda: guard(details.method, details.invocation_metadata)
+        )
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 about = subject(request) if handler.unary_unary else ""
-                async with _answering(metrics, method, context, about):
+                async with _answering(metrics, method, context, about, admit):
                     return await inner(request, context)
 
             factory = (
@@ -151,7 +184,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _answering(metrics, method, context):
+            async with _answering(metrics, method, context, admit=admit):
                 async for response in inner_stream(request, context):
                     yield response
 
@@ -199,16 +232,45 @@ class Readiness:
         self._task = asyncio.get_running_loop().create_task(run())
 
 
+def read_only_methods(service: ServiceDescriptor) -> frozenset[str]:
+    """Full method names (``/pkg.Service/Method``) the contract marks ``NO_SIDE_EFFECTS``."""
+    return frozenset(
+        f"/{service.full_name}/{method.name}"
+        for method in service.methods
+        if method.GetOptions().idempotency_level == MethodOptions.NO_SIDE_EFFECTS
+    )
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' files; client certificates are required when a
+    client CA is given (mutual TLS). None serves plaintext."""
+    if not settings.tls_cert_file:
+        return None
+    ca = read_pem(settings.tls_client_ca_file, "--tls-client-ca-file")
+    return grpc.ssl_server_credentials(
+        [
+            (
+                read_pem(settings.tls_key_file, "--tls-key-file"),
+                read_pem(settings.tls_cert_file, "--tls-cert-file"),
+            )
+        ],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 async def new_server(
     settings: ServiceSettings,
     service_full_names: list[str],
     add_servicers: Callable[[grpc.aio.Server], None],
     metrics: RpcMetrics,
     subject: Callable[[Any], str] | None = None,
+    guard: Guard | None = None,
 ) -> tuple[grpc.aio.Server, int, Readiness]:
     """Build a gRPC server with our interceptor, health, reflection and limits, and bind it.
 
     The server is not started; health answers NOT_SERVING until :meth:`Readiness.set`.
+    Health and reflection answer without ``guard``: probes and discovery carry no token.
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -220,7 +282,9 @@ async def new_server(
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics, subject)], options=options)
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(metrics, subject, guard)], options=options
+    )
     add_servicers(server)
     readiness = Readiness(service_full_names)
     await readiness.set(False)  # grpc's HealthServicer starts "" as SERVING; we are not, yet
@@ -228,7 +292,12 @@ async def new_server(
     reflection.enable_server_reflection(
         [*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(settings.address)
+    credentials = server_credentials(settings)
+    port = (
+        server.add_secure_port(settings.address, credentials)
+        if credentials
+        else server.add_insecure_port(settings.address)
+    )
     if port == 0 and not settings.socket:
         raise OSError(f"could not bind {settings.address}")
     if settings.metrics_port >= 0:

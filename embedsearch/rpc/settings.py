@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
@@ -33,7 +33,22 @@ class ServiceSettings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
     )
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight calls get on SIGTERM.")
+    tls_cert_file: str = Field(
+        "", description="PEM certificate chain to serve TLS with; empty serves plaintext."
+    )
+    tls_key_file: str = Field("", description="PEM private key of --tls-cert-file.")
+    tls_client_ca_file: str = Field(
+        "", description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> ServiceSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file too")
+        return self
 
     @property
     def address(self) -> str:
@@ -51,7 +66,11 @@ class ServiceSettings(BaseSettings):
         prefix = cls.model_config.get("env_prefix", "")
         problems = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if not error["loc"]:  # a rule across fields names its flags itself
+                problems.append(message)
+                continue
+            name = str(error["loc"][0])
             flag, env = "--" + name.replace("_", "-"), f"{prefix}{name}".upper()
-            problems.append(f"{flag} (or {env}): {error['msg']}")
+            problems.append(f"{flag} (or {env}): {message}")
         return "invalid settings: " + "; ".join(problems)

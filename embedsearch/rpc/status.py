@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from embedsearch.errors import EmbedsearchError, error_for_code, status_code_name
+from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, error_for_code, status_code_name
 
 
 def status_for(exc: EmbedsearchError) -> grpc.StatusCode:
@@ -18,4 +18,16 @@ def error_from_rpc(err: grpc.RpcError, peer: str = "") -> EmbedsearchError:
     details: str = err.details() or code.name  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE and peer:
         details = f"{peer} is unavailable: {details}"
-    return error_for_code(code.name, details)
+    return error_for_code(code.name, details, retry_after_of(err))
+
+
+def retry_after_of(err: grpc.RpcError) -> float | None:
+    """The server's ``retry-after-ms`` hint on a failed call, in seconds, if it sent one."""
+    trailing = getattr(err, "trailing_metadata", None)
+    for key, value in (trailing() if trailing else None) or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, int(value) / 1000)
+            except ValueError:
+                return None
+    return None

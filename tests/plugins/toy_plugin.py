@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 
@@ -24,3 +25,14 @@ class ToyHashEmbeddings(TextEmbeddingFunction):
             for word in text.lower().split():
                 out[row, hashlib.sha256(word.encode()).digest()[0] % self.dims] += 1.0
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+@register("toy-slow")
+class ToySlowEmbeddings(ToyHashEmbeddings):
+    """The hashing embedder, taking ``delay_s`` per batch: lets tests fill the embedder's queue."""
+
+    delay_s: float = 0.5
+
+    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return super().generate_embeddings(texts)
