@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -21,22 +21,23 @@ DEFAULT_TIMEOUT_S = 300.0
 class Peer:
     """A channel and stub to one internal service. ``call`` forwards the caller's deadline."""
 
+    kind: ClassVar[str] = ""
+    stub_class: ClassVar[Any] = None
+
     def __init__(
         self,
-        name: str,
         address: str,
-        stub_class: Any,
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.name = f"{name} at {address}"
+        self.name = f"{self.kind} at {address}"
         target, options = target_of(address), channel_options(max_message_bytes)
         self.channel = (
             grpc.aio.secure_channel(target, credentials, options=options)
             if credentials
             else grpc.aio.insecure_channel(target, options=options)
         )
-        self.stub = stub_class(self.channel)
+        self.stub = self.stub_class(self.channel)
 
     async def call(self, method: str, request: Any) -> Any:
         """Invoke ``method`` with the time the incoming call has left."""
@@ -66,15 +67,8 @@ class Peer:
 class EmbedderClient(Peer):
     """The embedder, with helpers for the calls the schema mapping makes."""
 
-    def __init__(
-        self,
-        address: str,
-        max_message_bytes: int,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__(
-            "embedder", address, embedder_pb2_grpc.EmbedderStub, max_message_bytes, credentials
-        )
+    kind = "embedder"
+    stub_class = embedder_pb2_grpc.EmbedderStub
 
     async def resolve(
         self, provider: str, args: dict[str, Any]
@@ -100,10 +94,5 @@ class EmbedderClient(Peer):
 class StoreClient(Peer):
     """The store; the gateway forwards most of its calls as they are."""
 
-    def __init__(
-        self,
-        address: str,
-        max_message_bytes: int,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__("store", address, store_pb2_grpc.StoreStub, max_message_bytes, credentials)
+    kind = "store"
+    stub_class = store_pb2_grpc.StoreStub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -90,7 +91,6 @@ class Maintenance:
         self.stats: dict[str, TableStats] = {}
         self.runs: dict[str, int] = {}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- one table ---------------------------------------------------------------------------
 
@@ -128,10 +128,11 @@ class Maintenance:
             self.settings.retention_s if cleanup_older_than_s is None else cleanup_older_than_s
         )
         # Lance reads a zero timedelta as "not given" (two weeks): one microsecond means now.
-        cleanup = self.catalog.dataset(name).cleanup_old_versions(
-            older_than=timedelta(seconds=older_than) or timedelta(microseconds=1),
-            error_if_tagged_old_versions=False,
-        )
+        with self.catalog.writing(f"cleanup of table {name!r}"):
+            cleanup = self.catalog.dataset(name).cleanup_old_versions(
+                older_than=timedelta(seconds=older_than) or timedelta(microseconds=1),
+                error_if_tagged_old_versions=False,
+            )
         result.versions_removed, result.bytes_removed = cleanup.old_versions, cleanup.bytes_removed
         if cleanup.old_versions:
             self._count("cleanup")
@@ -180,20 +181,21 @@ class Maintenance:
             except (EmbedsearchError, OSError, ValueError, RuntimeError) as exc:
                 log.warning("could not measure %s: %s", name, lance_message(exc))
 
-    def start(self) -> None:
-        """Run :meth:`run_once` every ``maintenance_interval_s`` on a daemon thread."""
-        if not self.settings.maintenance_interval_s or self._thread is not None:
+    async def run_forever(self) -> None:
+        """Run :meth:`run_once` every ``maintenance_interval_s`` until cancelled.
+
+        The passes run on the event loop's executor, whose threads the interpreter joins at
+        exit. A daemon thread would still be inside Lance when the interpreter finalizes, and
+        a thread torn down there through Lance's Rust frames aborts the whole process.
+        """
+        if not self.settings.maintenance_interval_s:
             return
-
-        def loop() -> None:
-            while not self._stop.wait(self.settings.maintenance_interval_s):
-                self.run_once()
-
-        self._thread = threading.Thread(target=loop, name="store-maintenance", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
+        try:
+            while True:
+                await asyncio.sleep(self.settings.maintenance_interval_s)
+                await asyncio.to_thread(self.run_once)
+        finally:
+            self._stop.set()  # a pass still running stops at its next table
 
 
 class StoreCollector(Collector):

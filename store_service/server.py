@@ -159,6 +159,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     def __init__(self, catalog: TableCatalog, maintenance: Maintenance) -> None:
         self.catalog = catalog
         self.maintenance = maintenance
+        self.background: asyncio.Task[None] | None = None  # maintenance, held while it runs
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -360,11 +361,19 @@ async def create_server(settings: StoreSettings) -> tuple[grpc.aio.Server, int]:
         metrics,
     )
 
+    async def maintain() -> None:
+        """Background maintenance for as long as the server runs."""
+        worker = asyncio.create_task(maintenance.run_forever())
+        try:
+            await server.wait_for_termination()
+        finally:
+            worker.cancel()
+
     async def warm_up() -> None:
         if settings.warm_on_start:
             await asyncio.to_thread(catalog.warm_all)
         await asyncio.to_thread(maintenance.measure_all)
-        maintenance.start()
+        servicer.background = asyncio.create_task(maintain())
 
     readiness.warm_up(warm_up(), f"store on {settings.data_root}")
     return server, port

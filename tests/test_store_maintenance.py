@@ -116,3 +116,20 @@ def test_concurrent_updates_all_land(busy_store, table_name):
         )
         assert count.count == 50
     assert stub.CountRows(store_pb2.StoreCountRowsRequest(name=table_name)).count == 200
+
+
+def test_maintenance_ends_with_its_server(servers, busy_store, table_name):
+    """Stopping the server stops its background maintenance: small fragments written after
+    that stay as they are (no pass runs, and none is left inside Lance at interpreter exit)."""
+    import lance
+
+    busy_store.create(table_name)
+    busy_store.add(table_name, range(0, 10), seed=1)
+    servers.stop(len(servers.started) - 1)
+    dataset = busy_store.lance(table_name)
+    rows = dataset.to_table()
+    for _ in range(4):
+        lance.write_dataset(rows, dataset.uri, mode="append")
+    fragments = len(busy_store.lance(table_name).get_fragments())
+    time.sleep(4 * 0.5 + 1)  # four maintenance intervals, had it still been running
+    assert len(busy_store.lance(table_name).get_fragments()) == fragments >= 5
