@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -130,6 +131,8 @@ def test_embedsearch_up_serves_the_seed_flow_and_stops_all_three(tmp_path):
         assert "embedsearch is up" in "".join(lines), "".join(lines)
         for name in ports:
             assert health(f"127.0.0.1:{ports[name]}") == SERVING
+        for internal in ("embedder", "store"):  # only the gateway faces clients
+            assert listening_hosts(ports[internal]) == {"127.0.0.1"}
 
         func = get_registry().get("sentence-transformers").create()
 
@@ -182,3 +185,19 @@ def test_services_die_with_a_killed_launcher(tmp_path):
                 alive.discard(name)
         time.sleep(0.2)
     assert not alive, f"still running after the launcher was killed: {alive}"
+
+
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on ``port``, from /proc/net/tcp{,6}."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    raw = bytes.fromhex(address)
+                    words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+                    ip = ipaddress.ip_address(b"".join(words))
+                    hosts.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return hosts
