@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embedder_service.budget import Budget
 from embedsearch.errors import Overloaded
 
 MAX_RETRY_AFTER_S = 10.0  # the longest back-off a full queue asks callers for
@@ -60,6 +61,7 @@ class _Request:
     remaining: int
     future: asyncio.Future[np.ndarray]
     enqueued: float
+    deadline: float | None = None  # time.monotonic() by which the caller wants an answer
 
 
 @dataclass(eq=False)
@@ -138,8 +140,17 @@ class Batcher:
         """Inputs waiting for a batch."""
         return len(self._queue)
 
-    async def embed(self, mode: str, inputs: list[Any], keys: list[Hashable]) -> np.ndarray:
-        """Vectors for ``inputs`` (in order). Raises Overloaded at once when the queue is full."""
+    async def embed(
+        self,
+        mode: str,
+        inputs: list[Any],
+        keys: list[Hashable],
+        deadline: float | None = None,
+    ) -> np.ndarray:
+        """Vectors for ``inputs`` (in order). Raises Overloaded at once when the queue is full.
+
+        ``deadline`` (``time.monotonic()`` seconds) bounds the provider calls made for them.
+        """
         if self.queued + len(inputs) > self.limits.max_queued_inputs:
             # Back off for about as long as the queue ahead takes to drain at recent speed.
             wait_s = min(MAX_RETRY_AFTER_S, max(0.05, self.queued * self._seconds_per_input))
@@ -151,7 +162,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._tokenizers, self.runner.prepare, mode, inputs)
         request = _Request(
-            mode, len(inputs), None, len(inputs), loop.create_future(), time.perf_counter()
+            mode,
+            len(inputs),
+            None,
+            len(inputs),
+            loop.create_future(),
+            time.perf_counter(),
+            deadline,
         )
         self._queue.extend(
             _Item(request, i, key, payload, cost)
@@ -163,8 +180,10 @@ class Batcher:
         try:
             return await asyncio.shield(request.future)
         except asyncio.CancelledError:
-            # The caller gave up (deadline, cancel): its inputs leave the queue unless running.
+            # The caller gave up (deadline, cancel): its inputs leave the queue, and a running
+            # batch that no caller waits for any more is told to stop (see _budget).
             self._queue = collections.deque(i for i in self._queue if i.request is not request)
+            request.future.cancel()
             raise
 
     async def _loop(self) -> None:
@@ -248,8 +267,11 @@ class Batcher:
                 payloads.append(item.payload)
         mode = batch[0].request.mode
         loop = asyncio.get_running_loop()
+        budget = _budget(batch)
         try:
-            vectors = await loop.run_in_executor(self._inference, self.runner.run, mode, payloads)
+            vectors = await loop.run_in_executor(
+                self._inference, budget.run, self.runner.run, mode, payloads
+            )
             if len(vectors) != len(payloads):
                 raise RuntimeError(f"{len(payloads)} inputs gave {len(vectors)} vectors")
         except BaseException as exc:
@@ -282,3 +304,19 @@ class Batcher:
                     inference_s=took,
                 )
             )
+
+
+def _budget(batch: list[_Item]) -> Budget:
+    """The batch's budget: the latest deadline of its callers (none if one has none), spent
+    once every one of them has gone."""
+    requests = list({id(item.request): item.request for item in batch}.values())
+    deadlines = [request.deadline for request in requests]
+    budget = Budget(None if None in deadlines else max(d for d in deadlines if d is not None))
+
+    def abandon_when_all_gone(_: asyncio.Future[np.ndarray]) -> None:
+        if all(request.future.cancelled() for request in requests):
+            budget.abandoned.set()
+
+    for request in requests:
+        request.future.add_done_callback(abandon_when_all_gone)
+    return budget

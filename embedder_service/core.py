@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from embedder_service.secrets import resolve_all
 from embedsearch.embeddings.base import EmbeddingFunction
 from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
 from embedsearch.errors import EmbedsearchError, InvalidArgument, status_code_name
+from embedsearch.rpc.deadline import remaining
 
 log = logging.getLogger("embedder_service")
 
@@ -211,8 +213,11 @@ class EmbedderCore:
         keys = [input_key(value) for value in inputs]
         if not inputs:
             return np.zeros((0, loaded.ndims), dtype=np.float32)
+        # The caller's deadline travels with the inputs, down to the provider's API calls.
+        left = remaining()
+        deadline = None if left is None else time.monotonic() + left
         if mode != QUERY or self.config.query_cache_size <= 0:
-            return await loaded.batcher.embed(mode, inputs, keys)
+            return await loaded.batcher.embed(mode, inputs, keys, deadline)
         cached = [self.cache.get(loaded.key, key) for key in keys]
         missing = [i for i, vector in enumerate(cached) if vector is None]
         if self.metrics:
@@ -220,7 +225,7 @@ class EmbedderCore:
             self.metrics.cache.labels("miss").inc(len(missing))
         if missing:
             fresh = await loaded.batcher.embed(
-                mode, [inputs[i] for i in missing], [keys[i] for i in missing]
+                mode, [inputs[i] for i in missing], [keys[i] for i in missing], deadline
             )
             for i, vector in zip(missing, fresh, strict=True):
                 self.cache.put(loaded.key, keys[i], vector)

@@ -39,6 +39,11 @@ class FailedPrecondition(EmbedsearchError):
     """The system is not in a state to serve this request (missing weights, read-only root)."""
 
 
+class StorageFull(EmbedsearchError):
+    """The data root has no room for a write (disk full, quota, file-size limit): free space
+    or grow the volume, then retry. Reads go on working."""
+
+
 class CommitConflict(EmbedsearchError):
     """A write kept losing commit races with concurrent writers: retry it."""
 
@@ -95,6 +100,7 @@ STATUS_CODES: dict[type[EmbedsearchError], str] = {
     FailedPrecondition: "FAILED_PRECONDITION",
     CommitConflict: "ABORTED",
     Overloaded: "RESOURCE_EXHAUSTED",
+    StorageFull: "RESOURCE_EXHAUSTED",
     Unavailable: "UNAVAILABLE",
     DeadlineExceeded: "DEADLINE_EXCEEDED",
     Unauthenticated: "UNAUTHENTICATED",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pyarrow as pa
 
@@ -27,8 +29,11 @@ def ipc_to_table(data: bytes, what: str = "rows") -> pa.Table:
     try:
         table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
         table.validate(full=True)
+        _check_names(table.schema)
         return table
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+    # Every Arrow error, ArrowNotImplementedError included: a corrupt type id or bit width
+    # in the bytes reads as a type Arrow does not implement.
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"{what} are not a valid Arrow IPC stream: {exc}") from exc
 
 
@@ -40,9 +45,19 @@ def schema_to_ipc(schema: pa.Schema) -> bytes:
 def ipc_to_schema(data: bytes) -> pa.Schema:
     """Read an Arrow IPC schema message, answering InvalidArgument on malformed bytes."""
     try:
-        return pa.ipc.read_schema(pa.py_buffer(data))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        schema = pa.ipc.read_schema(pa.py_buffer(data))
+        _check_names(schema)
+        return schema
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"arrow_schema is not a valid Arrow IPC schema: {exc}") from exc
+
+
+def _check_names(fields: Iterable[pa.Field]) -> None:
+    """Decode every field name, nested ones too: a name that is not UTF-8 fails here, as bad
+    input, rather than in whatever step first reads it."""
+    for field in fields:
+        _ = field.name
+        _check_names(field.type.field(i) for i in range(field.type.num_fields))
 
 
 def pack_vectors(vectors: np.ndarray) -> bytes:

@@ -481,7 +481,7 @@ def to_table(rows: Rows, schema: pa.Schema) -> pa.Table:
         field = schema.field(name)
         try:
             columns.append(pa.array([row.get(name) for row in rows], type=field.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise InvalidSchema(
                 f"JSON column {name!r} does not fit its type {field.type}: {exc}"
             ) from exc

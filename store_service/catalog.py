@@ -8,7 +8,8 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -114,6 +115,8 @@ class TextSearchParams:
 
 _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
 _CONFLICT = re.compile(r"commit conflict|too many concurrent writers", re.IGNORECASE)
+# Lance's error kinds that blame the request (a schema Lance cannot store, say), not the store.
+_REQUEST_FAULT = re.compile(r"^LanceError\((Schema|InvalidInput|NotSupported)\)")
 
 
 def _where(sql: str) -> str | None:
@@ -167,6 +170,18 @@ class TableCatalog:
 
     def uri(self, name: str) -> str:
         return self.root.table_uri(check_name(name))
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Around a write: the data root refusing it (full, read-only) becomes a typed error
+        naming the root; other errors pass unchanged."""
+        try:
+            yield
+        except OSError as exc:
+            refused = self.root.write_error(exc, what)
+            if refused is None:
+                raise
+            raise refused from exc
 
     # -- handles -----------------------------------------------------------------------------
 
@@ -228,7 +243,8 @@ class TableCatalog:
         for attempt in range(self.settings.commit_retries + 1):
             private = self._open(name, session=shared.session())
             try:
-                result = action(private)
+                with self.writing(f"{what} on table {name!r}"):
+                    result = action(private)
             except OSError as exc:
                 if not is_conflict(exc):
                     raise
@@ -270,16 +286,21 @@ class TableCatalog:
                         )
                     return self.describe(name)
             try:
-                dataset = lance.write_dataset(
-                    data,
-                    self.uri(name),
-                    schema=schema,
-                    mode="overwrite" if mode == "overwrite" else "create",
-                    storage_options=self.storage_options,
-                )
+                with self.writing(f"creating table {name!r}"):
+                    dataset = lance.write_dataset(
+                        data,
+                        self.uri(name),
+                        schema=schema,
+                        mode="overwrite" if mode == "overwrite" else "create",
+                        storage_options=self.storage_options,
+                    )
             except OSError as exc:
                 if "already exists" in str(exc).lower():  # another store created it first
                     raise TableAlreadyExists(f"table {name!r} already exists") from exc
+                if _REQUEST_FAULT.match(str(exc)):
+                    raise InvalidSchema(
+                        f"table {name!r} cannot be stored: {lance_message(exc)}"
+                    ) from exc
                 raise
             self._forget(name)
             self._handles[name] = dataset
@@ -307,7 +328,8 @@ class TableCatalog:
                     return
                 raise TableNotFound(f"table {name!r} does not exist")
             self._forget(name)
-            self.root.remove(name)
+            with self.writing(f"dropping table {name!r}"):
+                self.root.remove(name)
 
     def _forget(self, name: str) -> None:
         """Drop what this process remembers of a table (a new one may reuse its versions)."""
@@ -436,13 +458,15 @@ class TableCatalog:
             raise AlreadyExists(f"tag {tag!r} exists on table {name!r}")
         target = version or dataset.version
         self._checkout(name, dataset, target)  # NotFound for a version that is not there
-        dataset.tags.create(tag, target)
+        with self.writing(f"tagging table {name!r}"):
+            dataset.tags.create(tag, target)
         return target
 
     def delete_tag(self, name: str, tag: str) -> None:
         dataset = self.dataset(name)
         if tag in dataset.tags.list():
-            dataset.tags.delete(tag)
+            with self.writing(f"deleting tag {tag!r} of table {name!r}"):
+                dataset.tags.delete(tag)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -656,7 +680,8 @@ class TableCatalog:
             return build.info()
         what = f"building index {spec.name!r} on table {spec.table!r} failed"
         try:
-            build.future.result()
+            with self.writing(what):
+                build.future.result()
         except EmbedsearchError as exc:
             raise type(exc)(f"{what}: {exc}") from exc
         except Exception as exc:
@@ -712,14 +737,14 @@ class StagedAppend:
         data = conform(rows, self.base.schema)
         if data.num_rows == 0:
             return
-        self.fragments.extend(
-            lance.fragment.write_fragments(
+        with self.catalog.writing(f"add on table {self.name!r}"):
+            written = lance.fragment.write_fragments(
                 data,
                 self.catalog.uri(self.name),
                 schema=self.base.schema,
                 storage_options=self.catalog.storage_options,
             )
-        )
+        self.fragments.extend(written)
         self.rows += data.num_rows
 
     def commit(self) -> WriteResult:

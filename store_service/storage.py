@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from collections.abc import Mapping
 
 import pyarrow.fs as pafs
+
+from embedsearch.errors import EmbedsearchError, FailedPrecondition, StorageFull
 
 SUFFIX = ".lance"  # LanceDB's layout: <root>/<name>.lance, so either can open the other's tables
 
@@ -36,6 +40,20 @@ def storage_options_from_env(
     return options
 
 
+# Lance reports an OS error as "... (os error 28)", pyarrow as "[Errno 28] ...".
+_ERRNO = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def os_error_number(exc: OSError) -> int | None:
+    """The errno behind an OS error, also when Lance or pyarrow only put it in the message."""
+    if exc.errno:
+        return exc.errno
+    found = _ERRNO.search(str(exc))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
 class Root:
     """The root URI of the tables: names to URIs, and listing, existence and removal."""
 
@@ -59,6 +77,23 @@ class Root:
             scheme="http" if endpoint.startswith("http://") else "https",
         )
         return fs, self.uri.removeprefix("s3://")
+
+    def write_error(self, exc: OSError, what: str) -> EmbedsearchError | None:
+        """The typed error for a write the data root refused: full (RESOURCE_EXHAUSTED) or not
+        writable (FAILED_PRECONDITION); None for other OS errors."""
+        number = os_error_number(exc)
+        if number in _FULL:
+            return StorageFull(
+                f"{what} failed: the data root {self.uri} is full ({os.strerror(number)}); "
+                "free space or grow the volume, then retry. Reads still work"
+            )
+        if number in _NOT_WRITABLE:
+            return FailedPrecondition(
+                f"{what} failed: the data root {self.uri} is not writable "
+                f"({os.strerror(number)}); mount it read-write or fix its permissions. "
+                "Reads still work"
+            )
+        return None
 
     def table_uri(self, name: str) -> str:
         return f"{self.uri}/{name}{SUFFIX}"

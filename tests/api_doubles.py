@@ -25,7 +25,8 @@ def fake_vector(text: str, ndims: int, salt: str = "") -> list[float]:
 
 
 class ApiDouble:
-    """A threaded HTTP server on 127.0.0.1; ``requests`` records every JSON body received."""
+    """A threaded HTTP server on 127.0.0.1; ``requests`` records every JSON body received, and
+    ``headers`` the headers of each. ``latency_s`` delays every answer."""
 
     def __init__(self, ndims: int = 8) -> None:
         self.ndims = ndims
@@ -33,6 +34,7 @@ class ApiDouble:
         self.latency_s = 0.0
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
+        self.headers: list[dict[str, str]] = []
         double = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,6 +42,7 @@ class ApiDouble:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 double.requests.append(body)
                 double.auth_headers.append(self.headers.get("Authorization", ""))
+                double.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if double.latency_s:
                     time.sleep(double.latency_s)
                 status = double.failures.popleft() if double.failures else 200

@@ -14,9 +14,12 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_any,
     wait_random_exponential,
 )
 
+from embedder_service import budget as budgets
+from embedder_service.budget import Budget
 from embedsearch.embeddings.base import TextEmbeddingFunction, check_texts
 from embedsearch.errors import (
     EmbedsearchError,
@@ -58,7 +61,8 @@ class ApiEmbeddingFunction(TextEmbeddingFunction):
     Inputs are split into requests of at most ``max_inputs_per_request`` inputs and
     ``max_tokens_per_request`` estimated tokens, sent ``concurrency`` at a time; 429, 5xx and
     timeouts are retried with jittered exponential backoff (at most 30 s per wait) up to
-    ``max_retries`` times; 400, 401 and 403 are never retried.
+    ``max_retries`` times; 400, 401 and 403 are never retried. Inside a batch, each request
+    takes at most the time its callers have left, and retries stop once they have all gone.
     """
 
     kind: ClassVar[str] = "api"
@@ -97,11 +101,12 @@ class ApiEmbeddingFunction(TextEmbeddingFunction):
         """Embed texts through the API, split, concurrent and retried."""
         texts = check_texts(texts)
         chunks = list(self._chunks(texts))
+        budget = budgets.current()  # read here: the pool's threads do not see it
         if len(chunks) == 1:
-            return self._with_retries(chunks[0], mode)
+            return self._with_retries(chunks[0], mode, budget)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.provider_name)
-        parts = list(self._pool.map(lambda chunk: self._with_retries(chunk, mode), chunks))
+        parts = list(self._pool.map(lambda chunk: self._with_retries(chunk, mode, budget), chunks))
         return np.concatenate(parts)
 
     def compute_query_embeddings(self, query: Any) -> list[np.ndarray]:
@@ -125,7 +130,11 @@ class ApiEmbeddingFunction(TextEmbeddingFunction):
         if chunk:
             yield chunk
 
-    def _with_retries(self, texts: list[str], mode: str) -> np.ndarray:
+    def _with_retries(self, texts: list[str], mode: str, budget: Budget) -> np.ndarray:
+        def attempt() -> list[list[float]]:
+            budget.check(self.provider_name)
+            return self._request(texts, mode, budget.timeout(self.timeout))
+
         def before_sleep(state: RetryCallState) -> None:
             if self._on_retry is not None:
                 self._on_retry()
@@ -133,15 +142,17 @@ class ApiEmbeddingFunction(TextEmbeddingFunction):
             log.warning("%s: retry %d after %s", self.provider_name, state.attempt_number, error)
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.max_retries + 1),
+            stop=stop_any(stop_after_attempt(self.max_retries + 1), lambda _: budget.spent()),
             wait=wait_random_exponential(multiplier=self._retry_base_s, max=MAX_WAIT_S),
+            sleep=budget.sleep,
             retry=retry_if_exception(lambda exc: isinstance(exc, RetryableError)),
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            vectors = retrying(self._request, texts, mode)
+            vectors = retrying(attempt)
         except RetryableError as exc:
+            budget.check(f"{self.provider_name} after {exc}")  # stopped for the callers
             attempts = self.max_retries + 1
             raise (Overloaded if exc.status == 429 else Unavailable)(
                 f"{exc} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})"
@@ -155,8 +166,9 @@ class ApiEmbeddingFunction(TextEmbeddingFunction):
             )
         return array
 
-    def _request(self, texts: list[str], mode: str) -> list[list[float]]:
-        """One API call for one chunk; raise provider_error(...) for a failed answer."""
+    def _request(self, texts: list[str], mode: str, timeout: float) -> list[list[float]]:
+        """One API call for one chunk, of at most ``timeout`` seconds; raise
+        provider_error(...) for a failed answer."""
         raise NotImplementedError
 
 

@@ -45,7 +45,7 @@ class CohereEmbeddings(ApiEmbeddingFunction):
             )
         return self._client
 
-    def _request(self, texts: list[str], mode: str) -> list[list[float]]:
+    def _request(self, texts: list[str], mode: str, timeout: float) -> list[list[float]]:
         import httpx
         from cohere.core.api_error import ApiError
 
@@ -54,7 +54,8 @@ class CohereEmbeddings(ApiEmbeddingFunction):
             "texts": texts,
             "input_type": self.input_type or INPUT_TYPES[mode],
             "embedding_types": ["float"],
-            "request_options": {"max_retries": 0},  # retries are ours
+            # Retries are ours; the timeout is what the batch's callers have left.
+            "request_options": {"max_retries": 0, "timeout_in_seconds": timeout},
         }
         if self.dim:
             kwargs["output_dimension"] = self.dim

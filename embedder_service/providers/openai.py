@@ -41,10 +41,10 @@ class OpenAIEmbeddings(ApiEmbeddingFunction):
             )
         return self._client
 
-    def _request(self, texts: list[str], mode: str) -> list[list[float]]:
+    def _request(self, texts: list[str], mode: str, timeout: float) -> list[list[float]]:
         import openai
 
-        kwargs: dict[str, Any] = {"input": texts, "model": self.name}
+        kwargs: dict[str, Any] = {"input": texts, "model": self.name, "timeout": timeout}
         if self.dim:
             kwargs["dimensions"] = self.dim
         try:
