@@ -40,6 +40,10 @@ log = logging.getLogger("store_service")
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _MAX_K = 10_000
+# Lance's session caches the manifest of every version it reads; each lists every fragment, so a
+# table taking many small commits fills the cache by versions x fragments (up to Lance's 1 GiB
+# default). Only the latest versions are read again: a small cap keeps the store's memory flat.
+METADATA_CACHE_BYTES = 32 * 1024 * 1024
 
 __all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
@@ -161,6 +165,8 @@ class TableCatalog:
         self.settings = settings or StoreSettings(data_root=root)
         self.root = Root(root, storage_options)
         self.storage_options = self.root.storage_options
+        # One session for every handle of every table: warm caches, one memory bound.
+        self.session = lance.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES)
         self._handles: dict[str, lance.LanceDataset] = {}
         self._lock = threading.Lock()
         self._vector_indexed: dict[tuple[str, int], set[str]] = {}
@@ -203,10 +209,10 @@ class TableCatalog:
             return self._checkout(name, handle, version)
         return handle
 
-    def _open(self, name: str, session: Any = None) -> lance.LanceDataset:
+    def _open(self, name: str) -> lance.LanceDataset:
         uri = self.uri(name)
         try:
-            return lance.dataset(uri, storage_options=self.storage_options, session=session)
+            return lance.dataset(uri, storage_options=self.storage_options, session=self.session)
         except (ValueError, OSError):
             if not self.root.exists(name):
                 raise TableNotFound(f"table {name!r} does not exist") from None
@@ -239,9 +245,9 @@ class TableCatalog:
         cannot rebase comes back as a conflict, which is retried here on the new version.
         Returns the action's result and the handle after the commit, now the shared one.
         """
-        shared = self.dataset(name)
+        self.dataset(name)  # TableNotFound before anything is tried
         for attempt in range(self.settings.commit_retries + 1):
-            private = self._open(name, session=shared.session())
+            private = self._open(name)  # on the shared session: caches stay warm
             try:
                 with self.writing(f"{what} on table {name!r}"):
                     result = action(private)
@@ -293,6 +299,7 @@ class TableCatalog:
                         schema=schema,
                         mode="overwrite" if mode == "overwrite" else "create",
                         storage_options=self.storage_options,
+                        session=self.session,
                     )
             except OSError as exc:
                 if "already exists" in str(exc).lower():  # another store created it first
@@ -751,13 +758,16 @@ class StagedAppend:
         """Make every staged row visible in one new version."""
         if not self.fragments:
             return WriteResult(version=self.catalog.dataset(self.name).version)
-        uri, options = self.catalog.uri(self.name), self.catalog.storage_options
         append = lance.LanceOperation.Append(self.fragments)
+        # Committed through the handle, not its URI: the new version keeps the shared session.
         _, after = self.catalog.commit(
             self.name,
             "add",
             lambda dataset: lance.LanceDataset.commit(
-                uri, append, read_version=dataset.version, storage_options=options
+                dataset,
+                append,
+                read_version=dataset.version,
+                storage_options=self.catalog.storage_options,
             ),
         )
         return WriteResult(version=after.version, rows_inserted=self.rows)

@@ -235,7 +235,9 @@ class ExactCache:
 
 def _slot_key(fragment: lance.LanceFragment) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     meta = fragment.metadata
-    files = tuple(f.path for f in meta.files)
+    # Plain strings: DataFile.path makes a str subclass (a new class per call) that would keep
+    # one class object alive per file for as long as the slot lives.
+    files = tuple(str(f.path) for f in meta.files)
     deletion = meta.deletion_file
     deletions = (
         () if deletion is None else (deletion.id, deletion.read_version, deletion.num_deleted_rows)
