@@ -64,3 +64,13 @@ bench: install ## Run the benchmarks in bench/ (ONLY=<name> for one); prints JSO
 
 clean: ## Remove the virtualenvs and generated stubs
 	rm -rf $(VENV) $(VISION_VENV) embedsearch/v1
+
+.PHONY: proto-descriptor prometheus-rule
+
+DESCRIPTOR := protos/embedsearch_v1.binpb
+
+proto-descriptor: $(STAMP) ## Accept the current protos as the wire baseline (tests/test_proto_compat.py)
+	$(PY) -m grpc_tools.protoc -I protos --include_imports --descriptor_set_out=$(DESCRIPTOR) $(PROTOS)
+
+prometheus-rule: $(STAMP) ## Regenerate the PrometheusRule in deploy/prometheus/operator from the rule files
+	$(PY) deploy/prometheus/operator/make_rule.py
