@@ -39,7 +39,12 @@ class FailedPrecondition(EmbedsearchError):
     """The system is not in a state to serve this request (missing weights, read-only root)."""
 
 
-class StorageFull(EmbedsearchError):
+class ResourceExhausted(EmbedsearchError):
+    """A resource ran out: a queue (:class:`Overloaded`, retry later) or the disk
+    (:class:`StorageFull`, retrying does not help until space is freed)."""
+
+
+class StorageFull(ResourceExhausted):
     """The data root has no room for a write (disk full, quota, file-size limit): free space
     or grow the volume, then retry. Reads go on working."""
 
@@ -48,7 +53,7 @@ class CommitConflict(EmbedsearchError):
     """A write kept losing commit races with concurrent writers: retry it."""
 
 
-class Overloaded(EmbedsearchError):
+class Overloaded(ResourceExhausted):
     """A queue is full: back off for ``retry_after_s`` and retry.
 
     Servers send the delay as ``retry-after-ms`` trailing metadata (see :data:`RETRY_AFTER_KEY`),
@@ -99,8 +104,7 @@ STATUS_CODES: dict[type[EmbedsearchError], str] = {
     AlreadyExists: "ALREADY_EXISTS",
     FailedPrecondition: "FAILED_PRECONDITION",
     CommitConflict: "ABORTED",
-    Overloaded: "RESOURCE_EXHAUSTED",
-    StorageFull: "RESOURCE_EXHAUSTED",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
     Unavailable: "UNAVAILABLE",
     DeadlineExceeded: "DEADLINE_EXCEEDED",
     Unauthenticated: "UNAUTHENTICATED",
@@ -130,7 +134,10 @@ def status_code_name(exc: EmbedsearchError) -> str:
 def error_for_code(
     code_name: str, message: str, retry_after_s: float | None = None
 ) -> EmbedsearchError:
-    """Rebuild the typed error for a status-code name (``UNKNOWN`` and others become Internal)."""
+    """Rebuild the typed error for a status-code name (``UNKNOWN`` and others become Internal).
+
+    RESOURCE_EXHAUSTED is :class:`Overloaded` only when the server said when to retry; a full
+    disk sends no retry-after, and comes back as the plain :class:`ResourceExhausted`."""
     if code_name == "RESOURCE_EXHAUSTED" and retry_after_s is not None:
         return Overloaded(message, retry_after_s)
     if code_name == "NOT_FOUND" and message.startswith("table "):

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -185,15 +185,17 @@ def service_process(
     *flags: str,
     python: str = sys.executable,
     env: dict[str, str] | None = None,
-    output: int | None = subprocess.DEVNULL,
+    output: int | IO[str] | None = subprocess.DEVNULL,
     ready_timeout: float = READY_TIMEOUT_S,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m <module>`` on a free loopback port, metrics off, until it is SERVING.
+    """``python -m <module>`` on a loopback port (a free one unless ``port`` is given: a
+    restart on the same address), metrics off, until it is SERVING.
 
     Yields its address and process; SIGTERM stops it on the way out. For tests, benchmarks and
     tools that need one real service process.
     """
-    port = free_port()
+    port = port or free_port()
     command = [python, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         [*command, "--metrics-port", "-1", *flags],

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedsearch.errors import InvalidSchema
+from embedsearch.wire import OVERFLOW_HINT, distances_fit
 
 
 def is_vector(field: pa.Field) -> bool:
@@ -79,6 +80,8 @@ def _check_finite(column: pa.ChunkedArray, field: pa.Field) -> None:
         values = chunk.flatten().to_numpy(zero_copy_only=False)
         if values.size and not np.isfinite(values).all():
             raise InvalidSchema(f"column {field.name!r} contains NaN or infinite values")
+        if values.size and not distances_fit(values.reshape(-1, field.type.list_size)):
+            raise InvalidSchema(OVERFLOW_HINT.format(what=f"a vector of column {field.name!r}"))
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:

@@ -83,4 +83,20 @@ def unpack_vector(data: bytes) -> np.ndarray:
     vector = np.frombuffer(data, dtype=_F32)
     if not np.isfinite(vector).all():
         raise InvalidArgument("the query vector contains NaN or infinity")
+    if not distances_fit(vector[None, :]):
+        raise InvalidArgument(OVERFLOW_HINT.format(what="the query vector"))
     return vector
+
+
+# Distances are computed in float32: a vector whose squared length overflows it has no distance.
+OVERFLOW_HINT = (
+    "{what} is too long: its squared length overflows float32, so no distance to it exists; "
+    "scale it down (keep every value well below 1e18)"
+)
+
+
+def distances_fit(vectors: np.ndarray) -> bool:
+    """Whether every row's squared length, and so its distances, is finite in float32."""
+    rows = np.asarray(vectors, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.einsum("ij,ij->i", rows, rows)).all())

@@ -16,7 +16,6 @@ import grpc
 import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedsearch import local
 from embedsearch.local import service_process
 
 
@@ -24,20 +23,8 @@ def serve(
     exits: ExitStack, module: str, *flags: str, port: int = 0, **options: Any
 ) -> tuple[str, subprocess.Popen[str]]:
     """``python -m <module>`` as a process until ``exits`` closes; on ``port`` when given, so
-    that a restarted service comes back on the address its peers already dial.
-
-    service_process picks a free port itself; binding a chosen one means handing it that port
-    while it starts.
-    """
-    started = service_process(module, *flags, **options)
-    if not port:
-        return exits.enter_context(started)
-    chooses = local.free_port
-    local.free_port = lambda: port
-    try:
-        return exits.enter_context(started)
-    finally:
-        local.free_port = chooses
+    that a restarted service comes back on the address its peers already dial."""
+    return exits.enter_context(service_process(module, *flags, port=port or None, **options))
 
 
 def health(address: str) -> int:

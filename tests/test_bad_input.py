@@ -283,6 +283,20 @@ CASES = [
         "NaN",
         False,
     ),
+    (
+        "overflowing-vector-row",
+        lambda t: add(t, vector_rows([1e30] * 384)),
+        INVALID,
+        "overflows float32",
+        False,
+    ),
+    (
+        "overflowing-query",
+        lambda t: search(t, vector=pack_vectors([1e30] * 384)),
+        INVALID,
+        "overflows float32",
+        False,
+    ),
     ("ragged-query-bytes", lambda t: search(t, vector=b"\x00" * 7), INVALID, "float32", False),
     (
         "query-wrong-dims",

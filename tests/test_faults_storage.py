@@ -22,6 +22,8 @@ from faults import (
 )
 from helpers import expect_code
 
+from embedsearch.errors import ResourceExhausted
+from embedsearch.rpc.status import error_from_rpc
 from embedsearch.schema import vector_type
 from embedsearch.v1 import store_pb2, store_pb2_grpc
 from embedsearch.wire import schema_to_ipc, table_to_ipc
@@ -82,6 +84,8 @@ def fill_until_refused(stub: store_pb2_grpc.StoreStub, root: Path) -> tuple[set[
             add(stub, batch)
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+            # Not backpressure: no retry-after, so clients do not retry into a full disk.
+            assert type(error_from_rpc(err)) is ResourceExhausted
             return acknowledged, err.details()
         acknowledged.update(batch.column("id").to_pylist())
     pytest.fail(f"64 adds of {BIG} bytes each all fitted on the limited data root {root}")

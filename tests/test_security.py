@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,9 +260,10 @@ def test_api_keys_never_reach_lance_metadata_logs_or_metrics(tmp_path):
     double.failures.extend([429])  # a retry, so the provider's error path logs too
     metrics = {name: free_port() for name in ("embedder", "store", "gateway")}
     data = tmp_path / "data"
-    logs: dict[str, str] = {}
     scraped: dict[str, str] = {}
     common = ("--log-level", "DEBUG")
+    # Logs go to files: a pipe nobody reads while the test runs fills up and stalls the service.
+    log_files = {name: (tmp_path / f"{name}.log").open("w") for name in metrics}
     try:
         with (
             service_process(
@@ -273,23 +273,23 @@ def test_api_keys_never_reach_lance_metadata_logs_or_metrics(tmp_path):
                 "--metrics-port", str(metrics["embedder"]),
                 *common,
                 env={"OPENAI_API_KEY": ENV_KEY},
-                output=subprocess.PIPE,
-            ) as (embedder, embedder_proc),
+                output=log_files["embedder"],
+            ) as (embedder, _),
             service_process(
                 "store_service",
                 "--data-root", str(data),
                 "--metrics-port", str(metrics["store"]),
                 *common,
-                output=subprocess.PIPE,
-            ) as (store, store_proc),
+                output=log_files["store"],
+            ) as (store, _),
             service_process(
                 "gateway",
                 "--embedder-addr", embedder,
                 "--store-addr", store,
                 "--metrics-port", str(metrics["gateway"]),
                 *common,
-                output=subprocess.PIPE,
-            ) as (address, gateway_proc),
+                output=log_files["gateway"],
+            ) as (address, _),
         ):  # fmt: skip
             db = embedsearch.connect(f"grpc://{address}")
             registry = get_registry().get("openai")
@@ -308,12 +308,11 @@ def test_api_keys_never_reach_lance_metadata_logs_or_metrics(tmp_path):
             for name, port in metrics.items():
                 url = f"http://127.0.0.1:{port}/metrics"
                 scraped[name] = urllib.request.urlopen(url, timeout=5).read().decode()
-            procs = {"embedder": embedder_proc, "store": store_proc, "gateway": gateway_proc}
-            for proc in procs.values():
-                proc.terminate()
-            logs = {name: proc.communicate(timeout=30)[0] for name, proc in procs.items()}
     finally:
         double.close()
+        for file in log_files.values():
+            file.close()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in metrics}
 
     assert f"Bearer {ENV_KEY}" in double.auth_headers  # both keys were really used
     assert f"Bearer {LITERAL_KEY}" in double.auth_headers

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, Overloaded, status_code_name
 from embedsearch.rpc.client import read_pem
 from embedsearch.rpc.deadline import set_deadline
+from embedsearch.rpc.memory import return_large_blocks_to_the_system
 from embedsearch.rpc.settings import ServiceSettings
 
 log = logging.getLogger("embedsearch.rpc")
@@ -377,5 +378,6 @@ def main(
     except ValidationError as exc:
         sys.exit(f"{settings_cls.service_name}: {settings_cls.explain(exc)}")
     configure_logging(settings.log_level)
+    return_large_blocks_to_the_system()
     die_with_parent()
     asyncio.run(serve(settings, create_server))

@@ -1,4 +1,4 @@
-"""glibc malloc tuning for the store process: large blocks go back to the system when freed."""
+"""glibc malloc tuning for every service process: large blocks go back to the system when freed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes
 import logging
 import sys
 
-log = logging.getLogger("store_service")
+log = logging.getLogger("embedsearch")
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
@@ -17,9 +17,10 @@ def return_large_blocks_to_the_system() -> bool:
     unmapped when freed; True if it was set.
 
     By default glibc raises the threshold (up to 32 MiB) each time such a block is freed, after
-    which large blocks come from the per-thread heaps instead. Under concurrent requests, Lance's
-    and Arrow's buffers then fragment those heaps and the store's resident memory keeps growing
-    (measured: 755 MiB peak after 60 s of concurrent adds and searches, 434 MiB with this).
+    which large blocks come from the per-thread heaps instead. Under concurrent requests, Lance's,
+    Arrow's and torch's buffers then fragment those heaps and resident memory keeps growing
+    (measured on the store: 755 MiB peak after 60 s of concurrent adds and searches, 434 MiB
+    with this).
     """
     if not sys.platform.startswith("linux"):
         return False
