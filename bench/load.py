@@ -203,10 +203,13 @@ class RssSeries:
         return max(rss for _, rss in self.samples) / 2**20
 
     def second_half_growth_pct(self) -> float:
-        """RSS growth from the middle of the run to its end, as a percentage of the middle."""
+        """RSS growth over the second half of the run, as a percentage of RSS at its middle:
+        the least-squares line through every sample of that half, not its two end samples,
+        which a single transient allocation (a batch in flight) would swing either way."""
         start, end = self.samples[0][0], self.samples[-1][0]
-        half = [rss for t, rss in self.samples if t >= (start + end) / 2]
-        return 100.0 * (half[-1] - half[0]) / half[0]
+        half = np.array([(t, rss) for t, rss in self.samples if t >= (start + end) / 2])
+        slope, at_middle = np.polyfit(half[:, 0] - half[0, 0], half[:, 1], 1)
+        return float(100.0 * slope * (half[-1, 0] - half[0, 0]) / at_middle)
 
 
 @contextmanager

@@ -40,10 +40,6 @@ log = logging.getLogger("store_service")
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _MAX_K = 10_000
-# Lance's session caches the manifest of every version it reads; each lists every fragment, so a
-# table taking many small commits fills the cache by versions x fragments (up to Lance's 1 GiB
-# default). Only the latest versions are read again: a small cap keeps the store's memory flat.
-METADATA_CACHE_BYTES = 32 * 1024 * 1024
 
 __all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
@@ -166,13 +162,18 @@ class TableCatalog:
         self.root = Root(root, storage_options)
         self.storage_options = self.root.storage_options
         # One session for every handle of every table: warm caches, one memory bound.
-        self.session = lance.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+        self.session = lance.Session(
+            index_cache_size_bytes=self.settings.index_cache_bytes,
+            metadata_cache_size_bytes=self.settings.metadata_cache_bytes,
+        )
         self._handles: dict[str, lance.LanceDataset] = {}
         self._lock = threading.Lock()
         self._vector_indexed: dict[tuple[str, int], set[str]] = {}
         self.conflicts: Counter[str] = Counter()
         self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
         self.builder = IndexBuilder(self.settings.index_build_threads, self.commit)
+        # Told (table, what) after every commit, on the committing thread (maintenance counts).
+        self.on_commit: Callable[[str, str], None] | None = None
 
     def uri(self, name: str) -> str:
         return self.root.table_uri(check_name(name))
@@ -267,7 +268,10 @@ class TableCatalog:
                 raise _user_error(f"{what} failed", exc) from exc
             # An action that moves to another handle (restore) returns it.
             after = result if isinstance(result, lance.LanceDataset) else private
-            return result, self._publish(name, after)
+            published = self._publish(name, after)
+            if self.on_commit is not None:
+                self.on_commit(name, what)
+            return result, published
         raise AssertionError("unreachable")
 
     # -- tables ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -19,6 +20,12 @@ from store_service.catalog import TableCatalog, lance_message
 from store_service.settings import StoreSettings
 
 log = logging.getLogger("store_service.maintenance")
+
+# Commits made by maintenance itself, which must not wake it again.
+OWN_COMMITS = frozenset({"compact", "optimize_indices"})
+# Passes woken by writes may take at most this share of the time: a table whose compaction
+# takes 2 s is compacted at most every 20 s, however fast writes arrive.
+MAX_DUTY = 0.1
 
 
 @dataclass
@@ -91,6 +98,26 @@ class Maintenance:
         self.stats: dict[str, TableStats] = {}
         self.runs: dict[str, int] = {}
         self._stop = threading.Event()
+        # Commits per table since its last pass; a table with compact_min_fragments of them
+        # is due, and wakes the background loop before its interval ends.
+        self._commits: dict[str, int] = {}
+        self._due: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        catalog.on_commit = self.committed
+
+    def committed(self, name: str, what: str) -> None:
+        """Count a commit to ``name`` (any thread); wake the loop once the table is due."""
+        if what in OWN_COMMITS:
+            return
+        with self._lock:
+            self._commits[name] = self._commits.get(name, 0) + 1
+            if self._commits[name] < self.settings.compact_min_fragments or name in self._due:
+                return
+            self._due.add(name)
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     # -- one table ---------------------------------------------------------------------------
 
@@ -157,14 +184,18 @@ class Maintenance:
 
     # -- every table, in the background --------------------------------------------------------
 
-    def run_once(self) -> None:
-        """One pass over every table; a table that fails is logged and left for the next."""
+    def run_once(self, only: list[str] | None = None) -> None:
+        """One pass over every table (or those in ``only``); a table that fails is logged and
+        left for the next pass."""
         names = self.catalog.list_tables()
         for gone in set(self.stats) - set(names):
             self.stats.pop(gone, None)
-        for name in names:
+        for name in names if only is None else [n for n in only if n in names]:
             if self._stop.is_set():
                 return
+            with self._lock:
+                self._commits[name] = 0
+                self._due.discard(name)
             try:
                 before = self.stats.get(name)
                 result = self.optimize(name, only_if_needed=True)
@@ -182,18 +213,35 @@ class Maintenance:
                 log.warning("could not measure %s: %s", name, lance_message(exc))
 
     async def run_forever(self) -> None:
-        """Run :meth:`run_once` every ``maintenance_interval_s`` until cancelled.
+        """Pass over every table each ``maintenance_interval_s``, and over a table as soon as
+        it took ``compact_min_fragments`` commits (at most MAX_DUTY of the time), until
+        cancelled. Many small adds so never pile up thousands of fragments between passes,
+        which would slow scans and grow the store's memory with every version's manifest.
 
         The passes run on the event loop's executor, whose threads the interpreter joins at
         exit. A daemon thread would still be inside Lance when the interpreter finalizes, and
         a thread torn down there through Lance's Rust frames aborts the whole process.
         """
-        if not self.settings.maintenance_interval_s:
+        interval = self.settings.maintenance_interval_s
+        if not interval:
             return
+        loop = self._loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+        full_pass_at = loop.time() + interval
         try:
             while True:
-                await asyncio.sleep(self.settings.maintenance_interval_s)
-                await asyncio.to_thread(self.run_once)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, full_pass_at - loop.time()))
+                wake.clear()
+                started = loop.time()
+                if started >= full_pass_at:
+                    await asyncio.to_thread(self.run_once)
+                    full_pass_at = loop.time() + interval
+                    continue
+                with self._lock:
+                    due = sorted(self._due)
+                await asyncio.to_thread(self.run_once, due)
+                await asyncio.sleep((loop.time() - started) * (1 / MAX_DUTY - 1))
         finally:
             self._stop.set()  # a pass still running stops at its next table
 

@@ -10,6 +10,9 @@ from pydantic_settings import SettingsConfigDict
 from embedsearch.rpc.settings import ServiceSettings
 
 GiB = 1024**3
+METADATA_CACHE_BYTES = 8 * 1024**2
+# Lance's own default is 6 GiB; a service in a memory-limited container needs a smaller bound.
+INDEX_CACHE_BYTES = 2 * GiB
 
 
 class StoreSettings(ServiceSettings):
@@ -33,6 +36,20 @@ class StoreSettings(ServiceSettings):
         ge=0,
         description="Largest vector column (rows x dims x 4 bytes) kept in memory for exact "
         "search; larger columns use Lance's flat search. 0 turns the cache off.",
+    )
+    # Lance's session caches the manifest of every version it reads; each lists every fragment,
+    # so a table taking many small commits fills the cache by versions x fragments. Only the
+    # latest versions are read again: a small bound keeps the store's memory flat.
+    metadata_cache_bytes: int = Field(
+        METADATA_CACHE_BYTES,
+        ge=0,
+        description="Bound of Lance's cache of manifests and file metadata, shared by all tables.",
+    )
+    index_cache_bytes: int = Field(
+        INDEX_CACHE_BYTES,
+        ge=0,
+        description="Bound of Lance's cache of vector and full-text index partitions, shared "
+        "by all tables; searches of an index larger than this read partitions from storage.",
     )
     commit_retries: int = Field(
         8, ge=0, description="Retries of a write whose commit lost a race with another writer."

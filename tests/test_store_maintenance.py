@@ -76,6 +76,29 @@ def test_background_maintenance_and_metrics(busy_store, table_name):
     assert stub.CountRows(store_pb2.StoreCountRowsRequest(name=table_name)).count == 1010
 
 
+def test_many_small_adds_wake_maintenance_before_its_interval(servers, tmp_path, table_name):
+    """Compaction follows the writes: a table that took compact_min_fragments commits is
+    compacted within seconds, not at the next hourly pass, and commits made by maintenance
+    itself do not wake it again."""
+    store = Store(servers, tmp_path, maintenance_interval_s=3600, compact_min_fragments=4)
+    store.create(table_name)
+    for part in range(3):
+        store.add(table_name, range(part * 10, (part + 1) * 10), seed=part)
+    time.sleep(1.0)
+    text = store.metrics()
+    assert metric(text, "store_maintenance_actions_total", action="compact") in (None, 0.0)
+
+    store.add(table_name, range(30, 40), seed=3)  # the fourth commit
+
+    def compacted() -> bool:
+        return (metric(store.metrics(), "store_table_fragments", table=table_name) or 0) == 1
+
+    eventually(compacted, timeout=20, show=lambda: store.metrics())
+    time.sleep(1.0)
+    assert metric(store.metrics(), "store_maintenance_actions_total", action="compact") == 1
+    assert store.stub.CountRows(store_pb2.StoreCountRowsRequest(name=table_name)).count == 40
+
+
 @pytest.mark.slow
 def test_restart_warms_indexes_and_matrices(servers, tmp_path, table_name):
     first = Store(servers, tmp_path)
