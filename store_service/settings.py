@@ -7,7 +7,8 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from embedsearch.rpc.settings import ServiceSettings
+from embedsearch.rpc.memory import MMAP_THRESHOLD_BYTES
+from embedsearch.rpc.settings import MMAP_THRESHOLD_HELP, ServiceSettings
 
 GiB = 1024**3
 METADATA_CACHE_BYTES = 8 * 1024**2
@@ -23,6 +24,12 @@ class StoreSettings(ServiceSettings):
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9452, ge=-1, le=65535, description="/metrics port; -1 is off.")
+    # Lance's and Arrow's buffers fragment glibc's heaps (embedsearch/rpc/memory.py).
+    malloc_mmap_threshold_bytes: int = Field(
+        MMAP_THRESHOLD_BYTES,
+        ge=0,
+        description=MMAP_THRESHOLD_HELP,
+    )
     data_root: str = Field(
         "./data", description="Directory or object-store URI (s3://bucket/prefix) of the tables."
     )

@@ -378,6 +378,7 @@ def main(
     except ValidationError as exc:
         sys.exit(f"{settings_cls.service_name}: {settings_cls.explain(exc)}")
     configure_logging(settings.log_level)
-    return_large_blocks_to_the_system()
+    if settings.malloc_mmap_threshold_bytes:
+        return_large_blocks_to_the_system(settings.malloc_mmap_threshold_bytes)
     die_with_parent()
     asyncio.run(serve(settings, create_server))
