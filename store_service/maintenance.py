@@ -116,8 +116,10 @@ class Maintenance:
             if self._commits[name] < self.settings.compact_min_fragments or name in self._due:
                 return
             self._due.add(name)
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
+                loop.call_soon_threadsafe(wake.set)
 
     # -- one table ---------------------------------------------------------------------------
 
@@ -243,6 +245,7 @@ class Maintenance:
                 await asyncio.to_thread(self.run_once, due)
                 await asyncio.sleep((loop.time() - started) * (1 / MAX_DUTY - 1))
         finally:
+            self._loop = self._wake = None
             self._stop.set()  # a pass still running stops at its next table
 
 
