@@ -75,7 +75,11 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     """The whole stack, with the bundled model preloaded, on free ports."""
     root = tmp_path_factory.mktemp("data")
     embedder = servers.start(create_embedder, EmbedderSettings(**QUIET))
-    store = servers.start(create_store, StoreSettings(data_root=str(root), **QUIET))
+    # No background maintenance: a compaction woken by other tests' adds would move a table's
+    # version under the tests that assert a refused write left it unchanged.
+    store = servers.start(
+        create_store, StoreSettings(data_root=str(root), maintenance_interval_s=0, **QUIET)
+    )
     gateway = servers.start(
         create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)
     )

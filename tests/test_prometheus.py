@@ -301,16 +301,15 @@ def test_a_real_prometheus_scrapes_the_three_services(tools, tmp_path):
             assert set(buckets) == set(SERVICES)
             # A scrape in the middle of the traffic moves the counters before the last calls
             # land: wait for the scrape that holds them.
-            eventually(
-                lambda: (
-                    by_job(prom, 'sum by (job) (gateway_requests_total{code="NOT_FOUND"})').get(
-                        "gateway", 0
-                    )
-                    >= 1
+            for query, job, what in (
+                (
+                    'sum by (job) (gateway_requests_total{code="NOT_FOUND"})',
+                    "gateway",
+                    "the missing table's NOT_FOUND, by status code",
                 ),
-                "the missing table's NOT_FOUND, by status code",
-            )
-            assert by_job(prom, "sum by (job) (embedder_batch_size_count)").get("embedder", 0) > 0
+                ("sum by (job) (embedder_batch_size_count)", "embedder", "the embedder's batches"),
+            ):
+                eventually(lambda q=query, j=job: by_job(prom, q).get(j, 0) >= 1, what)
 
             # The recording rules evaluate against the real series, without errors.
             eventually(

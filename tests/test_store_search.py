@@ -41,9 +41,9 @@ class Store:
 
         self.root = root
         self.metrics_port = free_port()
-        settings = StoreSettings(
-            data_root=str(root), **{**QUIET, "metrics_port": self.metrics_port, **overrides}
-        )
+        # Maintenance only where a test asks for it (see the stack fixture in conftest.py).
+        chosen = {**QUIET, "maintenance_interval_s": 0, "metrics_port": self.metrics_port}
+        settings = StoreSettings(data_root=str(root), **{**chosen, **overrides})
         self.address = servers.start(create_server, settings)
         wait_until_serving(self.address, 30)
         self.stub = store_pb2_grpc.StoreStub(grpc.insecure_channel(self.address))
