@@ -78,9 +78,10 @@ def check_vector_lengths(column: pa.ChunkedArray, field: pa.Field) -> None:
 def _check_finite(column: pa.ChunkedArray, field: pa.Field) -> None:
     for chunk in column.chunks:
         values = chunk.flatten().to_numpy(zero_copy_only=False)
-        if values.size and not np.isfinite(values).all():
-            raise InvalidSchema(f"column {field.name!r} contains NaN or infinite values")
+        # One pass: NaN and infinity make the squared length non-finite too.
         if values.size and not distances_fit(values.reshape(-1, field.type.list_size)):
+            if not np.isfinite(values).all():
+                raise InvalidSchema(f"column {field.name!r} contains NaN or infinite values")
             raise InvalidSchema(OVERFLOW_HINT.format(what=f"a vector of column {field.name!r}"))
 
 

@@ -81,9 +81,9 @@ def unpack_vector(data: bytes) -> np.ndarray:
             f"a query vector must be little-endian float32 bytes, got {len(data)} bytes"
         )
     vector = np.frombuffer(data, dtype=_F32)
-    if not np.isfinite(vector).all():
-        raise InvalidArgument("the query vector contains NaN or infinity")
-    if not distances_fit(vector[None, :]):
+    if not distances_fit(vector[None, :]):  # NaN and infinity overflow the squared length too
+        if not np.isfinite(vector).all():
+            raise InvalidArgument("the query vector contains NaN or infinity")
         raise InvalidArgument(OVERFLOW_HINT.format(what="the query vector"))
     return vector
 

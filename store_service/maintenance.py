@@ -101,7 +101,6 @@ class Maintenance:
         # Commits per table since its last pass; a table with compact_min_fragments of them
         # is due, and wakes the background loop before its interval ends.
         self._commits: dict[str, int] = {}
-        self._due: set[str] = set()
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,9 +112,8 @@ class Maintenance:
             return
         with self._lock:
             self._commits[name] = self._commits.get(name, 0) + 1
-            if self._commits[name] < self.settings.compact_min_fragments or name in self._due:
-                return
-            self._due.add(name)
+            if self._commits[name] != self.settings.compact_min_fragments:
+                return  # not due yet, or due already: the loop has been woken
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: the server stopped
@@ -197,7 +195,6 @@ class Maintenance:
                 return
             with self._lock:
                 self._commits[name] = 0
-                self._due.discard(name)
             try:
                 before = self.stats.get(name)
                 result = self.optimize(name, only_if_needed=True)
@@ -241,7 +238,11 @@ class Maintenance:
                     full_pass_at = loop.time() + interval
                     continue
                 with self._lock:
-                    due = sorted(self._due)
+                    due = sorted(
+                        name
+                        for name, commits in self._commits.items()
+                        if commits >= self.settings.compact_min_fragments
+                    )
                 await asyncio.to_thread(self.run_once, due)
                 await asyncio.sleep((loop.time() - started) * (1 / MAX_DUTY - 1))
         finally:

@@ -9,10 +9,10 @@ import sys
 log = logging.getLogger("embedsearch")
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value: the store's default
 
 
-def return_large_blocks_to_the_system(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+def return_large_blocks_to_the_system(threshold: int) -> bool:
     """Fix glibc's mmap threshold at ``threshold`` bytes, so every block that large is mapped on
     its own and unmapped when freed; True if it was set.
 
