@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from embedder_service.batcher import Batcher, BatchLimits, Runner
 from embedder_service.cache import QueryCache
+from embedder_service.guards import RequestLimits, check_function, check_inputs, check_path_args
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.secrets import resolve_all
 from embedsearch.embeddings.base import EmbeddingFunction
@@ -38,7 +39,9 @@ class EmbedderConfig:
     query_cache_size: int = 10_000
     retry_base_s: float = 0.5
     secrets_dir: str = ""
-    max_text_bytes: int = 1 << 20
+    requests: RequestLimits = field(default_factory=RequestLimits)
+    # Real paths that local model paths in create() arguments must lie under.
+    model_roots: tuple[str, ...] = ()
 
 
 class FunctionRunner:
@@ -113,6 +116,7 @@ class EmbedderCore:
     async def resolve(self, provider: str, args: dict[str, Any]) -> LoadedFunction:
         """The loaded function for a spec, loading its model on first use: once per canonical
         spec, however many callers (or spellings of the same arguments) ask at the same time."""
+        check_function(provider, args, self.config.requests)
         func = self._create(provider, args)
         canonical = canonical_args(func)
         secrets = {
@@ -135,10 +139,16 @@ class EmbedderCore:
         return await asyncio.shield(pending)
 
     def _create(self, provider: str, args: dict[str, Any]) -> EmbeddingFunction:
-        """Validate the arguments and build the provider instance (no model is loaded yet)."""
+        """Validate the arguments and build the provider instance (no model is loaded yet).
+
+        Arguments a provider lists in its ``path_keys`` ClassVar may name a local path: such
+        a path must lie under --model-roots (a plugin opts in the same way).
+        """
         cls = self.registry.get(provider)
+        resolved = resolve_all(args, cls.sensitive_keys, self.config.secrets_dir)
+        check_path_args(getattr(cls, "path_keys", ()), resolved, self.config.model_roots)
         try:
-            func = cls.create(**resolve_all(args, self.config.secrets_dir))
+            func = cls.create(**resolved)
         except ValidationError as exc:
             message = f"bad arguments for provider {provider!r}: {_brief(exc)}"
             raise InvalidArgument(message) from exc
@@ -159,6 +169,8 @@ class EmbedderCore:
         inference = ThreadPoolExecutor(concurrency, thread_name_prefix=f"infer-{provider}")
         self._executors.append(inference)
         log.info("loading %s %s", provider, json.dumps(canonical, default=str))
+        if self.metrics:
+            self.metrics.model_loads.labels(provider).inc()
         loop = asyncio.get_running_loop()
         ndims = await loop.run_in_executor(inference, func.ndims)
         pipeline = getattr(func, "pipeline", None)
@@ -195,6 +207,7 @@ class EmbedderCore:
     ) -> tuple[LoadedFunction, np.ndarray]:
         """Embed ``inputs`` as source documents or queries, batched with other callers'."""
         try:
+            check_inputs(inputs, self.config.requests)
             loaded = await self.resolve(provider, args)
             vectors = await self._embed(loaded, mode, inputs)
         except EmbedsearchError as exc:
@@ -209,7 +222,7 @@ class EmbedderCore:
         return loaded, vectors
 
     async def _embed(self, loaded: LoadedFunction, mode: str, inputs: list[Any]) -> np.ndarray:
-        _check_inputs(loaded, inputs, self.config.max_text_bytes)
+        _check_modalities(loaded, inputs)
         keys = [input_key(value) for value in inputs]
         if not inputs:
             return np.zeros((0, loaded.ndims), dtype=np.float32)
@@ -234,7 +247,9 @@ class EmbedderCore:
 
     def _count(self, provider: str, code: str) -> None:
         if self.metrics:
-            self.metrics.requests.labels(provider, code).inc()
+            # A provider name is the caller's: one label per made-up name would grow without end.
+            label = provider if provider in self.registry else "unknown"
+            self.metrics.requests.labels(label, code).inc()
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -242,31 +257,25 @@ class EmbedderCore:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _check_inputs(loaded: LoadedFunction, inputs: list[Any], max_text_bytes: int) -> None:
-    """Reject, naming the row, what would fail (or silently become a null vector) in a batch,
-    and texts too long to be worth tokenizing (models read their first few hundred tokens)."""
+def _check_modalities(loaded: LoadedFunction, inputs: list[Any]) -> None:
+    """Reject, naming the row, an input of a kind the function does not embed."""
     for row, value in enumerate(inputs):
-        kind = "text" if isinstance(value, str) else "binary"
-        if kind == "text" and not value.strip():
-            raise InvalidArgument(f"input {row} is an empty string; embed only non-empty text")
-        if kind == "text" and len(value) * 4 > max_text_bytes:
-            size = len(value.encode("utf-8", "surrogatepass"))
-            if size > max_text_bytes:
-                raise InvalidArgument(
-                    f"input {row} is {size} bytes of text, over the limit of {max_text_bytes} "
-                    "(--max-text-bytes): shorten or split it"
-                )
-        if kind == "binary" and not (value[0] if isinstance(value, tuple) else value):
-            raise InvalidArgument(f"input {row} is empty bytes")
-        if kind == "text" and "text" not in loaded.modalities:
+        if isinstance(value, str) and "text" not in loaded.modalities:
             raise InvalidArgument(f"input {row}: {loaded.provider} does not embed text")
-        if kind == "binary" and loaded.modalities == ("text",):
+        if not isinstance(value, str) and loaded.modalities == ("text",):
             raise InvalidArgument(
                 f"input {row}: {loaded.provider} embeds text only; send texts, not blobs"
             )
 
 
 def _brief(exc: ValidationError) -> str:
+    """Pydantic's errors, one per argument; argument names are the caller's, so clipped."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'args'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(_clip(str(p)) for p in err['loc']) or 'args'}: "
+        f"{str(err['msg']).removeprefix('Value error, ')}"
+        for err in exc.errors()
     )
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

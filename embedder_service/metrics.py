@@ -58,6 +58,12 @@ class EmbedderMetrics:
             ["provider", "code"],
             registry=registry,
         )
+        self.model_loads = Counter(
+            "embedder_model_loads_total",
+            "Models loaded (or tried): one per new function spec, by provider.",
+            ["provider"],
+            registry=registry,
+        )
         self.inputs = Counter(
             "embedder_inputs_total",
             "Inputs embedded, by provider and mode.",

@@ -7,10 +7,16 @@ the reference, resolved here, on the embedder, each time a function is created.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from embedsearch.errors import FailedPrecondition
+from embedsearch.errors import FailedPrecondition, InvalidArgument
+from embedsearch.text import brief
+
+# A Kubernetes Secret key, not starting with a dot: no "..", no "/", so no way out of the dir.
+_SECRET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 def resolve(value: Any, secrets_dir: str = "") -> Any:
@@ -25,10 +31,17 @@ def resolve(value: Any, secrets_dir: str = "") -> Any:
     if value.startswith("$env:"):
         name = value[5:]
         if name not in os.environ:
-            raise FailedPrecondition(f"environment variable {name} is not set on the embedder")
+            raise FailedPrecondition(
+                f"environment variable {brief(name)} is not set on the embedder"
+            )
         return os.environ[name]
     if value.startswith("$var:"):
         name, _, default = value[5:].partition(":")
+        if _SECRET_NAME.fullmatch(name) is None:
+            raise InvalidArgument(
+                f"$var: name {brief(name)} must be letters, digits, '_', '-' and '.', not "
+                "starting with '.'"
+            )
         path = Path(secrets_dir, name) if secrets_dir else None
         if path is not None and path.is_file():
             return path.read_text().strip()
@@ -36,11 +49,18 @@ def resolve(value: Any, secrets_dir: str = "") -> Any:
             return os.environ[name.upper()]
         if default:
             return default
-        where = f"file {path} or " if path else ""
+        where = "a file of that name under --secrets-dir or " if path else ""
         raise FailedPrecondition(f"variable {name!r} is not set: provide {where}env {name.upper()}")
     return value
 
 
-def resolve_all(args: dict[str, Any], secrets_dir: str = "") -> dict[str, Any]:
-    """Every reference in ``args`` resolved."""
-    return {key: resolve(value, secrets_dir) for key, value in args.items()}
+def resolve_all(args: dict[str, Any], keys: Iterable[str], secrets_dir: str = "") -> dict[str, Any]:
+    """``args`` with the references in the secret ``keys`` resolved.
+
+    Other arguments are taken literally: a name or a device read from the embedder's
+    environment would come back in error messages, and the variable's value with it.
+    """
+    secret = frozenset(keys)
+    return {
+        key: resolve(value, secrets_dir) if key in secret else value for key, value in args.items()
+    }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import AsyncIterator
 
 import grpc
@@ -10,14 +12,16 @@ from prometheus_client import CollectorRegistry
 
 from embedder_service.batcher import BatchLimits
 from embedder_service.core import EmbedderConfig, EmbedderCore, LoadedFunction
+from embedder_service.guards import RequestLimits
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.plugins import load_plugins
 from embedder_service.providers import BUILTIN
+from embedder_service.providers.sentence_transformers import bundled_model_path
 from embedder_service.settings import EmbedderSettings
 from embedsearch.errors import InvalidArgument
 from embedsearch.rpc.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
 from embedsearch.rpc.server import RpcMetrics, new_server
-from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
+from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from embedsearch.wire import pack_vectors
 
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
@@ -38,6 +42,15 @@ def inputs_from_pb(request: embedder_pb2.EmbedRequest) -> list[object]:
     if request.blobs:
         return [(blob.data, blob.mime_type) for blob in request.blobs]
     return list(request.texts)
+
+
+def mode_from_pb(mode: int) -> str:
+    """``source`` or ``query``; an enum value the contract does not define is refused."""
+    try:
+        return MODES[mode]
+    except KeyError:
+        known = ", ".join(common_pb2.EmbedMode.keys())
+        raise InvalidArgument(f"mode {mode} is no EmbedMode; use one of {known}") from None
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
@@ -72,7 +85,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     ) -> embedder_pb2.EmbedResponse:
         provider, args = spec_from_pb(request.function)
         inputs = inputs_from_pb(request)
-        loaded, vectors = await self.core.embed(provider, args, MODES[request.mode], inputs)
+        loaded, vectors = await self.core.embed(provider, args, mode_from_pb(request.mode), inputs)
         return embedder_pb2.EmbedResponse(
             ndims=loaded.ndims,
             count=len(vectors),
@@ -128,7 +141,11 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
         query_cache_size=settings.query_cache_size,
         retry_base_s=settings.retry_base_s,
         secrets_dir=settings.secrets_dir,
-        max_text_bytes=settings.max_text_bytes,
+        requests=RequestLimits(
+            **settings.model_dump(include={f.name for f in dataclasses.fields(RequestLimits)})
+        ),
+        # The bundled model is always allowed: it is the default, and its canonical name.
+        model_roots=(*settings.model_root_dirs(), os.path.realpath(bundled_model_path())),
     )
     core = EmbedderCore(providers, config, EmbedderMetrics(registry))
     servicer = EmbedderServicer(core)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 from pydantic import Field
@@ -49,6 +50,27 @@ class EmbedderSettings(ServiceSettings):
     max_text_bytes: int = Field(
         1 << 20, ge=1, description="Longest text accepted as one input, in UTF-8 bytes."
     )
+    max_blob_bytes: int = Field(
+        16 << 20, ge=1, description="Largest binary input (an image, ...) accepted, in bytes."
+    )
+    max_inputs_per_request: int = Field(
+        2048, ge=1, description="Most inputs (texts or blobs) in one Embed request."
+    )
+    max_function_args: int = Field(
+        64, ge=1, description="Most create() arguments in one function spec."
+    )
+    max_function_args_bytes: int = Field(
+        64 << 10, ge=2, description="Largest function spec arguments, in bytes of JSON."
+    )
+    max_function_args_depth: int = Field(
+        8, ge=0, description="Deepest nesting of lists and objects in one argument value."
+    )
+    model_roots: str = Field(
+        "",
+        description="Directories (comma-separated) that local model paths given by callers "
+        "(name, pretrained) must lie under, symlinks resolved; empty allows only the bundled "
+        "model and hub names found in the server's model cache.",
+    )
     tokenizer_workers: int = Field(2, ge=1, description="Threads tokenizing incoming requests.")
     query_cache_size: int = Field(
         10_000, ge=0, description="Query embeddings kept in the LRU cache; 0 turns it off."
@@ -62,6 +84,11 @@ class EmbedderSettings(ServiceSettings):
 
     def plugin_modules(self) -> list[str]:
         return [name.strip() for name in self.plugins.split(",") if name.strip()]
+
+    def model_root_dirs(self) -> list[str]:
+        """The --model-roots directories as real paths (symlinks resolved)."""
+        roots = (root.strip() for root in self.model_roots.split(","))
+        return [os.path.realpath(os.path.expanduser(root)) for root in roots if root]
 
     def preloaded(self) -> list[str]:
         return [name.strip() for name in self.preload.split(",") if name.strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from embedsearch.local import wait_until_serving
 from embedsearch.rpc.server import PARENT_PID_ENV
 
 READY_TIMEOUT_S = 180.0
+# After its grace period (10 s by default) a stopping service cancels what is left; past this,
+# the launcher kills it.
+STOP_TIMEOUT_S = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         "--internal-host",
         default="127.0.0.1",
         help="interface embedder and store listen on (loopback: only the gateway reaches them)",
+    )
+    up.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="interface the three /metrics endpoints listen on (loopback: this machine only)",
     )
     for name, grpc_port, metrics_port in (
         ("gateway", 50050, 9450),
@@ -57,6 +66,8 @@ def up(args: argparse.Namespace) -> int:
                 str(args.embedder_port),
                 "--metrics-port",
                 str(args.embedder_metrics_port),
+                "--metrics-host",
+                args.metrics_host,
             ],
         ),
         (
@@ -72,6 +83,8 @@ def up(args: argparse.Namespace) -> int:
                 str(args.store_port),
                 "--metrics-port",
                 str(args.store_metrics_port),
+                "--metrics-host",
+                args.metrics_host,
                 "--data-root",
                 args.data_dir,
             ],
@@ -91,6 +104,8 @@ def up(args: argparse.Namespace) -> int:
                 str(args.gateway_port),
                 "--metrics-port",
                 str(args.gateway_metrics_port),
+                "--metrics-host",
+                args.metrics_host,
                 "--embedder-addr",
                 embedder_addr,
                 "--store-addr",
@@ -103,6 +118,15 @@ def up(args: argparse.Namespace) -> int:
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         PARENT_PID_ENV: str(os.getpid()),
     }
+    # Embedder and store take calls only with a token, made up now and handed over in the
+    # environment (argv shows in ps), besides any the environment gives them already; the
+    # gateway presents it. Clients never see it.
+    token = secrets.token_urlsafe(32)
+    envs = {
+        name: {**env, f"{prefix}_AUTH_TOKENS": _joined(token, env.get(f"{prefix}_AUTH_TOKENS"))}
+        for name, prefix in (("embedder", "EMBEDDER"), ("store", "STORE"))
+    }
+    envs["gateway"] = {**env, "GATEWAY_PEER_TOKEN": token, "GATEWAY_PEER_TOKEN_FILE": ""}
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -114,7 +138,9 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         for name, address, command in specs:
-            procs.append(subprocess.Popen(command, env=env))
+            # A session of its own: Ctrl-C in the terminal reaches the launcher only, which
+            # stops the services in order (the gateway drains first).
+            procs.append(subprocess.Popen(command, env=envs[name], start_new_session=True))
             try:
                 _wait(address, procs[-1], lambda: stopping)
             except Unavailable as exc:
@@ -122,11 +148,16 @@ def up(args: argparse.Namespace) -> int:
                 return 1
             if stopping:
                 return 0
+        host = args.metrics_host
+        metrics = {
+            name: f"http://{host}:{getattr(args, f'{name}_metrics_port')}/metrics"
+            for name in ("gateway", "embedder", "store")
+        }
         print(
             f"embedsearch is up\n"
-            f"  gateway   grpc://{specs[2][1]}  (metrics :{args.gateway_metrics_port}/metrics)\n"
-            f"  embedder  {embedder_addr}  (metrics :{args.embedder_metrics_port}/metrics)\n"
-            f"  store     {store_addr}  (metrics :{args.store_metrics_port}/metrics)\n"
+            f"  gateway   grpc://{specs[2][1]}  (metrics {metrics['gateway']})\n"
+            f"  embedder  {embedder_addr}  (metrics {metrics['embedder']})\n"
+            f"  store     {store_addr}  (metrics {metrics['store']})\n"
             f"  data      {os.path.abspath(args.data_dir)}\n"
             "Ctrl-C stops all three.",
             flush=True,
@@ -142,14 +173,27 @@ def up(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        for proc in reversed(procs):
+        stop_in_order(procs)
+
+
+def stop_in_order(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the gateway (started last) first, and let it drain: calls in flight finish
+    against an embedder and a store that still serve. Then stop those two."""
+    gateway, peers = procs[2:], procs[:2]
+    for group in (gateway, peers):
+        for proc in group:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in group:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+
+def _joined(*tokens: str | None) -> str:
+    return ",".join(t for t in tokens if t)
 
 
 def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None:

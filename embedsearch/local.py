@@ -22,6 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from embedsearch.errors import Unavailable
 
 READY_TIMEOUT_S = 120.0
+# The in-process services take no tokens, whatever the environment says (*_AUTH_TOKENS): they
+# listen on Unix sockets in a directory only this user can enter.
+OPEN = {"auth_tokens": "", "auth_tokens_file": ""}
 
 
 class _Loop:
@@ -84,7 +87,7 @@ class LocalStack:
         tag = f"{len(LocalStack._servers)}"
         store_socket = os.path.join(LocalStack._sockets_dir, f"store-{tag}.sock")
         self.gateway_target = f"unix:{os.path.join(LocalStack._sockets_dir, f'gateway-{tag}.sock')}"
-        common = {"metrics_port": -1, "grace_period_s": 0.0}
+        common = {"metrics_port": -1, "grace_period_s": 0.0, **OPEN}
         loop.run(
             self._start(
                 create_store, StoreSettings(socket=store_socket, data_root=data_dir, **common)
@@ -97,6 +100,8 @@ class LocalStack:
                     socket=self.gateway_target.removeprefix("unix:"),
                     embedder_addr=LocalStack._embedder_socket,
                     store_addr=f"unix:{store_socket}",
+                    peer_token="",
+                    peer_token_file="",
                     **common,
                 ),
             )
@@ -113,7 +118,9 @@ class LocalStack:
             cls._sockets_dir = tempfile.mkdtemp(prefix="embedsearch-")
             socket = os.path.join(cls._sockets_dir, "embedder.sock")
             # Nothing preloaded: connect() returns at once, and the first embed loads the model.
-            settings = EmbedderSettings(socket=socket, metrics_port=-1, preload="")
+            settings = EmbedderSettings(
+                socket=socket, metrics_port=-1, preload="", **OPEN, **_model_roots()
+            )
             cls._loop.run(cls._start(create_embedder, settings))
             cls._embedder_socket = f"unix:{socket}"
             atexit.register(cls._shutdown)
@@ -214,3 +221,9 @@ def service_process(
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _model_roots() -> dict[str, str]:
+    """In process, every caller is this user: a model path of theirs anywhere may load, unless
+    EMBEDDER_MODEL_ROOTS narrows it (the settings object reads that variable itself)."""
+    return {} if "EMBEDDER_MODEL_ROOTS" in os.environ else {"model_roots": os.sep}

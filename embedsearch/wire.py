@@ -53,10 +53,14 @@ def ipc_to_schema(data: bytes) -> pa.Schema:
 
 
 def _check_names(fields: Iterable[pa.Field]) -> None:
-    """Decode every field name, nested ones too: a name that is not UTF-8 fails here, as bad
-    input, rather than in whatever step first reads it."""
+    """Decode every field name, nested ones too, and refuse a name used twice at one level:
+    a name that is not UTF-8, or two columns of one name, fail here, as bad input, rather
+    than in whatever step first looks a column up by name."""
+    seen: set[str] = set()
     for field in fields:
-        _ = field.name
+        if field.name in seen:
+            raise InvalidArgument(f"two columns are named {field.name[:80]!r}: names must differ")
+        seen.add(field.name)
         _check_names(field.type.field(i) for i in range(field.type.num_fields))
 
 

@@ -36,6 +36,8 @@ ERROR, DROP, FILL, NULL = "error", "drop", "fill", "null"
 Rows = pa.Table | list[dict[str, Any]]
 # Source keys looked up per Scan when working out which merge_insert rows are written.
 KEY_LOOKUP_BATCH = 500
+# Operators in one lookup filter: within the store's default --max-expression-operators.
+KEY_LOOKUP_OPERATORS = 256
 DEFAULT_MAX_ROWS = 100_000  # rows in one request message; GatewaySettings.max_rows_per_request
 # Reciprocal rank fusion's constant (Cormack et al.; LanceDB's RRFReranker uses the same).
 RRF_K = 60
@@ -109,6 +111,7 @@ class GatewayCore:
     ) -> Table:
         """Create a table whose schema carries the (canonical) bindings in its metadata."""
         bindings = bindings or bindings_from_schema(schema)
+        _check_targets(bindings)
         canonical = list(await asyncio.gather(*(self._bind(schema, b) for b in bindings)))
         for binding in canonical:
             schema = _with_vector_column(schema, binding)
@@ -130,6 +133,13 @@ class GatewayCore:
             raise InvalidSchema(
                 f"source column {binding.source_column!r} is not in the schema {schema.names}"
             )
+        source = schema.field(binding.source_column).type
+        text, binary = _is_text(source), _is_binary(source)
+        if not (text or binary):
+            raise InvalidSchema(
+                f"source column {binding.source_column!r} is {source}: a function embeds a "
+                "string column (text) or a binary one (images, audio)"
+            )
         if binding.client_side:
             if binding.ndims <= 0:
                 raise InvalidArgument(
@@ -137,6 +147,15 @@ class GatewayCore:
                 )
             return binding
         resolved = await self.embedder.resolve(binding.provider, binding.args)
+        takes_text = common_pb2.MODALITY_TEXT in resolved.modalities
+        if (text and not takes_text) or (
+            binary and resolved.modalities == [common_pb2.MODALITY_TEXT]
+        ):
+            raise InvalidSchema(
+                f"{binding.provider!r} cannot embed source column {binding.source_column!r} "
+                f"of type {source}: it takes "
+                f"{', '.join(common_pb2.Modality.Name(m) for m in resolved.modalities)}"
+            )
         return Binding(
             provider=resolved.canonical.provider,
             args=args_from_pb(resolved.canonical.args),
@@ -176,6 +195,11 @@ class GatewayCore:
             index = 0
             try:
                 while chunk is not None:
+                    if chunk.table not in ("", first.table):
+                        raise InvalidArgument(
+                            f"an AddStream writes one table: message {index} names "
+                            f"{chunk.table[:80]!r} after {first.table!r}"
+                        )
                     rows = self._conform(chunk.rows, table.schema)
                     await embedded.put(
                         await self.embed_rows(rows, table.schema, table.bindings, first.bad)
@@ -239,9 +263,11 @@ class GatewayCore:
             return None  # the store reports the missing key column
         keys = [tuple(row.values()) for row in rows.select(on).to_pylist()]
         found: set[tuple[Any, ...]] = set()
-        for start in range(0, len(keys), KEY_LOOKUP_BATCH):
+        # One key column is one IN list; several are an OR of ANDs, 2 operators a column.
+        batch = KEY_LOOKUP_BATCH if len(on) == 1 else KEY_LOOKUP_OPERATORS // (2 * len(on))
+        for start in range(0, len(keys), max(1, batch)):
             try:
-                where = keys_filter(on, keys[start : start + KEY_LOOKUP_BATCH])
+                where = keys_filter(on, keys[start : start + max(1, batch)])
             except TypeError:
                 return None  # keys of a type with no SQL literal: embed every row
             scan = store_pb2.StoreScanRequest(name=request.name, filter=where, columns=on)
@@ -486,3 +512,28 @@ def to_table(rows: Rows, schema: pa.Schema) -> pa.Table:
                 f"JSON column {name!r} does not fit its type {field.type}: {exc}"
             ) from exc
     return pa.Table.from_arrays(columns, schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+
+
+def _check_targets(bindings: list[Binding]) -> None:
+    """Each vector column is written by one binding, and is not its own source."""
+    written: set[str] = set()
+    for binding in bindings:
+        if binding.vector_column == binding.source_column:
+            raise InvalidSchema(
+                f"binding of {binding.source_column!r} writes its vectors into its own source "
+                "column: name another vector column"
+            )
+        if binding.vector_column in written:
+            raise InvalidSchema(
+                f"two bindings write vector column {binding.vector_column!r}: one function "
+                "per vector column"
+            )
+        written.add(binding.vector_column)

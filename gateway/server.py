@@ -16,10 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from embedsearch.errors import InvalidArgument
+from embedsearch.rpc.auth import PeerToken
 from embedsearch.rpc.client import channel_credentials
 from embedsearch.rpc.convert import copy_shared_fields, spec_from_pb, spec_to_pb
-from embedsearch.rpc.server import Guard, RpcMetrics, new_server, read_only_methods
+from embedsearch.rpc.server import RpcMetrics, new_server
 from embedsearch.schema import parse_type, type_name
+from embedsearch.text import brief
 from embedsearch.v1 import (
     common_pb2,
     embedder_pb2,
@@ -28,7 +30,6 @@ from embedsearch.v1 import (
     store_pb2,
 )
 from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
-from gateway.auth import TokenAuth
 from gateway.clients import EmbedderClient, StoreClient
 from gateway.core import BadVectors, Chunk, GatewayCore, Rows, Table
 from gateway.mapping import Binding
@@ -60,6 +61,10 @@ def rows_from_pb(rows: common_pb2.RowData) -> Rows:
             decoded = json.loads(rows.json)
         except ValueError as exc:
             raise InvalidArgument(f"rows.json is not valid JSON: {exc}") from exc
+        except RecursionError as exc:  # Python's parser recurses per level of nesting
+            raise InvalidArgument(
+                "rows.json nests arrays or objects too deeply: rows are flat objects"
+            ) from exc
         if not isinstance(decoded, list):
             raise InvalidArgument("rows.json must be a JSON array of objects")
         return decoded
@@ -304,7 +309,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 def table_named(request: Any) -> str:
     """What an error is about, for messages: the request's table, if it names one."""
     name = getattr(request, "table", "") or getattr(request, "name", "")
-    return f"table {name!r}" if isinstance(name, str) and name else ""
+    return f"table {brief(name)}" if isinstance(name, str) and name else ""
 
 
 async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int]:
@@ -313,8 +318,11 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
     credentials = channel_credentials(
         settings.peer_tls_ca_file, settings.peer_tls_cert_file, settings.peer_tls_key_file
     )
-    embedder = EmbedderClient(settings.embedder_addr, settings.max_message_bytes, credentials)
-    store = StoreClient(settings.store_addr, settings.max_message_bytes, credentials)
+    token = PeerToken.configure(settings.peer_token, settings.peer_token_file)
+    embedder = EmbedderClient(
+        settings.embedder_addr, settings.max_message_bytes, credentials, token
+    )
+    store = StoreClient(settings.store_addr, settings.max_message_bytes, credentials, token)
     servicer = GatewayServicer(GatewayCore(embedder, store, settings.max_rows_per_request))
     server, port, readiness = await new_server(
         settings,
@@ -322,7 +330,6 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
         metrics,
         subject=table_named,
-        guard=auth_guard(settings),
     )
     readiness.warm_up(
         wait_serving([embedder, store]),
@@ -330,17 +337,6 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
     )
     servicer.readiness = readiness  # held by the server, keeps the warm-up task alive
     return server, port
-
-
-def auth_guard(settings: GatewaySettings) -> Guard | None:
-    """Bearer-token checks for every Gateway RPC, read-only tokens limited to the RPCs the
-    contract marks NO_SIDE_EFFECTS; None (an open gateway) when no token is configured."""
-    auth = TokenAuth.configure(settings.auth_tokens, settings.auth_tokens_file)
-    if auth is None:
-        log.info("gateway auth is off: set --auth-tokens-file to require bearer tokens")
-        return None
-    reads = read_only_methods(gateway_pb2.DESCRIPTOR.services_by_name["Gateway"])
-    return lambda method, metadata: auth.authorize(metadata, writes=method not in reads)
 
 
 async def wait_serving(peers: list[Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from embedsearch.rpc.settings import ServiceSettings
@@ -15,6 +15,7 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
     service_name: ClassVar[str] = "gateway"
+    auth_hint: ClassVar[str] = "embedsearch.connect(uri, api_key=...)"
 
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9450, ge=-1, le=65535, description="/metrics port; -1 is off.")
@@ -24,18 +25,18 @@ class GatewaySettings(ServiceSettings):
     store_addr: str = Field(
         ..., min_length=1, description="store_service address, host:port or unix:/path."
     )
-    auth_tokens: str = Field(
-        "",
-        description="Comma-separated bearer tokens; 'token:ro' is read-only. Empty and no "
-        "--auth-tokens-file leaves the gateway open.",
-    )
-    auth_tokens_file: str = Field(
-        "",
-        description="File of bearer tokens, one per line ('token' or 'token:ro'); re-read "
-        "when it changes.",
-    )
     max_rows_per_request: int = Field(
         100_000, ge=1, description="Most rows one Add/MergeInsert message may carry."
+    )
+    peer_token: str = Field(
+        "",
+        description="Bearer token the gateway presents to the embedder and the store (their "
+        "--auth-tokens); empty sends none.",
+    )
+    peer_token_file: str = Field(
+        "",
+        description="File whose first token the gateway presents to its peers; re-read when "
+        "it changes, so a rotated Secret needs no restart.",
     )
     peer_tls_ca_file: str = Field(
         "",
@@ -46,3 +47,9 @@ class GatewaySettings(ServiceSettings):
         "", description="PEM client certificate the gateway presents to its peers (mutual TLS)."
     )
     peer_tls_key_file: str = Field("", description="PEM private key of --peer-tls-cert-file.")
+
+    @model_validator(mode="after")
+    def _one_peer_token(self) -> GatewaySettings:
+        if self.peer_token and self.peer_token_file:
+            raise ValueError("give --peer-token or --peer-token-file, not both")
+        return self

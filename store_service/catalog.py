@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import re
@@ -11,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import lance
 import lance.fragment
@@ -29,8 +30,9 @@ from embedsearch.errors import (
     TableNotFound,
 )
 from embedsearch.schema import conform, is_vector
-from embedsearch.sql import check_expression
+from embedsearch.text import brief
 from store_service import exact, indexes
+from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec
 from store_service.settings import StoreSettings
 from store_service.storage import Root
@@ -40,6 +42,7 @@ log = logging.getLogger("store_service")
 T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _MAX_K = 10_000
+_MAX_COLUMN_NAME = 256
 
 __all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
@@ -48,7 +51,7 @@ def check_name(name: str, what: str = "table") -> str:
     """Validate a table (or tag) name: letters, digits, '_', '-', '.', at most 128, no '..'."""
     if not _NAME.fullmatch(name or "") or ".." in name:
         raise InvalidArgument(
-            f"invalid {what} name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            f"invalid {what} name {brief(name)}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter, digit or '_', and no '..'"
         )
     return name
@@ -115,26 +118,19 @@ class TextSearchParams:
 
 _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
 _CONFLICT = re.compile(r"commit conflict|too many concurrent writers", re.IGNORECASE)
-# Lance's error kinds that blame the request (a schema Lance cannot store, say), not the store.
-_REQUEST_FAULT = re.compile(r"^LanceError\((Schema|InvalidInput|NotSupported)\)")
-
-
-def _where(sql: str) -> str | None:
-    """A caller's filter for Lance: None when empty, InvalidArgument when it is not one whole
-    expression (Lance would run its longest valid prefix)."""
-    return check_expression(sql) if sql.strip() else None
+# Lance's error kinds that blame the request (a schema Lance cannot store, a filter that does
+# not type-check or fails on the data), not the store.
+_REQUEST_FAULT = re.compile(
+    r"^(LanceError\((Schema|InvalidInput|NotSupported)\)|Invalid user input|"
+    r"Query Execution error|Schema error)"
+)
+_NOT_FOUND = re.compile(r"not found|No such file or directory|os error 2\b", re.IGNORECASE)
+_MESSAGE_CHARS = 300
 
 
 def lance_message(exc: Exception) -> str:
     """A Lance error's message without the Rust source locations it carries."""
     return _RUST_LOCATION.sub("", str(exc))
-
-
-def _user_error(what: str, exc: Exception) -> InvalidArgument:
-    """A Lance error caused by the request (our own InvalidArgument passes as it is)."""
-    if isinstance(exc, InvalidArgument):
-        return exc
-    return InvalidArgument(f"{what}: {lance_message(exc)}")
 
 
 def is_conflict(exc: Exception) -> bool:
@@ -167,6 +163,10 @@ class TableCatalog:
             metadata_cache_size_bytes=self.settings.metadata_cache_bytes,
         )
         self._handles: dict[str, lance.LanceDataset] = {}
+        self._gates: dict[str, TableGate] = {}
+        self._gates_lock = threading.Lock()
+        self.holds = VersionHolds()
+        self.limits = self.settings.expression_limits()
         self._lock = threading.Lock()
         self._vector_indexed: dict[tuple[str, int], set[str]] = {}
         self.conflicts: Counter[str] = Counter()
@@ -179,16 +179,77 @@ class TableCatalog:
         return self.root.table_uri(check_name(name))
 
     @contextmanager
-    def writing(self, what: str) -> Iterator[None]:
-        """Around a write: the data root refusing it (full, read-only) becomes a typed error
-        naming the root; other errors pass unchanged."""
-        try:
+    def writing(self, name: str, what: str) -> Iterator[None]:
+        """Around a write to table ``name``: it passes the table's gate (a drop waits for it,
+        and a write after the drop finds no table), and the data root refusing it (full,
+        read-only) becomes a typed error; other errors pass unchanged."""
+        with self._gate(name).passing(), self.root.refusals(what):
             yield
-        except OSError as exc:
-            refused = self.root.write_error(exc, what)
-            if refused is None:
-                raise
-            raise refused from exc
+
+    def _gate(self, name: str) -> TableGate:
+        with self._gates_lock:
+            gate = self._gates.get(name)
+            if gate is None:
+                gate = self._gates[name] = TableGate(name)
+            return gate
+
+    @contextmanager
+    def holding(self, name: str, version: int = 0) -> Iterator[None]:
+        """Keep cleanup off the versions a request on ``name`` reads (``version``, or the
+        latest from now on) until the block ends."""
+
+        def floor() -> int:
+            handle = self._handles.get(name)
+            if handle is None:
+                return 0  # not open yet: it may open any version, so hold them all
+            return min(handle.version, version) if version else handle.version
+
+        with self.holds.holding(name, floor):
+            yield
+
+    def held(self, name: str, version: int, call: Callable[[], T]) -> T:
+        """``call()`` holding ``name``'s versions from ``version`` (0: the latest) on."""
+        if not name:
+            return call()
+        with self.holding(name, version):
+            return call()
+
+    def lance_error(self, name: str, what: str, exc: Exception) -> Exception:
+        """The typed error for a Lance failure of a request on table ``name``: the request's
+        own fault (INVALID_ARGUMENT), something missing (NOT_FOUND), or the error itself
+        (INTERNAL, logged). Messages lose Rust locations and the data root's path."""
+        if isinstance(exc, EmbedsearchError):
+            return exc
+        text = str(exc)
+        message = lance_message(exc)
+        for path in (self.root.uri, self.root.uri.lstrip("/")):
+            message = message.replace(path, "<data root>")
+        if len(message) > _MESSAGE_CHARS:
+            message = message[:_MESSAGE_CHARS] + "…"
+        if _REQUEST_FAULT.match(text):
+            return InvalidArgument(f"{what}: {message}")
+        if _NOT_FOUND.search(text):
+            if not self.root.exists(name):
+                return TableNotFound(f"table {name!r} does not exist")
+            return NotFound(
+                f"{what}: a version of table {name!r} it read is no longer stored (removed by "
+                "cleanup or restore); retry on the latest version"
+            )
+        if isinstance(exc, ValueError):  # Lance's and Arrow's ValueErrors blame the input
+            return InvalidArgument(f"{what}: {message}")
+        return exc
+
+    def fail(self, name: str, what: str, exc: Exception) -> NoReturn:
+        """Raise :meth:`lance_error` for ``exc`` (from inside its ``except`` block)."""
+        error = self.lance_error(name, what, exc)
+        if error is exc:
+            raise exc
+        raise error from exc
+
+    def _where(self, sql: str, what: str = "filter") -> str | None:
+        """A caller's filter for Lance: None when empty, InvalidArgument when it is not one
+        whole expression within the expression limits."""
+        return self.limits.check(sql, what) if sql.strip() else None
 
     # -- handles -----------------------------------------------------------------------------
 
@@ -247,14 +308,20 @@ class TableCatalog:
         Returns the action's result and the handle after the commit, now the shared one.
         """
         self.dataset(name)  # TableNotFound before anything is tried
+        with self.holding(name):
+            return self._commit(name, what, action)
+
+    def _commit(
+        self, name: str, what: str, action: Callable[[lance.LanceDataset], T]
+    ) -> tuple[T, lance.LanceDataset]:
         for attempt in range(self.settings.commit_retries + 1):
-            private = self._open(name)  # on the shared session: caches stay warm
             try:
-                with self.writing(f"{what} on table {name!r}"):
+                with self.writing(name, f"{what} on table {name!r}"):
+                    private = self._open(name)  # on the shared session: caches stay warm
                     result = action(private)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 if not is_conflict(exc):
-                    raise
+                    self.fail(name, f"{what} failed", exc)
                 self.conflicts[what] += 1
                 if attempt == self.settings.commit_retries:
                     raise CommitConflict(
@@ -264,8 +331,6 @@ class TableCatalog:
                 log.info("%s on %s: commit conflict, retrying (%d)", what, name, attempt + 1)
                 time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
                 continue
-            except ValueError as exc:
-                raise _user_error(f"{what} failed", exc) from exc
             # An action that moves to another handle (restore) returns it.
             after = result if isinstance(result, lance.LanceDataset) else private
             published = self._publish(name, after)
@@ -281,7 +346,7 @@ class TableCatalog:
     ) -> TableInfo:
         """Create a table; ``mode`` is create, overwrite or exist_ok."""
         check_name(name)
-        _check_schema(schema)
+        _check_schema(schema, self.settings.max_columns)
         data = conform(rows, schema) if rows is not None else schema.empty_table()
         with self._lock:
             if self.root.exists(name):
@@ -296,7 +361,7 @@ class TableCatalog:
                         )
                     return self.describe(name)
             try:
-                with self.writing(f"creating table {name!r}"):
+                with self.writing(name, f"creating table {name!r}"):
                     dataset = lance.write_dataset(
                         data,
                         self.uri(name),
@@ -332,15 +397,28 @@ class TableCatalog:
         return names[:limit] if limit else names
 
     def drop_table(self, name: str, ignore_missing: bool = False) -> None:
+        """Drop a table at once for every caller: its writes (maintenance included) finish
+        first and later ones find no table, the name is free as soon as this returns, and
+        the files are removed after (a directory is renamed away first, atomically)."""
         check_name(name)
-        with self._lock:
-            if not self.root.exists(name):
-                if ignore_missing:
-                    return
-                raise TableNotFound(f"table {name!r} does not exist")
-            self._forget(name)
-            with self.writing(f"dropping table {name!r}"):
-                self.root.remove(name)
+        gate = self._gate(name)
+        try:
+            if self.root.exists(name):
+                gate.close()
+            with self._lock:
+                if not self.root.exists(name):
+                    if ignore_missing:
+                        return
+                    raise TableNotFound(f"table {name!r} does not exist")
+                self._forget(name)
+                with self.root.refusals(f"dropping table {name!r}"):
+                    discarded = self.root.discard(name)
+        finally:
+            with self._gates_lock:
+                if self._gates.get(name) is gate:
+                    del self._gates[name]
+        if discarded:
+            self.root.purge(discarded)
 
     def _forget(self, name: str) -> None:
         """Drop what this process remembers of a table (a new one may reuse its versions)."""
@@ -383,18 +461,24 @@ class TableCatalog:
         missing = [c for c in on if c not in current.schema.names]
         if missing:
             raise InvalidSchema(f"key column(s) {missing} are not in the table")
+        update_if = self._condition(
+            when_matched_update_condition, when_matched_update_all, "when_matched_update_all"
+        )
+        delete_if = self._condition(
+            when_not_matched_by_source_condition,
+            when_not_matched_by_source_delete,
+            "when_not_matched_by_source_delete",
+        )
         data = conform(rows, current.schema)
 
         def merge(dataset: lance.LanceDataset) -> dict[str, int]:
             builder = dataset.merge_insert(on)
             if when_matched_update_all:
-                builder = builder.when_matched_update_all(when_matched_update_condition or None)
+                builder = builder.when_matched_update_all(update_if)
             if when_not_matched_insert_all:
                 builder = builder.when_not_matched_insert_all()
             if when_not_matched_by_source_delete:
-                builder = builder.when_not_matched_by_source_delete(
-                    when_not_matched_by_source_condition or None
-                )
+                builder = builder.when_not_matched_by_source_delete(delete_if)
             return builder.execute(data)
 
         stats, after = self.commit(name, "merge_insert", merge)
@@ -404,6 +488,13 @@ class TableCatalog:
             rows_updated=stats.get("num_updated_rows", 0),
             rows_deleted=stats.get("num_deleted_rows", 0),
         )
+
+    def _condition(self, sql: str, clause_on: bool, clause: str) -> str | None:
+        """A merge_insert clause's condition, checked like every filter; a condition whose
+        clause is off would be ignored, so it is refused instead."""
+        if sql.strip() and not clause_on:
+            raise InvalidArgument(f"a condition for {clause} needs {clause} set")
+        return self._where(sql, f"condition of {clause}")
 
     def delete(self, name: str, where: str) -> WriteResult:
         """Delete the rows matching ``where``."""
@@ -427,8 +518,9 @@ class TableCatalog:
                 f"unknown column(s) {unknown}; the table has {current.schema.names}"
             )
         for column, expression in updates.items():
-            check_expression(expression, f"expression for column {column!r}")
-        stats, after = self.commit(name, "update", lambda ds: ds.update(updates, _where(where)))
+            self.limits.check(expression, f"expression for column {column!r}")
+        where_sql = self._where(where)
+        stats, after = self.commit(name, "update", lambda ds: ds.update(updates, where_sql))
         return WriteResult(version=after.version, rows_updated=stats["num_rows_updated"])
 
     # -- versions ----------------------------------------------------------------------------
@@ -459,6 +551,36 @@ class TableCatalog:
         _, after = self.commit(name, "restore", restore)
         return WriteResult(version=after.version)
 
+    def cleanup(self, name: str, older_than_s: float) -> tuple[int, int]:
+        """Remove untagged versions older than ``older_than_s`` and the files only they use;
+        returns (versions, bytes) removed.
+
+        A version goes only once nothing may still read it: it is below every version that
+        this store's requests and writers hold, and its successor, which took over as the
+        latest, is ``cleanup_min_age_s`` old, so a request that another store sharing the
+        root began on it has ended too.
+        """
+        with self.writing(name, f"cleanup of table {name!r}"):
+            dataset = self.dataset(name)  # the latest is published before holds are read
+            held = self.holds.oldest(name)
+            tagged = {ref["version"] for ref in dataset.tags.list().values()}
+            versions = dataset.versions()
+            now, floor = time.time(), self.settings.cleanup_min_age_s
+            doomed = [
+                old["version"]
+                for old, successor in itertools.pairwise(versions)
+                if old["version"] not in tagged
+                and (held is None or old["version"] < held)
+                and now - old["timestamp"].timestamp() >= older_than_s
+                and now - successor["timestamp"].timestamp() >= floor
+            ]
+            if not doomed:
+                return 0, 0
+            stats = dataset.cleanup_old_versions(
+                versions=doomed, error_if_tagged_old_versions=False
+            )
+        return stats.old_versions, stats.bytes_removed
+
     def list_tags(self, name: str) -> dict[str, int]:
         return {tag: ref["version"] for tag, ref in self.dataset(name).tags.list().items()}
 
@@ -469,14 +591,14 @@ class TableCatalog:
             raise AlreadyExists(f"tag {tag!r} exists on table {name!r}")
         target = version or dataset.version
         self._checkout(name, dataset, target)  # NotFound for a version that is not there
-        with self.writing(f"tagging table {name!r}"):
+        with self.writing(name, f"tagging table {name!r}"):
             dataset.tags.create(tag, target)
         return target
 
     def delete_tag(self, name: str, tag: str) -> None:
         dataset = self.dataset(name)
         if tag in dataset.tags.list():
-            with self.writing(f"deleting tag {tag!r} of table {name!r}"):
+            with self.writing(name, f"deleting tag {tag!r} of table {name!r}"):
                 dataset.tags.delete(tag)
 
     # -- reads -------------------------------------------------------------------------------
@@ -484,9 +606,9 @@ class TableCatalog:
     def count_rows(self, name: str, where: str = "", version: int = 0, tag: str = "") -> int:
         dataset = self.dataset(name, version, tag)
         try:
-            return dataset.count_rows(_where(where))
+            return dataset.count_rows(self._where(where))
         except (ValueError, OSError) as exc:
-            raise _user_error(f"bad filter {where!r}", exc) from exc
+            self.fail(name, f"counting rows with filter {brief(where)}", exc)
 
     def search(self, name: str, params: SearchParams) -> pa.Table:
         """The k nearest rows to ``params.vector``, nearest first, with ``_distance``.
@@ -499,8 +621,8 @@ class TableCatalog:
         if self._exact_applies(name, dataset, params):
             snapshot = self.exact.snapshot(name, dataset, params.vector_column)
             if snapshot is not None:
-                return self._search_exact(snapshot, params)
-        return self._search_lance(dataset, params)
+                return self._search_exact(name, snapshot, params)
+        return self._search_lance(name, dataset, params)
 
     def _exact_applies(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> bool:
         if not self.exact.max_bytes or params.version or params.tag:
@@ -525,13 +647,13 @@ class TableCatalog:
             self._vector_indexed[key] = found
         return found
 
-    def _search_exact(self, snapshot: exact.Snapshot, params: SearchParams) -> pa.Table:
+    def _search_exact(self, name: str, snapshot: exact.Snapshot, params: SearchParams) -> pa.Table:
         metric = params.metric or "l2"
         want = params.k + params.offset
         try:
-            allowed = snapshot.rows_matching(_where(params.filter)) if params.filter else None
+            allowed = snapshot.rows_matching(self._where(params.filter)) if params.filter else None
         except (ValueError, OSError) as exc:
-            raise _user_error(f"search with filter {params.filter!r} failed", exc) from exc
+            self.fail(name, f"search with filter {brief(params.filter)} failed", exc)
         prefilter = allowed if not params.postfilter else None
         rows, distances = exact.nearest(
             snapshot,
@@ -557,7 +679,9 @@ class TableCatalog:
             found = found.append_column("_rowid", pa.array(row_ids, pa.uint64()))
         return found
 
-    def _search_lance(self, dataset: lance.LanceDataset, params: SearchParams) -> pa.Table:
+    def _search_lance(
+        self, name: str, dataset: lance.LanceDataset, params: SearchParams
+    ) -> pa.Table:
         nearest: dict[str, Any] = {
             "column": params.vector_column,
             "q": params.vector,
@@ -578,16 +702,18 @@ class TableCatalog:
         try:
             result = dataset.to_table(
                 columns=columns,
-                filter=_where(params.filter),
+                filter=self._where(params.filter),
                 nearest=nearest,
                 prefilter=not params.postfilter,
                 with_row_id=params.with_row_id,
             )
         except (ValueError, OSError) as exc:
             what = (
-                f"search with filter {params.filter!r} failed" if params.filter else "search failed"
+                f"search with filter {brief(params.filter)} failed"
+                if params.filter
+                else "search failed"
             )
-            raise _user_error(what, exc) from exc
+            self.fail(name, what, exc)
         return result.slice(params.offset) if params.offset else result
 
     def text_search(self, name: str, params: TextSearchParams) -> pa.Table:
@@ -618,13 +744,13 @@ class TableCatalog:
             result = dataset.to_table(
                 columns=[*params.columns, "_score"] if params.columns else None,
                 full_text_query={"columns": columns, "query": params.query},
-                filter=_where(params.filter),
+                filter=self._where(params.filter),
                 prefilter=True,
                 limit=params.k + params.offset,
                 with_row_id=params.with_row_id,
             )
         except (ValueError, OSError) as exc:
-            raise _user_error("text search failed", exc) from exc
+            self.fail(name, "text search failed", exc)
         return result.slice(params.offset) if params.offset else result
 
     def scan(
@@ -647,13 +773,13 @@ class TableCatalog:
         try:
             return dataset.to_table(
                 columns=columns or None,
-                filter=_where(where),
+                filter=self._where(where),
                 limit=limit or None,
                 offset=offset or None,
                 with_row_id=with_row_id,
             )
         except (ValueError, OSError) as exc:
-            raise _user_error(f"bad filter {where!r}", exc) from exc
+            self.fail(name, f"scan with filter {brief(where)} failed", exc)
 
     # -- indexes -----------------------------------------------------------------------------
 
@@ -686,17 +812,18 @@ class TableCatalog:
         dataset = self.dataset(spec.table)
         existing = [d.name for d in dataset.describe_indices()]
         indexes.check_spec(spec, dataset.schema, existing)
+        check_name(spec.name, "index")
         build = self.builder.submit(spec)
         if not wait:
             return build.info()
         what = f"building index {spec.name!r} on table {spec.table!r} failed"
         try:
-            with self.writing(what):
+            with self.root.refusals(what):
                 build.future.result()
         except EmbedsearchError as exc:
             raise type(exc)(f"{what}: {exc}") from exc
         except Exception as exc:
-            raise _user_error(what, exc) from exc
+            self.fail(spec.table, what, exc)
         return next(i for i in self.list_indexes(spec.table) if i.name == spec.name)
 
     def drop_index(self, name: str, index_name: str, ignore_missing: bool = False) -> None:
@@ -748,7 +875,7 @@ class StagedAppend:
         data = conform(rows, self.base.schema)
         if data.num_rows == 0:
             return
-        with self.catalog.writing(f"add on table {self.name!r}"):
+        with self.catalog.writing(self.name, f"add on table {self.name!r}"):
             written = lance.fragment.write_fragments(
                 data,
                 self.catalog.uri(self.name),
@@ -784,11 +911,21 @@ def _index_stats(dataset: lance.LanceDataset, index_name: str) -> dict[str, Any]
         return {}
 
 
-def _check_schema(schema: pa.Schema) -> None:
+def _check_schema(schema: pa.Schema, max_columns: int) -> None:
     if not schema.names:
         raise InvalidSchema("a table needs at least one column")
+    if len(schema.names) > max_columns:
+        raise InvalidSchema(
+            f"a table may have at most --max-columns (STORE_MAX_COLUMNS) = {max_columns} "
+            f"columns, not {len(schema.names)}"
+        )
+    for name in schema.names:
+        if not name or len(name) > _MAX_COLUMN_NAME or not name.isprintable():
+            raise InvalidSchema(
+                f"invalid column name {brief(name)}: use 1-{_MAX_COLUMN_NAME} printable characters"
+            )
     if len(set(schema.names)) != len(schema.names):
-        raise InvalidSchema(f"duplicate column names in {schema.names}")
+        raise InvalidSchema(f"duplicate column names in {brief(str(schema.names))}")
 
 
 def _check_search(name: str, schema: pa.Schema, params: SearchParams) -> None:

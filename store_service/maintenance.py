@@ -8,7 +8,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import lance
 from prometheus_client import CollectorRegistry
@@ -154,14 +153,8 @@ class Maintenance:
         older_than = (
             self.settings.retention_s if cleanup_older_than_s is None else cleanup_older_than_s
         )
-        # Lance reads a zero timedelta as "not given" (two weeks): one microsecond means now.
-        with self.catalog.writing(f"cleanup of table {name!r}"):
-            cleanup = self.catalog.dataset(name).cleanup_old_versions(
-                older_than=timedelta(seconds=older_than) or timedelta(microseconds=1),
-                error_if_tagged_old_versions=False,
-            )
-        result.versions_removed, result.bytes_removed = cleanup.old_versions, cleanup.bytes_removed
-        if cleanup.old_versions:
+        result.versions_removed, result.bytes_removed = self.catalog.cleanup(name, older_than)
+        if result.versions_removed:
             self._count("cleanup")
         result.version = self.measure(name).version
         return result

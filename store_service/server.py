@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from embedsearch.errors import InvalidArgument
 from embedsearch.rpc.convert import metric_from_pb
 from embedsearch.rpc.server import RpcMetrics, new_server
+from embedsearch.text import brief
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc, unpack_vector
 from store_service.catalog import (
@@ -161,8 +163,13 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self.maintenance = maintenance
         self.background: asyncio.Task[None] | None = None  # maintenance, held while it runs
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    async def _run(self, request: Message, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread, holding the versions of the request's
+        table it may read (its ``version``, or the latest from now on) against cleanup."""
+        name = getattr(request, "name", "")
+        version = getattr(request, "version", 0)
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.to_thread(self.catalog.held, name, version, call)
 
     async def CreateTable(
         self, request: store_pb2.StoreCreateTableRequest, context: grpc.aio.ServicerContext
@@ -172,33 +179,42 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         if request.mode not in CREATE_MODES:
             raise InvalidArgument(f"unknown create mode {request.mode}")
         info = await self._run(
-            self.catalog.create_table, request.name, schema, CREATE_MODES[request.mode], rows
+            request,
+            self.catalog.create_table,
+            request.name,
+            schema,
+            CREATE_MODES[request.mode],
+            rows,
         )
         return table_to_pb(info)
 
     async def DescribeTable(
         self, request: store_pb2.StoreDescribeTableRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreTableInfo:
-        info = await self._run(self.catalog.describe, request.name, request.version, request.tag)
+        info = await self._run(
+            request, self.catalog.describe, request.name, request.version, request.tag
+        )
         return table_to_pb(info)
 
     async def ListTables(
         self, request: store_pb2.StoreListTablesRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreListTablesResponse:
-        names = await self._run(self.catalog.list_tables, request.start_after, request.limit)
+        names = await self._run(
+            request, self.catalog.list_tables, request.start_after, request.limit
+        )
         return store_pb2.StoreListTablesResponse(names=names)
 
     async def DropTable(
         self, request: store_pb2.StoreDropTableRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreDropTableResponse:
-        await self._run(self.catalog.drop_table, request.name, request.ignore_missing)
+        await self._run(request, self.catalog.drop_table, request.name, request.ignore_missing)
         return store_pb2.StoreDropTableResponse()
 
     async def Add(
         self, request: store_pb2.StoreAddRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         rows = ipc_to_table(request.arrow_ipc)
-        return write_to_pb(await self._run(self.catalog.add, request.name, rows))
+        return write_to_pb(await self._run(request, self.catalog.add, request.name, rows))
 
     async def AddStream(
         self,
@@ -208,17 +224,23 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         staged: StagedAppend | None = None
         async for request in request_iterator:
             if staged is None:
-                staged = await self._run(self.catalog.begin_append, request.name)
-            await self._run(staged.add, ipc_to_table(request.arrow_ipc))
+                staged = await self._run(request, self.catalog.begin_append, request.name)
+            elif request.name not in ("", staged.name):
+                raise InvalidArgument(
+                    f"an AddStream writes one table: message names {brief(request.name)} "
+                    f"after {staged.name!r}; nothing was written"
+                )
+            await self._run(request, staged.add, ipc_to_table(request.arrow_ipc))
         if staged is None:
             raise InvalidArgument("AddStream needs at least one message naming the table")
-        return write_to_pb(await self._run(staged.commit))
+        return write_to_pb(await asyncio.to_thread(staged.commit))
 
     async def MergeInsert(
         self, request: store_pb2.StoreMergeInsertRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         rows = ipc_to_table(request.arrow_ipc)
         result = await self._run(
+            request,
             self.catalog.merge_insert,
             request.name,
             list(request.on),
@@ -234,13 +256,15 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     async def Delete(
         self, request: store_pb2.StoreDeleteRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        return write_to_pb(await self._run(self.catalog.delete, request.name, request.filter))
+        return write_to_pb(
+            await self._run(request, self.catalog.delete, request.name, request.filter)
+        )
 
     async def Update(
         self, request: store_pb2.StoreUpdateRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         result = await self._run(
-            self.catalog.update, request.name, request.filter, dict(request.updates)
+            request, self.catalog.update, request.name, request.filter, dict(request.updates)
         )
         return write_to_pb(result)
 
@@ -248,52 +272,61 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self, request: store_pb2.StoreCountRowsRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreCountRowsResponse:
         count = await self._run(
-            self.catalog.count_rows, request.name, request.filter, request.version, request.tag
+            request,
+            self.catalog.count_rows,
+            request.name,
+            request.filter,
+            request.version,
+            request.tag,
         )
         return store_pb2.StoreCountRowsResponse(count=count)
 
     async def Search(
         self, request: store_pb2.StoreSearchRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:
-        result = await self._run(self.catalog.search, request.name, search_from_pb(request))
+        result = await self._run(
+            request, self.catalog.search, request.name, search_from_pb(request)
+        )
         return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 
     async def ListIndexes(
         self, request: store_pb2.StoreListIndexesRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreListIndexesResponse:
-        indexes = await self._run(self.catalog.list_indexes, request.name)
+        indexes = await self._run(request, self.catalog.list_indexes, request.name)
         return store_pb2.StoreListIndexesResponse(indexes=[index_to_pb(i) for i in indexes])
 
     async def ListVersions(
         self, request: store_pb2.StoreListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreListVersionsResponse:
-        versions = await self._run(self.catalog.list_versions, request.name)
+        versions = await self._run(request, self.catalog.list_versions, request.name)
         return store_pb2.StoreListVersionsResponse(versions=[version_to_pb(v) for v in versions])
 
     async def Restore(
         self, request: store_pb2.StoreRestoreRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        result = await self._run(self.catalog.restore, request.name, request.version, request.tag)
+        result = await self._run(
+            request, self.catalog.restore, request.name, request.version, request.tag
+        )
         return write_to_pb(result)
 
     async def CreateTag(
         self, request: store_pb2.StoreCreateTagRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreTag:
         version = await self._run(
-            self.catalog.create_tag, request.name, request.tag, request.version
+            request, self.catalog.create_tag, request.name, request.tag, request.version
         )
         return store_pb2.StoreTag(tag=request.tag, version=version)
 
     async def DeleteTag(
         self, request: store_pb2.StoreDeleteTagRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreDeleteTagResponse:
-        await self._run(self.catalog.delete_tag, request.name, request.tag)
+        await self._run(request, self.catalog.delete_tag, request.name, request.tag)
         return store_pb2.StoreDeleteTagResponse()
 
     async def ListTags(
         self, request: store_pb2.StoreListTagsRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreListTagsResponse:
-        tags = await self._run(self.catalog.list_tags, request.name)
+        tags = await self._run(request, self.catalog.list_tags, request.name)
         return store_pb2.StoreListTagsResponse(
             tags=[store_pb2.StoreTag(tag=t, version=v) for t, v in sorted(tags.items())]
         )
@@ -304,20 +337,24 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         older_than = (
             request.cleanup_older_than_s if request.HasField("cleanup_older_than_s") else None
         )
-        result = await self._run(self.maintenance.optimize, request.name, older_than)
+        result = await asyncio.to_thread(self.maintenance.optimize, request.name, older_than)
         return optimize_to_pb(result)
 
     async def CreateIndex(
         self, request: store_pb2.StoreCreateIndexRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.IndexInfo:
         spec = index_spec_from_pb(request)
-        return index_to_pb(await self._run(self.catalog.create_index, spec, request.wait))
+        return index_to_pb(await self._run(request, self.catalog.create_index, spec, request.wait))
 
     async def DropIndex(
         self, request: store_pb2.StoreDropIndexRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreDropIndexResponse:
         await self._run(
-            self.catalog.drop_index, request.name, request.index_name, request.ignore_missing
+            request,
+            self.catalog.drop_index,
+            request.name,
+            request.index_name,
+            request.ignore_missing,
         )
         return store_pb2.StoreDropIndexResponse()
 
@@ -325,6 +362,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self, request: store_pb2.StoreScanRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:
         result = await self._run(
+            request,
             self.catalog.scan,
             request.name,
             request.filter,
@@ -340,7 +378,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self, request: store_pb2.StoreTextSearchRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:
         result = await self._run(
-            self.catalog.text_search, request.name, text_search_from_pb(request)
+            request, self.catalog.text_search, request.name, text_search_from_pb(request)
         )
         return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from embedsearch.rpc.memory import MMAP_THRESHOLD_BYTES
 from embedsearch.rpc.settings import MMAP_THRESHOLD_HELP, ServiceSettings
+from store_service.expressions import ExpressionLimits
 
 GiB = 1024**3
 METADATA_CACHE_BYTES = 8 * 1024**2
@@ -90,3 +91,37 @@ class StoreSettings(ServiceSettings):
         ge=0,
         description="Cleanup removes untagged versions older than this many seconds.",
     )
+    cleanup_min_age_s: float = Field(
+        600.0,
+        ge=0,
+        description="Floor under every cleanup, Optimize(cleanup_older_than_s=0) included: a "
+        "version is removed only once its successor is this old, so a request on it in another "
+        "store process sharing the root (deadlines are at most 300 s) has finished.",
+    )
+    max_expression_bytes: int = Field(
+        64 * 1024, ge=1, description="Longest filter, condition or SQL expression, in bytes."
+    )
+    max_expression_operators: int = Field(
+        256,
+        ge=1,
+        description="Most operators (AND, OR, =, +, …) in one expression: Lance's planner "
+        "costs grow quadratically with them, and very long chains overflow its stack.",
+    )
+    max_expression_depth: int = Field(
+        32, ge=1, description="Deepest nesting of brackets in one expression."
+    )
+    max_expression_run: int = Field(
+        8,
+        ge=1,
+        description="Most operators and opening brackets in a row, before an operand: Lance's "
+        "parser takes exponential time over chains of prefix operators such as `NOT +NOT +…`.",
+    )
+    max_columns: int = Field(1024, ge=1, description="Most columns in a table's schema.")
+
+    def expression_limits(self) -> ExpressionLimits:
+        return ExpressionLimits(
+            self.max_expression_bytes,
+            self.max_expression_operators,
+            self.max_expression_depth,
+            self.max_expression_run,
+        )

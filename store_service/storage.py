@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
 from embedsearch.errors import EmbedsearchError, FailedPrecondition, StorageFull
 
-SUFFIX = ".lance"  # LanceDB's layout: <root>/<name>.lance, so either can open the other's tables
+log = logging.getLogger("store_service.storage")
+
+SUFFIX = ".lance"
+# Dropped tables wait here to be deleted; not a table name (no suffix), so never listed.
+TRASH = ".dropped"  # LanceDB's layout: <root>/<name>.lance, so either can open the other's tables
 
 # The AWS variables Lance's object store understands, under the option names it takes; read
 # here so that the listing (pyarrow) and the datasets (Lance) reach the same endpoint.
@@ -82,18 +89,33 @@ class Root:
         """The typed error for a write the data root refused: full (RESOURCE_EXHAUSTED) or not
         writable (FAILED_PRECONDITION); None for other OS errors."""
         number = os_error_number(exc)
+        # The data root's path is the operator's business, not the caller's: it is logged.
         if number in _FULL:
+            log.warning("%s: the data root %s is full: %s", what, self.uri, exc)
             return StorageFull(
-                f"{what} failed: the data root {self.uri} is full ({os.strerror(number)}); "
+                f"{what} failed: the store's data root is full ({os.strerror(number)}); "
                 "free space or grow the volume, then retry. Reads still work"
             )
         if number in _NOT_WRITABLE:
+            log.warning("%s: the data root %s is not writable: %s", what, self.uri, exc)
             return FailedPrecondition(
-                f"{what} failed: the data root {self.uri} is not writable "
+                f"{what} failed: the store's data root is not writable "
                 f"({os.strerror(number)}); mount it read-write or fix its permissions. "
                 "Reads still work"
             )
         return None
+
+    @contextmanager
+    def refusals(self, what: str) -> Iterator[None]:
+        """Around a write: the root refusing it becomes :meth:`write_error`'s typed error;
+        other errors pass unchanged."""
+        try:
+            yield
+        except OSError as exc:
+            refused = self.write_error(exc, what)
+            if refused is None:
+                raise
+            raise refused from exc
 
     def table_uri(self, name: str) -> str:
         return f"{self.uri}/{name}{SUFFIX}"
@@ -114,5 +136,32 @@ class Root:
             if info.type == pafs.FileType.Directory and info.base_name.endswith(SUFFIX)
         )
 
-    def remove(self, name: str) -> None:
-        self._fs.delete_dir(self._path_of(name))
+    def discard(self, name: str) -> str | None:
+        """Take table ``name`` off the root at once. A local directory is renamed into the
+        trash (atomic: the name is free, nothing half-deleted stays listed) and its path
+        returned for :meth:`purge`; on object stores, where a rename is a copy, the objects
+        are deleted now and None is returned."""
+        if "://" in self.uri:
+            self._fs.delete_dir(self._path_of(name))
+            return None
+        trash = f"{self._path}/{TRASH}"
+        self._fs.create_dir(trash, recursive=True)
+        discarded = f"{trash}/{name}.{uuid.uuid4().hex}"
+        self._fs.move(self._path_of(name), discarded)
+        return discarded
+
+    def purge(self, path: str | None = None) -> None:
+        """Delete a discarded table, or (no path) everything left in the trash, say by a
+        store that stopped before its purge; failures are logged and retried next start."""
+        targets = [path] if path else self._trash_contents()
+        for target in targets:
+            try:
+                self._fs.delete_dir(target)
+            except OSError as exc:
+                log.warning("could not purge dropped table files %s: %s", target, exc)
+
+    def _trash_contents(self) -> list[str]:
+        if "://" in self.uri:
+            return []
+        selector = pafs.FileSelector(f"{self._path}/{TRASH}", allow_not_found=True)
+        return [info.path for info in self._fs.get_file_info(selector)]

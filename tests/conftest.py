@@ -78,7 +78,12 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     # No background maintenance: a compaction woken by other tests' adds would move a table's
     # version under the tests that assert a refused write left it unchanged.
     store = servers.start(
-        create_store, StoreSettings(data_root=str(root), maintenance_interval_s=0, **QUIET)
+        create_store,
+        # The tests' one store process owns its root: versions may go as soon as no request
+        # of its own holds them (tests ask Optimize for cleanup_older_than_s=0).
+        StoreSettings(
+            data_root=str(root), maintenance_interval_s=0, cleanup_min_age_s=0, **QUIET
+        ),
     )
     gateway = servers.start(
         create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)

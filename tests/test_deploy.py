@@ -191,6 +191,8 @@ def test_manifests_match_the_services_settings(overlay):
         settings = settings_of(cls, env)
         named = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert named == {"grpc": settings.port, "metrics": settings.metrics_port}
+        # Prometheus scrapes from another pod; the services' own default is loopback.
+        assert settings.metrics_host == "0.0.0.0", component
         ports[component] = settings.port
 
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -221,6 +223,25 @@ def test_manifests_match_the_services_settings(overlay):
         host, _, port = address.rpartition(":")
         assert host == peer and int(port) == services[peer]["spec"]["ports"][0]["port"]
         assert services[peer]["spec"]["ports"][0]["port"] == ports[peer]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_internal_services_want_the_token_the_gateway_presents(overlay):
+    """Embedder and store read their callers' tokens from the file the gateway reads its peer
+    token from, mounted from one Secret."""
+    files: dict[str, tuple[str, str]] = {}
+    for component, workload in workloads(overlay).items():
+        pod = workload["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        module = container["args"][0]
+        settings = settings_of(MODULES[module], container_env(overlay, container))
+        path = settings.peer_token_file if component == "gateway" else settings.auth_tokens_file
+        assert path, f"{component}: no internal token file"
+        (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert mount.get("readOnly") and not volume["secret"].get("optional")
+        files[component] = (path, volume["secret"]["secretName"])
+    assert len(set(files.values())) == 1, files
 
 
 def test_a_setting_the_services_lack_is_caught():

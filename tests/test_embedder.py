@@ -80,12 +80,22 @@ def test_bad_requests(embedder_stub):
     )
 
 
-def test_missing_weights_are_failed_precondition(embedder_stub, tmp_path):
+def test_missing_weights_are_failed_precondition(embedder_stub):
     expect_code(
         grpc.StatusCode.FAILED_PRECONDITION,
-        lambda: embed(embedder_stub, ["x"], name=str(tmp_path / "no-model-here")),
-        "no-model-here",
+        lambda: embed(embedder_stub, ["x"], name="no-such-org/no-such-model"),
+        "no-such-org/no-such-model",
         "local model directory",
+        "--model-roots",
+    )
+
+
+def test_a_path_outside_the_model_roots_is_refused(embedder_stub, tmp_path):
+    """The shared stack sets no --model-roots: only the bundled model's directory is open."""
+    expect_code(
+        grpc.StatusCode.PERMISSION_DENIED,
+        lambda: embed(embedder_stub, ["x"], name=str(tmp_path / "no-model-here")),
+        "--model-roots",
     )
 
 

@@ -42,6 +42,7 @@ class Services:
     exits: ExitStack
     embedder_flags: tuple[str, ...]
     env: dict[str, str]
+    store_flags: tuple[str, ...] = ()
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Any] = field(default_factory=dict)
     gateway: str = ""
@@ -49,7 +50,7 @@ class Services:
     def start(self, name: str) -> None:
         """Start (or restart) ``name`` on its port; the gateway last, once."""
         if name == "store":
-            flags: tuple[str, ...] = ("--data-root", str(self.root))
+            flags: tuple[str, ...] = ("--data-root", str(self.root), *self.store_flags)
         elif name == "embedder":
             flags = ("--preload", "", *self.embedder_flags)
         else:
@@ -77,8 +78,14 @@ class Services:
 _MODULES = {"store": "store_service", "embedder": "embedder_service", "gateway": "gateway"}
 
 
-def services(exits: ExitStack, root: Path, *embedder_flags: str, **env: str) -> Services:
-    stack = Services(root, exits, embedder_flags, env)
+def services(
+    exits: ExitStack,
+    root: Path,
+    *embedder_flags: str,
+    store_flags: tuple[str, ...] = (),
+    **env: str,
+) -> Services:
+    stack = Services(root, exits, embedder_flags, env, store_flags)
     for name in ("store", "embedder", "gateway"):
         stack.start(name)
     return stack

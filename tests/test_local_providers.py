@@ -58,8 +58,11 @@ def tiny_bert(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def embedder(servers):
-    address = servers.start(create_embedder, EmbedderSettings(**{**QUIET, "preload": ""}))
+def embedder(servers, tmp_path_factory):
+    """An embedder that may open models under the test's temporary directories."""
+    roots = str(tmp_path_factory.getbasetemp())
+    settings = EmbedderSettings(**{**QUIET, "preload": "", "model_roots": roots})
+    address = servers.start(create_embedder, settings)
     return embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(address))
 
 
@@ -103,10 +106,12 @@ def test_huggingface_without_weights_says_which_arg_to_set(embedder, tmp_path):
         "colbert-ir/colbertv2.0",
         "set name to a local directory",
     )
+    absent = tmp_path / "absent"  # under --model-roots: tried, and reported as not loadable
     expect_code(
         grpc.StatusCode.FAILED_PRECONDITION,
-        lambda: embed(embedder, ["x"], name=str(tmp_path / "absent")),
-        "absent",
+        lambda: embed(embedder, ["x"], name=str(absent)),
+        "cannot load model",
+        "set name to a local directory",
     )
 
 

@@ -21,16 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import expect_code
 
 import embedsearch
-import gateway.auth
+import embedsearch.rpc.auth as auth
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
 from embedsearch.embeddings import get_registry
 from embedsearch.errors import PermissionDenied, Unauthenticated
 from embedsearch.local import free_port, service_process, wait_until_serving
 from embedsearch.pydantic import LanceModel, Vector
+from embedsearch.rpc.auth import parse_tokens
 from embedsearch.rpc.client import channel_credentials
 from embedsearch.v1 import gateway_pb2, gateway_pb2_grpc
-from gateway.auth import parse_tokens
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
 from store_service.server import create_server as create_store
@@ -43,14 +43,14 @@ def test_token_entries_parse_with_their_access():
     tokens = parse_tokens(["# ops team", "", "alpha", "beta:ro", "gam:ma:rw", "  delta:ro  "])
     by_access = sorted(tokens.values())
     assert by_access == [False, False, True, True]
-    assert gateway.auth._digest("gam:ma") in tokens  # only a trailing :ro/:rw is an access
-    assert tokens[gateway.auth._digest("delta")] is False
+    assert auth._digest("gam:ma") in tokens  # only a trailing :ro/:rw is an access
+    assert tokens[auth._digest("delta")] is False
 
 
 @pytest.fixture
 def guarded(servers, stack, tmp_path, monkeypatch):
     """A gateway over the shared embedder and store that wants a token from a file."""
-    monkeypatch.setattr(gateway.auth, "RELOAD_EVERY_S", 0.0)
+    monkeypatch.setattr(auth, "RELOAD_EVERY_S", 0.0)
     tokens = tmp_path / "tokens"
     tokens.write_text("writer-token\nreader-token:ro\n")
     settings = GatewaySettings(

@@ -148,6 +148,20 @@ def test_embedsearch_up_serves_the_seed_flow_and_stops_all_three(tmp_path):
         for name in ports:
             scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics[name]}/metrics", timeout=5)
             assert f"{name}_requests_total" in scraped.read().decode()
+            assert listening_hosts(metrics[name]) == {"127.0.0.1"}  # /metrics on loopback
+
+        # Embedder and store want the token `up` made up, which only the gateway has: it went
+        # through the environment, not the command line.
+        store = store_pb2_grpc.StoreStub(grpc.insecure_channel(f"127.0.0.1:{ports['store']}"))
+        drop = store_pb2.StoreDropTableRequest(name="docs")
+        with pytest.raises(grpc.RpcError) as refused:
+            store.DropTable(drop, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        services = children(proc.pid)
+        token = services["store_service"]["STORE_AUTH_TOKENS"]
+        assert len(token) >= 32 and services["gateway"]["GATEWAY_PEER_TOKEN"] == token
+        assert all(token not in env["cmdline"] for env in services.values())
+        assert table.count_rows() == 2
 
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -185,6 +199,26 @@ def test_services_die_with_a_killed_launcher(tmp_path):
                 alive.discard(name)
         time.sleep(0.2)
     assert not alive, f"still running after the launcher was killed: {alive}"
+
+
+def children(pid: int) -> dict[str, dict[str, str]]:
+    """The environment of each child of ``pid`` by its ``-m`` module, plus its command line
+    under ``cmdline`` (from /proc: the same user may read both)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+            if int(parent) != pid:
+                continue
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+            environ = (proc / "environ").read_bytes().decode().split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        env = dict(entry.partition("=")[::2] for entry in environ if entry)
+        found[argv[argv.index("-m") + 1]] = {**env, "cmdline": " ".join(argv)}
+    return found
 
 
 def listening_hosts(port: int) -> set[str]:

@@ -38,6 +38,7 @@ def busy_store(servers, tmp_path) -> Store:
         compact_min_fragments=3,
         compact_target_rows=4096,
         retention_s=0.0,
+        cleanup_min_age_s=0.0,
     )
 
 

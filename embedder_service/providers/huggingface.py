@@ -10,12 +10,17 @@ from pydantic import Field, PrivateAttr
 
 from embedder_service.providers import BUILTIN
 from embedder_service.providers.local import (
+    ROOTS_HINT,
+    Device,
     TokenPipeline,
     mean_pool,
     model_loading,
     resolve_device,
+    weights_dir,
 )
 from embedsearch.embeddings.base import TextEmbeddingFunction
+
+_HINT = f"set name to a local directory holding the model and its tokenizer {ROOTS_HINT}"
 
 
 @BUILTIN.register("huggingface")
@@ -23,9 +28,10 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
     """Mean-pooled last hidden states of a transformers model (the default is ColBERTv2's BERT)."""
 
     default_model: ClassVar[str] = "colbert-ir/colbertv2.0"
+    path_keys: ClassVar[frozenset[str]] = frozenset({"name"})
 
     name: str = Field("colbert-ir/colbertv2.0", description="Model directory or cached hub name.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: Device = Field("auto", description="auto, cpu, mps, cuda or cuda:N.")
     normalize: bool = Field(False, description="L2-normalize the vectors.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
     max_length: int = Field(512, ge=1, description="Tokens kept per input.")
@@ -40,13 +46,13 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
                 from transformers import AutoModel, AutoTokenizer
 
                 device = resolve_device(self.device)
-                hint = "set name to a local directory holding the model and its tokenizer"
-                with model_loading(self.name, hint):
+                path = weights_dir(self.name, _HINT)
+                with model_loading(self.name, _HINT):
                     tokenizer = AutoTokenizer.from_pretrained(
-                        self.name, trust_remote_code=self.trust_remote_code
+                        path, trust_remote_code=self.trust_remote_code
                     )
                     model = AutoModel.from_pretrained(
-                        self.name, trust_remote_code=self.trust_remote_code
+                        path, trust_remote_code=self.trust_remote_code
                     )
                 model = model.to(device).eval()
                 if device.startswith("cuda"):

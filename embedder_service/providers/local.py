@@ -3,34 +3,108 @@
 from __future__ import annotations
 
 import copy
+import logging
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import AfterValidator
 
+from embedder_service.guards import looks_like_path
 from embedsearch.embeddings.base import check_texts
-from embedsearch.errors import FailedPrecondition
+from embedsearch.errors import FailedPrecondition, InvalidArgument
+from embedsearch.text import brief
+
+log = logging.getLogger("embedder_service")
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?")
+ROOTS_HINT = "under --model-roots (EMBEDDER_MODEL_ROOTS)"
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU; anything else is used as given."""
-    if device != "auto":
+    """The torch device to load on: ``auto`` is CUDA when torch sees a GPU, else the CPU.
+
+    Anything else must be a device this machine has: InvalidArgument for what is no device
+    name, FailedPrecondition for a device that is absent (``cuda:1`` on a one-GPU machine).
+    Called when arguments are validated, so a bad device loads nothing.
+    """
+    if _DEVICE.fullmatch(device) is None:
+        raise InvalidArgument(
+            f"device {brief(device)} is not a device: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    if device == "cpu":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise FailedPrecondition(
+                "device 'mps' is not available on this machine; use device='cpu' or 'auto'"
+            )
+        return device
+    count = torch.cuda.device_count()
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        others = {0: "", 1: ", 'cuda:0'"}.get(count, f", 'cuda:0' to 'cuda:{count - 1}'")
+        raise FailedPrecondition(
+            f"device {device!r} is not available: this machine has {count} CUDA devices; "
+            f"use device='cpu'{others} or 'auto'"
+        )
+    return device
+
+
+def _check_device(device: str) -> str:
+    resolve_device(device)
+    return device
+
+
+#: The type of a local provider's ``device`` argument: checked by :func:`resolve_device` on
+#: create(), before any model is loaded.
+Device = Annotated[str, AfterValidator(_check_device)]
+
+
+def weights_dir(name: str, hint: str, hub_ids: Sequence[str] = ()) -> str:
+    """The directory to load model ``name`` from.
+
+    A path is used as given: the core checked it against --model-roots. Anything else is a hub
+    name (``hub_ids``, default ``[name]``, are the ids it may stand for), looked up in this
+    server's Hugging Face cache, so that a loader never reads a name as a path relative to the
+    working directory. FailedPrecondition, the same message whatever the reason, when none is
+    cached.
+    """
+    if looks_like_path(name):
+        return name
+    from huggingface_hub import snapshot_download
+
+    for repo_id in hub_ids or [name]:
+        try:
+            return str(snapshot_download(repo_id, local_files_only=True))
+        except (OSError, ValueError) as exc:  # not cached, or no valid hub id
+            log.debug("model %s not cached as %s: %s", brief(name), brief(repo_id), exc)
+    raise FailedPrecondition(
+        f"model {brief(name)} is not in this server's model cache, and this server cannot "
+        f"download weights; {hint}"
+    )
 
 
 @contextmanager
 def model_loading(name: str, hint: str) -> Iterator[None]:
-    """Turn "weights not found / not downloadable" into FAILED_PRECONDITION naming the fix."""
+    """Turn "weights not found / not loadable" into FAILED_PRECONDITION naming the fix.
+
+    What the loader said goes to the log, not to the caller: it can name server paths.
+    """
     try:
         yield
     except (OSError, ValueError, RuntimeError) as exc:  # open_clip reports failed downloads so
+        log.warning("cannot load model %s: %s", brief(name), exc)
         raise FailedPrecondition(
-            f"cannot load model {name!r}: {exc}. This server cannot download weights; {hint}"
+            f"cannot load model {brief(name)} ({type(exc).__name__}; the embedder's log has "
+            f"the details). This server cannot download weights; {hint}"
         ) from exc
 
 

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import Field, PrivateAttr
+from pydantic import AfterValidator, Field, PrivateAttr
 
+from embedder_service.guards import looks_like_path
 from embedder_service.providers import BUILTIN
-from embedder_service.providers.local import model_loading, resolve_device
+from embedder_service.providers.local import ROOTS_HINT, Device, model_loading, resolve_device
 from embedsearch.embeddings.base import EmbeddingFunction, check_texts
 from embedsearch.errors import FailedPrecondition, InvalidArgument
+from embedsearch.text import brief
 
 log = logging.getLogger("embedder_service")
+
+_HINT = f"set pretrained to a local checkpoint path {ROOTS_HINT}"
+_ARCHITECTURE = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def _architecture(name: str) -> str:
+    """open_clip also reads ``hf-hub:org/repo`` and ``local-dir:/path`` names: a download this
+    server cannot make and a path no root check sees. Only plain architecture names pass."""
+    if _ARCHITECTURE.fullmatch(name) is None:
+        raise ValueError(
+            f"{brief(name)} is not an open_clip architecture name such as 'ViT-B-32'; load "
+            f"local weights through pretrained instead, {ROOTS_HINT}"
+        )
+    return name
 
 
 @BUILTIN.register("open-clip")
@@ -28,10 +45,13 @@ class OpenClipEmbeddings(EmbeddingFunction):
 
     default_model: ClassVar[str] = "ViT-B-32"
     modalities: ClassVar[tuple[str, ...]] = ("text", "image")
+    path_keys: ClassVar[frozenset[str]] = frozenset({"pretrained"})
 
-    name: str = Field("ViT-B-32", description="open_clip architecture name.")
+    name: Annotated[str, AfterValidator(_architecture)] = Field(
+        "ViT-B-32", description="open_clip architecture name."
+    )
     pretrained: str | None = Field("laion2b_s34b_b79k", description="Tag or checkpoint path.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: Device = Field("auto", description="auto, cpu, mps, cuda or cuda:N.")
     normalize: bool = Field(True, description="L2-normalize the vectors.")
     batch_size: int = Field(32, ge=1, le=1024, description="Most inputs in one forward pass.")
 
@@ -51,8 +71,9 @@ class OpenClipEmbeddings(EmbeddingFunction):
                 device = resolve_device(self.device)
                 if self.pretrained is None:
                     log.warning("open-clip %s with random weights: for tests only", self.name)
-                hint = "set pretrained to a local checkpoint path"
-                with model_loading(f"{self.name}/{self.pretrained}", hint):
+                else:
+                    self._check_tag()
+                with model_loading(f"{self.name}/{self.pretrained}", _HINT):
                     model, _, preprocess = open_clip.create_model_and_transforms(
                         self.name, pretrained=self.pretrained, device=device
                     )
@@ -61,6 +82,18 @@ class OpenClipEmbeddings(EmbeddingFunction):
                     model.half()
                 self._loaded = (model.eval(), preprocess, tokenizer, device)
             return self._loaded
+
+    def _check_tag(self) -> None:
+        """A pretrained value that is no path (those are checked against --model-roots) must be
+        one of the architecture's tags: open_clip would try any other as a path relative to
+        the server's working directory."""
+        from open_clip.pretrained import get_pretrained_cfg
+
+        pretrained = str(self.pretrained)
+        if not looks_like_path(pretrained) and not get_pretrained_cfg(self.name, pretrained):
+            raise InvalidArgument(
+                f"pretrained={brief(pretrained)} is no open_clip tag of {self.name!r}; {_HINT}"
+            )
 
     def pipeline(self) -> OpenClipRunner:
         return OpenClipRunner(*self._load(), normalize=self.normalize)

@@ -9,7 +9,14 @@ import numpy as np
 from pydantic import Field, PrivateAttr
 
 from embedder_service.providers import BUILTIN
-from embedder_service.providers.local import TokenPipeline, model_loading, resolve_device
+from embedder_service.providers.local import (
+    ROOTS_HINT,
+    Device,
+    TokenPipeline,
+    model_loading,
+    resolve_device,
+    weights_dir,
+)
 from embedsearch.embeddings.base import TextEmbeddingFunction
 
 
@@ -22,6 +29,7 @@ def bundled_model_path() -> str:
 
 # Hub names of the bundled model: loaded from the bundled weights, since nothing is downloaded.
 _BUNDLED_ALIASES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+_HINT = f"set name to a local model directory {ROOTS_HINT}"
 # The model's own prompt names for each mode (sentence-transformers' encode_query/encode_document).
 _PROMPT_NAMES = {"query": ("query",), "source": ("document", "passage", "corpus")}
 
@@ -31,9 +39,10 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
     """Text embeddings from a sentence-transformers model, local directory or cached hub name."""
 
     default_model: ClassVar[str] = "all-MiniLM-L6-v2 (bundled)"
+    path_keys: ClassVar[frozenset[str]] = frozenset({"name"})
 
     name: str = Field(default_factory=bundled_model_path, description="Model name or directory.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: Device = Field("auto", description="auto, cpu, mps, cuda or cuda:N.")
     normalize: bool = Field(True, description="L2-normalize the vectors.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
     batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
@@ -49,9 +58,9 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # one JSON log line per event, no bars
-                path = bundled_model_path() if self.name in _BUNDLED_ALIASES else self.name
+                path = self._weights()
                 device = resolve_device(self.device)
-                with model_loading(self.name, "set name to a local model directory"):
+                with model_loading(self.name, _HINT):
                     model = SentenceTransformer(
                         path, device=device, trust_remote_code=self.trust_remote_code
                     )
@@ -59,6 +68,14 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
                     model.half()
                 self._model = model.eval()
             return self._model
+
+    def _weights(self) -> str:
+        """The directory to load: the bundled model, a checked path, or a cached hub model."""
+        if self.name in _BUNDLED_ALIASES:
+            return bundled_model_path()
+        # sentence-transformers' own rule: a bare name may be one of its organization's models.
+        org = [] if "/" in self.name else [f"sentence-transformers/{self.name}"]
+        return weights_dir(self.name, _HINT, [*org, self.name])
 
     def pipeline(self) -> TokenPipeline:
         """Tokenize per request, batch across callers, forward on the inference thread."""

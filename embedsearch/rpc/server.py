@@ -6,26 +6,38 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from functools import cache
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.descriptor_pb2 import MethodOptions
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
-from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, Overloaded, status_code_name
+from embedsearch.errors import (
+    RETRY_AFTER_KEY,
+    EmbedsearchError,
+    InvalidArgument,
+    Overloaded,
+    status_code_name,
+)
+from embedsearch.rpc.auth import Guard, token_guard
 from embedsearch.rpc.client import read_pem
 from embedsearch.rpc.deadline import set_deadline
 from embedsearch.rpc.memory import return_large_blocks_to_the_system
 from embedsearch.rpc.settings import ServiceSettings
+from embedsearch.rpc.validate import parse_request
+from embedsearch.text import clip_utf8
 
 log = logging.getLogger("embedsearch.rpc")
 
@@ -60,10 +72,12 @@ class RpcMetrics:
 
 
 class _Outcome:
-    """Records one call's status code and latency when the call ends."""
+    """Records one call's status code and latency when the call ends, and what it is about."""
 
     def __init__(self, metrics: RpcMetrics, method: str) -> None:
         self.metrics, self.method, self.code = metrics, method, "OK"
+        # What the call is about (say "table 'docs'"), for error messages; set once parsed.
+        self.subject = ""
         self.start = time.perf_counter()
         self.closed = False
         metrics.in_flight.inc()
@@ -79,30 +93,34 @@ class _Outcome:
         self.metrics.latency.labels(self.method).observe(time.perf_counter() - self.start)
 
 
-async def _abort_for(
-    exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome, subject: str
-) -> None:
+# A status message travels in the grpc-message trailer, percent-encoded, under gRPC's metadata
+# limit (8 to 16 KiB): a message quoting a huge input would turn into RESOURCE_EXHAUSTED.
+MAX_STATUS_MESSAGE_BYTES = 1024
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome) -> None:
     """End a failed call with the status its error maps to; unexpected errors become INTERNAL.
 
-    ``subject`` (say "table 'docs'") is put in front of a message that does not name it yet.
+    The call's subject (say "table 'docs'") is put in front of a message that does not name it
+    yet. An INTERNAL answer reveals nothing of the server: the traceback goes to the log, under
+    an error id the message quotes.
     """
     if isinstance(exc, EmbedsearchError):
         out.close(status_code_name(exc))
         message = str(exc)
-        if subject and subject.split(" ", 1)[-1] not in message:
-            message = f"{subject}: {message}"
+        if out.subject and out.subject.split(" ", 1)[-1] not in message:
+            message = f"{out.subject}: {message}"
         if isinstance(exc, Overloaded):
             milliseconds = max(1, round(exc.retry_after_s * 1000))
             context.set_trailing_metadata(((RETRY_AFTER_KEY, str(milliseconds)),))
-        await context.abort(grpc.StatusCode[out.code], message)
+        await context.abort(grpc.StatusCode[out.code], clip_utf8(message, MAX_STATUS_MESSAGE_BYTES))
     out.close("INTERNAL")
-    log.exception("unhandled error in %s", out.method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {out.method}: {exc!r}")
-
-
-# Decides whether a call may proceed, from its full method name and its metadata; raises a
-# typed error (Unauthenticated, PermissionDenied) to refuse it.
-Guard = Callable[[str, Sequence[tuple[str, Any]]], None]
+    error_id = secrets.token_hex(4)
+    log.error("unhandled error in %s (error id %s)", out.method, error_id, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {out.method}; see the server log (error id {error_id})",
+    )
 
 
 @asynccontextmanager
@@ -110,9 +128,8 @@ async def _answering(
     metrics: RpcMetrics,
     method: str,
     context: grpc.aio.ServicerContext,
-    subject: str = "",
     admit: Callable[[], None] | None = None,
-) -> AsyncIterator[None]:
+) -> AsyncIterator[_Outcome]:
     """Around one call: admit it, record its deadline, code and latency, and map a raised
     error to a status."""
     out = _Outcome(metrics, method)
@@ -120,7 +137,7 @@ async def _answering(
     try:
         if admit is not None:
             admit()
-        yield
+        yield out
     except grpc.aio.AbortError:
         out.code = context.code().name if context.code() else "UNKNOWN"
         raise
@@ -128,15 +145,70 @@ async def _answering(
         out.code = "CANCELLED"
         raise
     except Exception as exc:
-        await _abort_for(exc, context, out, subject)
+        await _abort_for(exc, context, out)
     finally:
         out.close()
 
 
+class _RequestStream:
+    """A request stream parsed message by message as the servicer reads it.
+
+    A message that does not parse ends the call with INVALID_ARGUMENT even when the servicer
+    reads the stream in a task of its own (EmbedStream does, to embed while it reads): that
+    task cancels the call's task, and :meth:`failing_the_call` turns the cancellation back into
+    the parse error.
+    """
+
+    def __init__(self, raw: AsyncIterator[bytes], message_class: type[Message]) -> None:
+        self._raw, self._class = raw, message_class
+        self._call_task = asyncio.current_task()
+        self._error: InvalidArgument | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        async for data in self._raw:
+            try:
+                message = parse_request(self._class, data)
+            except InvalidArgument as exc:
+                self._error = exc
+                if self._call_task is not None and asyncio.current_task() is not self._call_task:
+                    self._call_task.cancel()
+                raise
+            yield message
+
+    @contextmanager
+    def failing_the_call(self) -> Iterator[None]:
+        try:
+            yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._error is None or task is None:
+                raise
+            task.uncancel()
+            raise self._error from None
+
+
+@cache
+def _request_class(method: str) -> type[Message] | None:
+    """The request message class of ``/package.Service/Method``, from the descriptor pool the
+    generated modules registered in; None for a method that is not ours."""
+    service, _, name = method.strip("/").partition("/")
+    try:
+        descriptor = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return None
+    return message_factory.GetMessageClass(descriptor.input_type)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps typed errors to status codes, logs unexpected ones, and records request metrics.
+    """Parses and checks requests, admits callers, maps typed errors to status codes, logs
+    unexpected ones, and records request metrics.
 
     Servicers therefore never catch errors themselves: they raise, and this one place answers.
+    The handlers it returns take the request's bytes and parse them inside the call
+    (:func:`~embedsearch.rpc.validate.parse_request`), so that bytes that are no valid message,
+    or an enum value the contract does not define, answer INVALID_ARGUMENT through the same
+    table as every other error. Streamed requests are parsed one by one as they are read;
+    servicers read them by iterating, not with ``context.read()``.
     """
 
     def __init__(
@@ -153,52 +225,84 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith("/grpc."):
             return handler
+        request_class = _request_class(details.method)
+        if request_class is None:  # no contract to parse and guard it by: not served
+            return None
         method = details.method.rsplit("/", 1)[-1]
         metrics, subject, guard = self._metrics, self._subject, self._guard
         admit = (
             None if guard is None else lambda: guard(details.method, details.invocation_metadata)
         )
 
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
+        def answering(context: grpc.aio.ServicerContext) -> AbstractAsyncContextManager[_Outcome]:
+            return _answering(metrics, method, context, admit)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                about = subject(request) if handler.unary_unary else ""
-                async with _answering(metrics, method, context, about, admit):
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+                async with answering(context) as call:
+                    request = parse_request(request_class, data)
+                    call.subject = subject(request)
                     return await inner(request, context)
 
-            factory = (
-                grpc.unary_unary_rpc_method_handler
-                if handler.unary_unary
-                else grpc.stream_unary_rpc_method_handler
-            )
-            return factory(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return _handler(grpc.unary_unary_rpc_method_handler, unary_unary, handler)
 
-        inner_stream = handler.unary_stream or handler.stream_stream
+        if handler.stream_unary:
+            inner = handler.stream_unary
 
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with _answering(metrics, method, context, admit=admit):
-                async for response in inner_stream(request, context):
-                    yield response
+            async def stream_unary(
+                raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> Any:
+                async with answering(context):
+                    requests = _RequestStream(raw, request_class)
+                    with requests.failing_the_call():
+                        return await inner(requests, context)
 
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if handler.unary_stream
-            else grpc.stream_stream_rpc_method_handler
-        )
-        return factory(
-            streaming,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return _handler(grpc.stream_unary_rpc_method_handler, stream_unary, handler)
+
+        if handler.unary_stream:
+            inner = handler.unary_stream
+
+            async def unary_stream(
+                data: bytes, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async with answering(context) as call:
+                    request = parse_request(request_class, data)
+                    call.subject = subject(request)
+                    async for response in inner(request, context):
+                        yield response
+
+            return _handler(grpc.unary_stream_rpc_method_handler, unary_stream, handler)
+
+        inner = handler.stream_stream
+
+        async def stream_stream(
+            raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async with answering(context):
+                requests = _RequestStream(raw, request_class)
+                with requests.failing_the_call():
+                    async for response in inner(requests, context):
+                        yield response
+
+        return _handler(grpc.stream_stream_rpc_method_handler, stream_stream, handler)
+
+
+def _handler(
+    factory: Callable[..., grpc.RpcMethodHandler],
+    behaviour: Callable[..., Any],
+    original: grpc.RpcMethodHandler,
+) -> grpc.RpcMethodHandler:
+    """A handler for ``behaviour`` that receives the request's bytes (no deserializer: the
+    interceptor parses them) and serializes replies as ``original`` does."""
+    return factory(
+        behaviour, request_deserializer=None, response_serializer=original.response_serializer
+    )
 
 
 class Readiness:
@@ -233,15 +337,6 @@ class Readiness:
         self._task = asyncio.get_running_loop().create_task(run())
 
 
-def read_only_methods(service: ServiceDescriptor) -> frozenset[str]:
-    """Full method names (``/pkg.Service/Method``) the contract marks ``NO_SIDE_EFFECTS``."""
-    return frozenset(
-        f"/{service.full_name}/{method.name}"
-        for method in service.methods
-        if method.GetOptions().idempotency_level == MethodOptions.NO_SIDE_EFFECTS
-    )
-
-
 def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     """TLS credentials from the settings' files; client certificates are required when a
     client CA is given (mutual TLS). None serves plaintext."""
@@ -260,19 +355,25 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
+# The health of each server built by new_server, for drain() to turn NOT_SERVING.
+_READINESS: weakref.WeakKeyDictionary[grpc.aio.Server, Readiness] = weakref.WeakKeyDictionary()
+
+
 async def new_server(
     settings: ServiceSettings,
     service_full_names: list[str],
     add_servicers: Callable[[grpc.aio.Server], None],
     metrics: RpcMetrics,
     subject: Callable[[Any], str] | None = None,
-    guard: Guard | None = None,
 ) -> tuple[grpc.aio.Server, int, Readiness]:
     """Build a gRPC server with our interceptor, health, reflection and limits, and bind it.
 
     The server is not started; health answers NOT_SERVING until :meth:`Readiness.set`.
-    Health and reflection answer without ``guard``: probes and discovery carry no token.
+    Callers need one of the settings' bearer tokens when any is configured (a read-only one
+    for the RPCs the contract marks NO_SIDE_EFFECTS); health and reflection answer without
+    one, for probes and discovery.
     """
+    guard = token_guard(settings, service_full_names)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -288,6 +389,7 @@ async def new_server(
     )
     add_servicers(server)
     readiness = Readiness(service_full_names)
+    _READINESS[server] = readiness
     await readiness.set(False)  # grpc's HealthServicer starts "" as SERVING; we are not, yet
     health_pb2_grpc.add_HealthServicer_to_server(readiness.servicer, server)
     reflection.enable_server_reflection(
@@ -302,8 +404,15 @@ async def new_server(
     if port == 0 and not settings.socket:
         raise OSError(f"could not bind {settings.address}")
     if settings.metrics_port >= 0:
-        httpd, _ = start_http_server(settings.metrics_port, registry=metrics.registry)
-        log.info("%s metrics on :%d/metrics", settings.service_name, httpd.server_port)
+        httpd, _ = start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+        log.info(
+            "%s metrics on %s:%d/metrics",
+            settings.service_name,
+            settings.metrics_host,
+            httpd.server_port,
+        )
     return server, port, readiness
 
 
@@ -343,7 +452,17 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("%s shutting down (grace %.1fs)", settings.service_name, settings.grace_period_s)
-    await server.stop(settings.grace_period_s)
+    await drain(server, settings.grace_period_s)
+
+
+async def drain(server: grpc.aio.Server, grace_s: float) -> None:
+    """Stop ``server`` gracefully: health turns NOT_SERVING for good first, so that probes and
+    load balancers stop sending, then calls in flight get ``grace_s`` seconds to finish while
+    new ones are refused."""
+    readiness = _READINESS.get(server)
+    if readiness is not None:
+        await readiness.servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
 
 
 PARENT_PID_ENV = "EMBEDSEARCH_PARENT_PID"

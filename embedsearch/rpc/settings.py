@@ -17,7 +17,7 @@ MMAP_THRESHOLD_HELP = (
 
 
 class ServiceSettings(BaseSettings):
-    """Listening address, metrics port, limits and logging of one service.
+    """Listening address, metrics endpoint, limits, callers' tokens and logging of one service.
 
     Every field is a flag (``--metrics-port``) and an environment variable with the service's
     prefix (``EMBEDDER_METRICS_PORT``). Flags win over the environment.
@@ -26,6 +26,8 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True, cli_prog_name=None)
 
     service_name: ClassVar[str] = ""
+    # Where a caller refused for want of a token learns how to send one.
+    auth_hint: ClassVar[str] = "the gateway sends it with --peer-token or --peer-token-file"
 
     host: str = Field("0.0.0.0", description="Interface to listen on.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -34,6 +36,11 @@ class ServiceSettings(BaseSettings):
     )
     metrics_port: int = Field(
         -1, ge=-1, le=65535, description="Prometheus /metrics HTTP port; -1 turns it off."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Interface /metrics listens on: loopback by default; 0.0.0.0 in a pod, "
+        "for a scraper on another host.",
     )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent."
@@ -45,6 +52,16 @@ class ServiceSettings(BaseSettings):
     tls_key_file: str = Field("", description="PEM private key of --tls-cert-file.")
     tls_client_ca_file: str = Field(
         "", description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
+    auth_tokens: str = Field(
+        "",
+        description="Comma-separated bearer tokens; 'token:ro' may only call read-only RPCs. "
+        "Empty and no --auth-tokens-file leaves the service open.",
+    )
+    auth_tokens_file: str = Field(
+        "",
+        description="File of bearer tokens, one per line ('token' or 'token:ro'); re-read "
+        "when it changes.",
     )
     log_level: str = Field("INFO", description="Python logging level.")
     malloc_mmap_threshold_bytes: int = Field(

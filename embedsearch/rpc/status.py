@@ -6,6 +6,8 @@ import grpc
 
 from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, error_for_code, status_code_name
 
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
 
 def status_for(exc: EmbedsearchError) -> grpc.StatusCode:
     """The gRPC status code for a typed error (the table lives in :mod:`embedsearch.errors`)."""
@@ -13,11 +15,15 @@ def status_for(exc: EmbedsearchError) -> grpc.StatusCode:
 
 
 def error_from_rpc(err: grpc.RpcError, peer: str = "") -> EmbedsearchError:
-    """Rebuild the typed error from a failed call, naming the peer for connection failures."""
+    """Rebuild the typed error from a failed call, naming the peer for connection failures and
+    for refused credentials (a gateway without its peer token must not read as the client's
+    own token being wrong)."""
     code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
     details: str = err.details() or code.name  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE and peer:
         details = f"{peer} is unavailable: {details}"
+    elif code in _REFUSED and peer and not details.startswith(peer):
+        details = f"{peer} refused the call: {details}"
     return error_for_code(code.name, details, retry_after_of(err))
 
 

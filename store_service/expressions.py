@@ -1,0 +1,127 @@
+"""The one checker every caller's SQL expression passes before Lance sees it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from embedsearch.errors import InvalidArgument
+from embedsearch.text import brief
+
+# One token of Lance's SQL dialect. Literals and quoted identifiers are whole tokens (a doubled
+# quote stays inside), so nothing in them is mistaken for an operator, bracket or keyword.
+_TOKEN = re.compile(
+    r"""
+      (?P<space>\s+)
+    | (?P<literal>'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`)
+    | (?P<unterminated>['"`])
+    | (?P<comment>--|/\*)
+    | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+    | (?P<word>[^\W\d]\w*)
+    | (?P<operator><=|>=|<>|!=|\|\||::|!~\*|!~|~\*|[-+*/%<>=~!&|^])
+    | (?P<open>[(\[])
+    | (?P<close>[)\]])
+    | (?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+# Keywords that are operators (each one a node of the expression tree, like `+`).
+_KEYWORD_OPERATORS = frozenset(
+    {"AND", "OR", "NOT", "IS", "IN", "LIKE", "ILIKE", "BETWEEN", "CASE", "WHEN", "SIMILAR"}
+)
+# Keywords that start another clause or statement. Lance embeds a filter in
+# `SELECT ... WHERE <filter>` and keeps only the WHERE part, so `true LIMIT 0` or
+# `x = 1 ORDER BY y` would run as their first part: one whole expression only.
+_CLAUSES = frozenset(
+    {
+        "SELECT", "FROM", "WHERE", "GROUP", "HAVING", "ORDER", "LIMIT", "OFFSET", "UNION",
+        "INTERSECT", "EXCEPT", "WINDOW", "QUALIFY", "INTO", "FETCH", "JOIN", "DELETE", "DROP",
+        "INSERT", "UPDATE", "CREATE", "ALTER", "WITH",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExpressionLimits:
+    """Bounds on one SQL expression. Lance's parser and planner recurse over the expression
+    tree, so a long chain (`1 + 1 + … + 1`) or deep nesting costs quadratic CPU and can
+    overflow a thread's stack, killing the store; these bounds keep every expression far
+    from either. ``env_prefix`` names the settings in error messages."""
+
+    max_bytes: int = 64 * 1024
+    max_operators: int = 256
+    max_depth: int = 32
+    max_run: int = 8
+    env_prefix: str = "STORE_"
+
+    def _setting(self, name: str) -> str:
+        return f"--{name.replace('_', '-')} ({self.env_prefix}{name.upper()})"
+
+    def check(self, sql: str, what: str = "filter") -> str:
+        """``sql`` if it is one whole expression within the bounds; InvalidArgument naming
+        the bound or the fault otherwise.
+
+        >>> ExpressionLimits().check("name = 'a;b' AND (x > 1)")
+        "name = 'a;b' AND (x > 1)"
+        """
+        size = len(sql.encode("utf-8", "surrogatepass"))
+        if size > self.max_bytes:
+            raise InvalidArgument(
+                f"{what} is {size} bytes, over {self._setting('max_expression_bytes')} = "
+                f"{self.max_bytes}: {brief(sql)}"
+            )
+        depth = operators = run = 0
+        for token in _TOKEN.finditer(sql):
+            kind, text = token.lastgroup, token.group()
+            if kind == "space":
+                continue
+            # Operators and brackets in a row, before any operand: Lance's parser backtracks
+            # over runs of prefix operators (`NOT +NOT +…`), exponentially (25 took 48 s).
+            operator = kind == "operator" or (kind == "word" and text.upper() in _KEYWORD_OPERATORS)
+            run = run + 1 if operator or kind == "open" else 0
+            if run > self.max_run:
+                self._refuse(
+                    sql,
+                    what,
+                    f"more than {self._setting('max_expression_run')} = {self.max_run} "
+                    "operators and brackets in a row",
+                )
+            if kind == "word":
+                upper = text.upper()
+                if upper in _CLAUSES:
+                    self._refuse(sql, what, f"one expression only, no {upper} clause")
+                operators += operator
+            elif kind == "operator":
+                operators += 1
+            elif kind == "open":
+                depth += 1
+                if depth > self.max_depth:
+                    self._refuse(
+                        sql,
+                        what,
+                        f"brackets nest deeper than {self._setting('max_expression_depth')} = "
+                        f"{self.max_depth}",
+                    )
+            elif kind == "close":
+                depth -= 1
+                if depth < 0:
+                    self._refuse(sql, what, f"{text!r} without its opening bracket")
+            elif kind == "unterminated":
+                self._refuse(sql, what, f"unterminated {text}…{text} quote")
+            elif kind == "comment":
+                self._refuse(sql, what, "comments are not allowed")
+            elif kind == "other" and text == ";":
+                self._refuse(sql, what, "one expression only, no ';'")
+            if operators > self.max_operators:
+                self._refuse(
+                    sql,
+                    what,
+                    f"more than {self._setting('max_expression_operators')} = "
+                    f"{self.max_operators} operators",
+                )
+        if depth:
+            self._refuse(sql, what, "a bracket is not closed")
+        return sql
+
+    def _refuse(self, sql: str, what: str, why: str) -> None:
+        raise InvalidArgument(f"bad {what} {brief(sql)}: {why}")
