@@ -259,7 +259,7 @@ class GatewayCore:
         if not (update or insert) or rows.num_rows == 0:
             return np.zeros(rows.num_rows, dtype=bool)
         on = list(request.on)
-        if any(column not in rows.column_names for column in on):
+        if not on or any(column not in rows.column_names for column in on):
             return None  # the store reports the missing key column
         keys = [tuple(row.values()) for row in rows.select(on).to_pylist()]
         found: set[tuple[Any, ...]] = set()

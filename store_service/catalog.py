@@ -126,6 +126,7 @@ _REQUEST_FAULT = re.compile(
 )
 _NOT_FOUND = re.compile(r"not found|No such file or directory|os error 2\b", re.IGNORECASE)
 _MESSAGE_CHARS = 300
+_VERSION_LISTINGS = 3
 
 
 def lance_message(exc: Exception) -> str:
@@ -156,6 +157,7 @@ class TableCatalog:
     ) -> None:
         self.settings = settings or StoreSettings(data_root=root)
         self.root = Root(root, storage_options)
+        self.root.purge()  # tables dropped while a store was stopping
         self.storage_options = self.root.storage_options
         # One session for every handle of every table: warm caches, one memory bound.
         self.session = lance.Session(
@@ -165,6 +167,7 @@ class TableCatalog:
         self._handles: dict[str, lance.LanceDataset] = {}
         self._gates: dict[str, TableGate] = {}
         self._gates_lock = threading.Lock()
+        self._cleaning = threading.Lock()
         self.holds = VersionHolds()
         self.limits = self.settings.expression_limits()
         self._lock = threading.Lock()
@@ -275,8 +278,10 @@ class TableCatalog:
         uri = self.uri(name)
         try:
             return lance.dataset(uri, storage_options=self.storage_options, session=self.session)
-        except (ValueError, OSError):
-            if not self.root.exists(name):
+        except (ValueError, OSError) as exc:
+            # No directory, or one without a committed version yet (being created or dropped
+            # by another request): no table, as far as this request can tell.
+            if _NOT_FOUND.search(str(exc)) or not self.root.exists(name):
                 raise TableNotFound(f"table {name!r} does not exist") from None
             raise
 
@@ -531,10 +536,21 @@ class TableCatalog:
         tags: dict[int, list[str]] = {}
         for tag, ref in sorted(dataset.tags.list().items()):
             tags.setdefault(ref["version"], []).append(tag)
-        versions = dataset.versions()
+        versions = self._versions(name, dataset)
         for version in versions:
             version["tags"] = tags.get(version["version"], [])
         return versions
+
+    def _versions(self, name: str, dataset: lance.LanceDataset) -> list[dict[str, Any]]:
+        """``dataset.versions()``, listed again when cleanup removed a version between Lance
+        listing the manifests and reading one (that version is gone: not an error)."""
+        for attempt in range(_VERSION_LISTINGS):
+            try:
+                return dataset.versions()
+            except (OSError, ValueError) as exc:
+                if attempt == _VERSION_LISTINGS - 1 or not _NOT_FOUND.search(str(exc)):
+                    self.fail(name, "listing versions", exc)
+        raise AssertionError("unreachable")
 
     def restore(self, name: str, version: int = 0, tag: str = "") -> WriteResult:
         """Make ``tag`` or ``version`` the latest version, as a new commit."""
@@ -560,11 +576,13 @@ class TableCatalog:
         latest, is ``cleanup_min_age_s`` old, so a request that another store sharing the
         root began on it has ended too.
         """
-        with self.writing(name, f"cleanup of table {name!r}"):
+        # One cleanup at a time (an Optimize call and a maintenance pass would otherwise
+        # delete each other's files while listing them).
+        with self._cleaning, self.writing(name, f"cleanup of table {name!r}"):
             dataset = self.dataset(name)  # the latest is published before holds are read
             held = self.holds.oldest(name)
             tagged = {ref["version"] for ref in dataset.tags.list().values()}
-            versions = dataset.versions()
+            versions = self._versions(name, dataset)
             now, floor = time.time(), self.settings.cleanup_min_age_s
             doomed = [
                 old["version"]

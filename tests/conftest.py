@@ -81,9 +81,7 @@ def stack(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Stack:
         create_store,
         # The tests' one store process owns its root: versions may go as soon as no request
         # of its own holds them (tests ask Optimize for cleanup_older_than_s=0).
-        StoreSettings(
-            data_root=str(root), maintenance_interval_s=0, cleanup_min_age_s=0, **QUIET
-        ),
+        StoreSettings(data_root=str(root), maintenance_interval_s=0, cleanup_min_age_s=0, **QUIET),
     )
     gateway = servers.start(
         create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)

@@ -222,6 +222,18 @@ def truncated_ipc() -> common_pb2.RowData:
     return common_pb2.RowData(arrow_ipc=whole[: len(whole) // 2])
 
 
+def duplicate_columns() -> common_pb2.RowData:
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"])
+    return common_pb2.RowData(arrow_ipc=table_to_ipc(table))
+
+
+def new_table(t: str, bindings: list) -> tuple[str, gateway_pb2.CreateTableRequest]:
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string())])
+    return "CreateTable", gateway_pb2.CreateTableRequest(
+        name=f"{t}_new", arrow_schema=schema_to_ipc(schema), bindings=bindings
+    )
+
+
 def search(t: str, **fields) -> tuple[str, gateway_pb2.SearchRequest]:
     return "Search", gateway_pb2.SearchRequest(table=t, **fields)
 
@@ -457,6 +469,68 @@ CASES = [
         ),
         INVALID,
         "name the table",
+        False,
+    ),
+    (
+        "ipc-duplicate-columns",
+        lambda t: add(t, duplicate_columns()),
+        INVALID,
+        "two columns are named 'text'",
+        False,
+    ),
+    (
+        "json-nested-deep",
+        lambda t: add(t, json_rows("[" * 100_000 + "]" * 100_000)),
+        INVALID,
+        "too deeply",
+        False,
+    ),
+    (
+        "stream-names-another-table",
+        lambda t: (
+            "AddStream",
+            iter(
+                [
+                    gateway_pb2.AddRequest(table=t, rows=arrow_rows(id=[7], text=["x"])),
+                    gateway_pb2.AddRequest(table="other", rows=arrow_rows(id=[8], text=["y"])),
+                ]
+            ),
+        ),
+        INVALID,
+        "one table",
+        False,
+    ),
+    (
+        "index-name-escape",
+        lambda t: (
+            "CreateIndex",
+            gateway_pb2.CreateIndexRequest(
+                table=t, column="id", index_type=common_pb2.INDEX_TYPE_BTREE, index_name="../x"
+            ),
+        ),
+        INVALID,
+        "index name",
+        False,
+    ),
+    (
+        "binding-from-int-column",
+        lambda t: new_table(t, [st_binding(source="id")]),
+        INVALID,
+        "source column 'id' is int64",
+        False,
+    ),
+    (
+        "two-bindings-one-vector-column",
+        lambda t: new_table(t, [st_binding(), st_binding()]),
+        INVALID,
+        "two bindings write vector column 'vector'",
+        False,
+    ),
+    (
+        "binding-into-its-source",
+        lambda t: new_table(t, [st_binding(vector="text")]),
+        INVALID,
+        "its own source",
         False,
     ),
 ]
