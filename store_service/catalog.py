@@ -167,7 +167,9 @@ class TableCatalog:
         self._handles: dict[str, lance.LanceDataset] = {}
         self._gates: dict[str, TableGate] = {}
         self._gates_lock = threading.Lock()
-        self._cleaning = threading.Lock()
+        # Held by cleanup, and by version listings (which read every manifest): neither
+        # sees the other's files vanish. Reentrant: cleanup lists versions.
+        self._cleaning = threading.RLock()
         self.holds = VersionHolds()
         self.limits = self.settings.expression_limits()
         self._lock = threading.Lock()
@@ -263,11 +265,14 @@ class TableCatalog:
             handle = self._open(name)
             self._handles[name] = handle
         else:
-            latest = handle.latest_version
-            if latest != handle.version:
-                # checkout_version copies the handle (same session, new snapshot): readers of
-                # the old one are undisturbed, unlike checkout_latest(), which mutates it.
-                handle = self._publish(name, handle.checkout_version(latest))
+            try:
+                latest = handle.latest_version
+                if latest != handle.version:
+                    # checkout_version copies the handle (same session, new snapshot): readers
+                    # of the old one are undisturbed, unlike checkout_latest(), which mutates it.
+                    handle = self._publish(name, handle.checkout_version(latest))
+            except (OSError, ValueError) as exc:  # dropped meanwhile, here or by another store
+                self.fail(name, f"opening table {name!r}", exc)
         if tag:
             return self._checkout(name, handle, tag)
         if version and version != handle.version:
@@ -542,11 +547,13 @@ class TableCatalog:
         return versions
 
     def _versions(self, name: str, dataset: lance.LanceDataset) -> list[dict[str, Any]]:
-        """``dataset.versions()``, listed again when cleanup removed a version between Lance
-        listing the manifests and reading one (that version is gone: not an error)."""
+        """``dataset.versions()``, away from this store's cleanups, and listed again when
+        another store's cleanup removed a version between Lance listing the manifests and
+        reading one (that version is gone: not an error)."""
         for attempt in range(_VERSION_LISTINGS):
             try:
-                return dataset.versions()
+                with self._cleaning:
+                    return dataset.versions()
             except (OSError, ValueError) as exc:
                 if attempt == _VERSION_LISTINGS - 1 or not _NOT_FOUND.search(str(exc)):
                     self.fail(name, "listing versions", exc)
@@ -576,8 +583,7 @@ class TableCatalog:
         latest, is ``cleanup_min_age_s`` old, so a request that another store sharing the
         root began on it has ended too.
         """
-        # One cleanup at a time (an Optimize call and a maintenance pass would otherwise
-        # delete each other's files while listing them).
+        # One cleanup at a time, and none during a listing of versions (see _cleaning).
         with self._cleaning, self.writing(name, f"cleanup of table {name!r}"):
             dataset = self.dataset(name)  # the latest is published before holds are read
             held = self.holds.oldest(name)

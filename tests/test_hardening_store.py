@@ -9,6 +9,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import lance
@@ -524,7 +525,7 @@ def test_concurrent_writes_cleanup_and_drops_lose_nothing(busy):
         for future in [pool.submit(job) for job in jobs]:
             future.result()
 
-    assert not errors, errors
+    assert not errors, (errors, (Path(root) / "store.log").read_text()[-6000:])
     stored = stub.Scan(store_pb2.StoreScanRequest(name="main", columns=["id"]))
     ids = ipc_to_table(stored.arrow_ipc).column("id").to_pylist()
     assert len(ids) == len(set(ids)), "duplicated rows"
