@@ -121,10 +121,13 @@ _CONFLICT = re.compile(r"commit conflict|too many concurrent writers", re.IGNORE
 # Lance's error kinds that blame the request (a schema Lance cannot store, a filter that does
 # not type-check or fails on the data), not the store.
 _REQUEST_FAULT = re.compile(
-    r"^(LanceError\((Schema|InvalidInput|NotSupported)\)|Invalid user input|"
-    r"Query Execution error|Schema error)"
+    r"^(LanceError\((Schema|InvalidInput|NotSupported)\)|Invalid user input|Schema error)"
 )
-_NOT_FOUND = re.compile(r"not found|No such file or directory|os error 2\b", re.IGNORECASE)
+# A query that failed while running: the filter's fault (a cast the data refuses) unless a file
+# was missing, which is told apart first.
+_EXECUTION_FAULT = re.compile(r"^Query Execution error")
+# How Lance and the OS say a file or directory is missing.
+_NOT_FOUND = re.compile(r"Not found: |was not found|No such file or directory|\(os error 2\)")
 _MESSAGE_CHARS = 300
 _VERSION_LISTINGS = 3
 
@@ -238,9 +241,10 @@ class TableCatalog:
                 return TableNotFound(f"table {name!r} does not exist")
             return NotFound(
                 f"{what}: a version of table {name!r} it read is no longer stored (removed by "
-                "cleanup or restore); retry on the latest version"
+                "cleanup); retry on the latest version"
             )
-        if isinstance(exc, ValueError):  # Lance's and Arrow's ValueErrors blame the input
+        if _EXECUTION_FAULT.match(text) or isinstance(exc, ValueError):
+            # Lance's and Arrow's ValueErrors blame the input
             return InvalidArgument(f"{what}: {message}")
         return exc
 
