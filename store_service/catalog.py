@@ -255,6 +255,23 @@ class TableCatalog:
             raise exc
         raise error from exc
 
+    def _check_window(self, k: int, offset: int, refine_factor: int = 0, ef: int = 0) -> None:
+        """Bounds on how many rows a search gathers: Lance allocates for all of them up front,
+        and `refine_factor=4294967295` asked it for 687 GB, aborting the process."""
+        window, settings = k + offset, self.settings
+        if window > settings.max_search_window:
+            raise InvalidArgument(
+                f"k + offset is {window}, over --max-search-window (STORE_MAX_SEARCH_WINDOW) = "
+                f"{settings.max_search_window}: page with a filter instead of a deep offset"
+            )
+        candidates = max(window * max(refine_factor, 1), ef)
+        if candidates > settings.max_search_candidates:
+            raise InvalidArgument(
+                f"(k + offset) x refine_factor and ef may be at most --max-search-candidates "
+                f"(STORE_MAX_SEARCH_CANDIDATES) = {settings.max_search_candidates}, not "
+                f"{candidates}"
+            )
+
     def _where(self, sql: str, what: str = "filter") -> str | None:
         """A caller's filter for Lance: None when empty, InvalidArgument when it is not one
         whole expression within the expression limits."""
@@ -646,6 +663,7 @@ class TableCatalog:
         """
         dataset = self.dataset(name, params.version, params.tag)
         _check_search(name, dataset.schema, params)
+        self._check_window(params.k, params.offset, params.refine_factor, params.ef)
         if self._exact_applies(name, dataset, params):
             snapshot = self.exact.snapshot(name, dataset, params.vector_column)
             if snapshot is not None:
@@ -751,6 +769,7 @@ class TableCatalog:
             raise InvalidArgument("a text search needs a query")
         if not 1 <= params.k <= _MAX_K:
             raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
+        self._check_window(params.k, params.offset)
         schema = dataset.schema
         unknown = [c for c in [*params.search_columns, *params.columns] if c not in schema.names]
         if unknown:

@@ -20,6 +20,15 @@ log = logging.getLogger("store_service.indexes")
 
 VECTOR_TYPES = ("IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT")
 SCALAR_TYPES = ("BTREE", "BITMAP", "INVERTED")
+# Far above any useful value, far below what fails an allocation: ef_construction=4294967295
+# made Lance ask for 34 GB and abort the process.
+_PARAMETER_BOUNDS = {
+    "num_partitions": 65_536,
+    "num_sub_vectors": 4_096,
+    "num_bits": 8,
+    "m": 256,
+    "ef_construction": 10_000,
+}
 
 
 @dataclass
@@ -97,6 +106,12 @@ def check_spec(spec: IndexSpec, schema: pa.Schema, existing: list[str]) -> None:
         pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
     ):
         raise InvalidArgument(f"INVERTED needs a text column; {spec.column!r} is {field_.type}")
+    for name, most in _PARAMETER_BOUNDS.items():
+        if getattr(spec, name) > most:
+            raise InvalidArgument(
+                f"{name} may be at most {most}, not {getattr(spec, name)}: Lance allocates for "
+                "it up front"
+            )
     if spec.metric not in ("l2", "cosine", "dot"):
         raise InvalidArgument(f"unknown metric {spec.metric!r}; use l2, cosine or dot")
     if spec.name in existing and not spec.replace:

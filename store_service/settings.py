@@ -117,6 +117,15 @@ class StoreSettings(ServiceSettings):
         "parser takes exponential time over chains of prefix operators such as `NOT +NOT +…`.",
     )
     max_columns: int = Field(1024, ge=1, description="Most columns in a table's schema.")
+    max_search_window: int = Field(
+        100_000, ge=1, description="Most rows one search gathers: k + offset."
+    )
+    max_search_candidates: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most candidates one search asks Lance for, (k + offset) x refine_factor "
+        "and ef: Lance allocates them up front.",
+    )
 
     def expression_limits(self) -> ExpressionLimits:
         return ExpressionLimits(

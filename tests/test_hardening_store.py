@@ -215,6 +215,59 @@ def test_index_and_column_names_are_checked(store, table, request_, fragment):
     assert not stub.ListIndexes(store_pb2.StoreListIndexesRequest(name=table)).indexes
 
 
+@pytest.mark.parametrize("parameter", ["ef_construction", "m", "num_partitions", "num_bits"])
+def test_index_parameters_are_bounded(store, table, parameter):
+    """Seen: ef_construction=4294967295 made Lance allocate 34 GB and abort the process."""
+    stub, proc = store
+    params = common_pb2.IndexParams(**{parameter: 2**32 - 1})
+    request = store_pb2.StoreCreateIndexRequest(
+        name=table,
+        column="vector",
+        index_type=common_pb2.INDEX_TYPE_IVF_HNSW_SQ,
+        index_name="hnsw",
+        wait=True,
+        params=params,
+    )
+    expect_code(INVALID, lambda: stub.CreateIndex(request), f"{parameter} may be at most")
+    names = [
+        i.name for i in stub.ListIndexes(store_pb2.StoreListIndexesRequest(name=table)).indexes
+    ]
+    assert "hnsw" not in names and proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    "fields,fragment",
+    [
+        ({"refine_factor": 2**32 - 1}, "--max-search-candidates (STORE_MAX_SEARCH_CANDIDATES)"),
+        ({"ef": 2**32 - 1}, "--max-search-candidates"),
+        ({"offset": 2**32 - 1}, "--max-search-window (STORE_MAX_SEARCH_WINDOW)"),
+        ({"k": 10_000, "offset": 95_000}, "--max-search-window"),
+    ],
+)
+def test_searches_gather_a_bounded_number_of_rows(store, table, fields, fragment):
+    """Seen: refine_factor=4294967295 on an indexed column made Lance allocate 687 GB, and
+    the store process aborted."""
+    stub, proc = store
+    stub.CreateIndex(
+        store_pb2.StoreCreateIndexRequest(
+            name=table,
+            column="vector",
+            index_type=common_pb2.INDEX_TYPE_IVF_FLAT,
+            index_name="vector_idx",
+            wait=True,
+            params=common_pb2.IndexParams(num_partitions=2, replace=True),
+        )
+    )
+    before = state(stub, table)
+    request = store_pb2.StoreSearchRequest(
+        name=table, vector_column="vector", vector=pack_vectors([1, 0, 0, 0]), k=3
+    )
+    for field_name, value in fields.items():
+        setattr(request, field_name, value)
+    expect_code(INVALID, lambda: stub.Search(request), fragment)
+    assert state(stub, table) == before and proc.poll() is None
+
+
 def test_schemas_have_bounds(store):
     stub, _ = store
     wide = pa.schema([pa.field(f"c{i}", pa.int8()) for i in range(LIMITS.max_columns + 1)])
