@@ -767,6 +767,11 @@ class TableCatalog:
         dataset = self.dataset(name, params.version, params.tag)
         if not params.query.strip():
             raise InvalidArgument("a text search needs a query")
+        if len(params.query.encode()) > self.limits.max_bytes:
+            raise InvalidArgument(
+                f"the text query is over --max-expression-bytes (STORE_MAX_EXPRESSION_BYTES) = "
+                f"{self.limits.max_bytes} bytes: {brief(params.query)}"
+            )
         if not 1 <= params.k <= _MAX_K:
             raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
         self._check_window(params.k, params.offset)

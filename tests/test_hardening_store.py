@@ -268,6 +268,20 @@ def test_searches_gather_a_bounded_number_of_rows(store, table, fields, fragment
     assert state(stub, table) == before and proc.poll() is None
 
 
+def test_text_queries_are_bounded(store, table):
+    """A 600 KB full-text query took Lance 1.3 s; a message may carry 64 MiB of it."""
+    stub, proc = store
+    stub.CreateIndex(
+        store_pb2.StoreCreateIndexRequest(
+            name=table, column="s", index_type=common_pb2.INDEX_TYPE_INVERTED, wait=True
+        )
+    )
+    request = store_pb2.StoreTextSearchRequest(name=table, query="row " * 20_000, k=3)
+    expect_code(INVALID, lambda: stub.TextSearch(request), "--max-expression-bytes")
+    request.query = "row 7"
+    assert stub.TextSearch(request).arrow_ipc and proc.poll() is None
+
+
 def test_schemas_have_bounds(store):
     stub, _ = store
     wide = pa.schema([pa.field(f"c{i}", pa.int8()) for i in range(LIMITS.max_columns + 1)])
@@ -278,6 +292,18 @@ def test_schemas_have_bounds(store):
         ),
         "--max-columns (STORE_MAX_COLUMNS)",
     )
+    deep = pa.int64()
+    for _ in range(100):
+        deep = pa.struct([pa.field("a", deep)])
+    expect_code(
+        INVALID,
+        lambda: stub.CreateTable(
+            store_pb2.StoreCreateTableRequest(
+                name="deep", arrow_schema=schema_to_ipc(pa.schema([pa.field("x", deep)]))
+            )
+        ),
+        "nest more than",
+    )
     odd = pa.schema([pa.field("a\nb", pa.int8())])
     expect_code(
         INVALID,
@@ -287,7 +313,7 @@ def test_schemas_have_bounds(store):
         "column name",
     )
     names = stub.ListTables(store_pb2.StoreListTablesRequest()).names
-    assert "wide" not in names and "odd" not in names
+    assert not {"wide", "odd", "deep"} & set(names)
 
 
 # Shapes of expressions, each grown from one term to far past the bounds: the store answers
