@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from embedder_service.batcher import Batcher, BatchLimits, Runner
 from embedder_service.cache import QueryCache
-from embedder_service.guards import RequestLimits, check_function, check_inputs, check_path_args
+from embedder_service.guards import (
+    RequestLimits,
+    check_endpoint,
+    check_function,
+    check_inputs,
+    check_path_args,
+)
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.secrets import resolve_all
 from embedsearch.embeddings.base import EmbeddingFunction
@@ -42,6 +48,8 @@ class EmbedderConfig:
     requests: RequestLimits = field(default_factory=RequestLimits)
     # Real paths that local model paths in create() arguments must lie under.
     model_roots: tuple[str, ...] = ()
+    # Endpoints that may receive keys the embedder holds (guards.check_endpoint).
+    allowed_base_urls: tuple[str, ...] = ()
 
 
 class FunctionRunner:
@@ -145,6 +153,7 @@ class EmbedderCore:
         a path must lie under --model-roots (a plugin opts in the same way).
         """
         cls = self.registry.get(provider)
+        check_endpoint(args, self.config.allowed_base_urls)
         resolved = resolve_all(args, cls.sensitive_keys, self.config.secrets_dir)
         check_path_args(getattr(cls, "path_keys", ()), resolved, self.config.model_roots)
         try:

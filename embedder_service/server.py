@@ -141,6 +141,7 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
         query_cache_size=settings.query_cache_size,
         retry_base_s=settings.retry_base_s,
         secrets_dir=settings.secrets_dir,
+        allowed_base_urls=settings.base_url_rules(),
         requests=RequestLimits(
             **settings.model_dump(include={f.name for f in dataclasses.fields(RequestLimits)})
         ),

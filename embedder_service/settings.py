@@ -81,6 +81,12 @@ class EmbedderSettings(ServiceSettings):
     secrets_dir: str = Field(
         "", description="Directory of secret files that $var:name references read (k8s Secret)."
     )
+    allowed_base_urls: str = Field(
+        "",
+        description="Endpoints (comma-separated URLs: scheme and host, optional port and path "
+        "prefix; * for any) that may receive API keys the embedder holds when a function "
+        "names a base_url; other endpoints work only with the caller's own api_key.",
+    )
 
     def plugin_modules(self) -> list[str]:
         return [name.strip() for name in self.plugins.split(",") if name.strip()]
@@ -89,6 +95,9 @@ class EmbedderSettings(ServiceSettings):
         """The --model-roots directories as real paths (symlinks resolved)."""
         roots = (root.strip() for root in self.model_roots.split(","))
         return [os.path.realpath(os.path.expanduser(root)) for root in roots if root]
+
+    def base_url_rules(self) -> tuple[str, ...]:
+        return tuple(url.strip() for url in self.allowed_base_urls.split(",") if url.strip())
 
     def preloaded(self) -> list[str]:
         return [name.strip() for name in self.preload.split(",") if name.strip()]

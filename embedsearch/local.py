@@ -119,7 +119,7 @@ class LocalStack:
             socket = os.path.join(cls._sockets_dir, "embedder.sock")
             # Nothing preloaded: connect() returns at once, and the first embed loads the model.
             settings = EmbedderSettings(
-                socket=socket, metrics_port=-1, preload="", **OPEN, **_model_roots()
+                socket=socket, metrics_port=-1, preload="", **OPEN, **_own_machine()
             )
             cls._loop.run(cls._start(create_embedder, settings))
             cls._embedder_socket = f"unix:{socket}"
@@ -223,7 +223,10 @@ def service_process(
             proc.kill()
 
 
-def _model_roots() -> dict[str, str]:
-    """In process, every caller is this user: a model path of theirs anywhere may load, unless
-    EMBEDDER_MODEL_ROOTS narrows it (the settings object reads that variable itself)."""
-    return {} if "EMBEDDER_MODEL_ROOTS" in os.environ else {"model_roots": os.sep}
+def _own_machine() -> dict[str, str]:
+    """In process, every caller is this user: a model path of theirs anywhere may load, and
+    their keys may go to any base_url, unless EMBEDDER_MODEL_ROOTS or
+    EMBEDDER_ALLOWED_BASE_URLS narrow it (the settings object reads those itself)."""
+    defaults = {"EMBEDDER_MODEL_ROOTS": ("model_roots", os.sep)}
+    defaults["EMBEDDER_ALLOWED_BASE_URLS"] = ("allowed_base_urls", "*")
+    return {field: value for env, (field, value) in defaults.items() if env not in os.environ}

@@ -10,6 +10,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc loads: no GOAWAY info lines
+# The OpenAI and Cohere doubles (tests/api_doubles.py) listen on loopback: test embedders, in
+# this process or started as processes, may send the keys they hold there.
+os.environ.setdefault("EMBEDDER_ALLOWED_BASE_URLS", "http://127.0.0.1")
 
 import grpc
 import pytest

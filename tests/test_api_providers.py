@@ -11,8 +11,10 @@ from api_doubles import CohereDouble, OpenAIDouble, fake_vector
 from conftest import QUIET
 from helpers import expect_code
 
+from embedder_service.guards import check_endpoint
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
+from embedsearch.errors import PermissionDenied
 from embedsearch.local import free_port
 from embedsearch.rpc.convert import args_from_pb, spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
@@ -166,3 +168,48 @@ def test_cohere_retries_and_failures(embedder, cohere_double):
     cohere_double.failures.append(401)
     expect_code(grpc.StatusCode.UNAUTHENTICATED, lambda: embed(embedder, "cohere", ["no"], **args))
     assert len(cohere_double.requests) == 5  # 2 + 2 + 1: 401 is not retried
+
+
+def test_held_keys_go_only_to_allowed_endpoints(servers, openai_double, monkeypatch):
+    """A caller naming their own base_url must not receive a key the embedder holds: a
+    `$env:` reference, or the OPENAI_API_KEY the client library would read by itself."""
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-held-by-the-embedder")
+    settings = EmbedderSettings(**{**QUIET, "preload": "", "allowed_base_urls": ""})
+    stub = embedder_pb2_grpc.EmbedderStub(
+        grpc.insecure_channel(servers.start(create_embedder, settings))
+    )
+    before = len(openai_double.requests)
+
+    def resolve(**args):
+        spec = {"base_url": openai_double.base_url, "dim": 8, **args}
+        return stub.ResolveFunction(
+            embedder_pb2.ResolveFunctionRequest(function=spec_to_pb("openai", spec))
+        )
+
+    for held in ({"api_key": "$env:TEST_OPENAI_KEY"}, {"api_key": "$var:test_openai_key"}, {}):
+        expect_code(
+            grpc.StatusCode.PERMISSION_DENIED, lambda h=held: resolve(**h), "--allowed-base-urls"
+        )
+    assert len(openai_double.requests) == before, "no request reached the endpoint"
+    assert resolve(api_key="sk-the-callers-own").ndims == 8
+
+
+@pytest.mark.parametrize(
+    "url,allowed",
+    [
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://127.0.0.1.evil.example/v1", False),
+        ("https://127.0.0.1/v1", False),
+        ("http://api.internal:9000/v1", True),
+        ("http://api.internal:9001/v1", False),
+        ("http://api.internal:9000/other", False),
+    ],
+)
+def test_allowed_base_urls_match_scheme_host_port_and_path(url, allowed):
+    rules = ("http://127.0.0.1", "http://api.internal:9000/v1")
+    refused = False
+    try:
+        check_endpoint({"base_url": url, "api_key": "$env:K"}, rules)
+    except PermissionDenied:
+        refused = True
+    assert refused != allowed
