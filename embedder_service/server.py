@@ -114,6 +114,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             await replies.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
+        # A message that does not parse fails the reader and ends the call with its error (the
+        # kit's request stream does that); the reader's copy of it is seen here, not logged.
+        reader.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             while (reply := await replies.get()) is not None:
                 if isinstance(reply, BaseException):
