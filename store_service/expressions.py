@@ -45,8 +45,9 @@ _CLAUSES = frozenset(
 class ExpressionLimits:
     """Bounds on one SQL expression. Lance's parser and planner recurse over the expression
     tree, so a long chain (`1 + 1 + … + 1`) or deep nesting costs quadratic CPU and can
-    overflow a thread's stack, killing the store; these bounds keep every expression far
-    from either. ``env_prefix`` names the settings in error messages."""
+    overflow a thread's stack, killing the store, and its parser backtracks exponentially over
+    runs of prefix operators; these bounds keep every expression far from all three.
+    ``env_prefix`` names the settings in error messages."""
 
     max_bytes: int = 64 * 1024
     max_operators: int = 256
@@ -79,6 +80,7 @@ class ExpressionLimits:
             # over runs of prefix operators (`NOT +NOT +…`), exponentially (25 took 48 s).
             operator = kind == "operator" or (kind == "word" and text.upper() in _KEYWORD_OPERATORS)
             run = run + 1 if operator or kind == "open" else 0
+            operators += operator
             if run > self.max_run:
                 self._refuse(
                     sql,
@@ -90,9 +92,6 @@ class ExpressionLimits:
                 upper = text.upper()
                 if upper in _CLAUSES:
                     self._refuse(sql, what, f"one expression only, no {upper} clause")
-                operators += operator
-            elif kind == "operator":
-                operators += 1
             elif kind == "open":
                 depth += 1
                 if depth > self.max_depth:
