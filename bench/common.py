@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.cli import up_command
-from embedsearch.local import free_port, service_process
+from service_kit.cli import up_command
+from service_kit.launch import free_port, service_process
 
 
 def machine() -> str:

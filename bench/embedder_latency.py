@@ -8,7 +8,7 @@ import grpc
 
 from bench.common import emit, percentiles, service
 from bench.corpus import docstring_paragraphs
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 
 QUERIES = 300

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from bench.common import emit
 from bench.corpus import short_texts
-from embedsearch.local import service_process
+from service_kit.launch import service_process
 
 DURATION_S = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "32"))
@@ -100,8 +100,8 @@ class Workload:
 def _gateway_calls(
     stub: Any, work: Workload, table: str
 ) -> dict[str, Callable[[], Awaitable[Any]]]:
+    from embedsearch.contract.wire import table_to_ipc
     from embedsearch.v1 import common_pb2, gateway_pb2
-    from embedsearch.wire import table_to_ipc
 
     def add() -> Awaitable[Any]:
         rows = common_pb2.RowData(arrow_ipc=table_to_ipc(pa.Table.from_pylist(work.rows())))
@@ -122,9 +122,9 @@ def _gateway_calls(
 
 def prepare_gateway_table(address: str, seed_texts: list[str], table: str = TABLE) -> None:
     """The load table, bound to the bundled model, with ``seed_texts`` in it."""
-    from embedsearch.rpc.convert import spec_to_pb
+    from embedsearch.contract.convert import spec_to_pb
+    from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
     from embedsearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-    from embedsearch.wire import schema_to_ipc, table_to_ipc
 
     schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string())])
     binding = common_pb2.EmbeddingBinding(

@@ -48,8 +48,8 @@ def run() -> None:
     import lance
 
     from bench.common import emit
+    from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
     from embedsearch.v1 import store_pb2, store_pb2_grpc
-    from embedsearch.wire import schema_to_ipc, table_to_ipc
 
     data = batches()
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ def table(vectors: np.ndarray) -> pa.Table:
 @contextmanager
 def store_process(root: Path) -> Iterator[str]:
     """``python -m store_service`` on a free port, as deployed; yields its address."""
-    from embedsearch.local import wait_until_serving
+    from embedsearch.contract.channels import wait_until_serving
 
     port = free_port()
     command = [sys.executable, "-m", "store_service", "--data-root", str(root)]
@@ -108,8 +108,8 @@ def run() -> None:
     import lance
     import lancedb
 
+    from embedsearch.contract.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
     from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
-    from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 
     corpus, queries = embeddings()
     data = table(corpus)

@@ -4,7 +4,7 @@ import os
 
 from embedder_service.server import create_server
 from embedder_service.settings import EmbedderSettings
-from embedsearch.rpc.server import main
+from service_kit.server import main
 
 # OpenMP's threads (torch's intra-op pool) spin for a while after every forward pass, holding
 # the cores the gateway and store need to finish the same request (embedsearch up, or pods

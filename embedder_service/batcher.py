@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embedder_service.budget import Budget
-from embedsearch.errors import Overloaded
+from embedsearch.contract.errors import Overloaded
 
 MAX_RETRY_AFTER_S = 10.0  # the longest back-off a full queue asks callers for
 

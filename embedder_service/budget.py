@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TypeVar
 
-from embedsearch.errors import Cancelled, DeadlineExceeded
+from embedsearch.contract.errors import Cancelled, DeadlineExceeded
 
 T = TypeVar("T")
 

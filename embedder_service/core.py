@@ -26,10 +26,10 @@ from embedder_service.guards import (
 )
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.secrets import resolve_all
-from embedsearch.embeddings.base import EmbeddingFunction
-from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
-from embedsearch.errors import EmbedsearchError, InvalidArgument, status_code_name
-from embedsearch.rpc.deadline import remaining
+from embedsearch.contract.errors import EmbedsearchError, InvalidArgument, status_code_name
+from embedsearch.contract.functions import EmbeddingFunction
+from embedsearch.contract.registry import EmbeddingFunctionRegistry
+from service_kit.deadline import remaining
 
 log = logging.getLogger("embedder_service")
 

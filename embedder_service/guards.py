@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from embedsearch.errors import InvalidArgument, PermissionDenied
-from embedsearch.text import brief
+from embedsearch.contract.errors import InvalidArgument, PermissionDenied
+from embedsearch.contract.text import brief
 
 # A Hugging Face hub id: "name" or "org/name", no "..", nothing a loader reads as a path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")

@@ -6,9 +6,8 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
-from embedsearch.embeddings import get_registry
-from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
-from embedsearch.errors import FailedPrecondition
+from embedsearch.contract.errors import FailedPrecondition
+from embedsearch.contract.registry import PROCESS_FUNCTIONS, EmbeddingFunctionRegistry
 
 log = logging.getLogger("embedder_service")
 
@@ -27,7 +26,7 @@ def load_plugins(registry: EmbeddingFunctionRegistry, modules: list[str]) -> lis
             importlib.import_module(module)
         except ImportError as exc:
             raise FailedPrecondition(f"plugin module {module!r} cannot be imported: {exc}") from exc
-    for name, cls in get_registry().items():
+    for name, cls in PROCESS_FUNCTIONS.items():
         if name not in registry:
             registry.register(name)(cls)
             added.append(name)

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from embedsearch.errors import FailedPrecondition, InvalidArgument
-from embedsearch.text import brief
+from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
+from embedsearch.contract.text import brief
 
 # A Kubernetes Secret key, not starting with a dot: no "..", no "/", so no way out of the dir.
 _SECRET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")

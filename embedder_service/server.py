@@ -15,14 +15,21 @@ from embedder_service.core import EmbedderConfig, EmbedderCore, LoadedFunction
 from embedder_service.guards import RequestLimits
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.plugins import load_plugins
-from embedder_service.providers import BUILTIN
+from embedder_service.providers import (  # noqa: F401 - importing them registers them
+    BUILTIN,
+    cohere,
+    huggingface,
+    open_clip,
+    openai,
+    sentence_transformers,
+)
 from embedder_service.providers.sentence_transformers import bundled_model_path
 from embedder_service.settings import EmbedderSettings
-from embedsearch.errors import InvalidArgument
-from embedsearch.rpc.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
-from embedsearch.rpc.server import RpcMetrics, new_server
+from embedsearch.contract.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.wire import pack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
-from embedsearch.wire import pack_vectors
+from service_kit.server import RpcMetrics, new_server
 
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 

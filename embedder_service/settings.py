@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from embedsearch.rpc.settings import ServiceSettings
+from service_kit.settings import ServiceSettings
 
 
 class EmbedderSettings(ServiceSettings):

@@ -2,10 +2,14 @@
 
 >>> import embedsearch  # doctest: +SKIP
 >>> db = embedsearch.connect("grpc://127.0.0.1:50050")  # doctest: +SKIP
+
+``connect`` and ``Connection`` load on first use, so that the services, which stand on
+:mod:`embedsearch.contract` and :mod:`embedsearch.v1`, never load the client side.
 """
 
-from embedsearch.db import Connection, connect
-from embedsearch.errors import (
+from typing import TYPE_CHECKING, Any
+
+from embedsearch.contract.errors import (
     AlreadyExists,
     EmbedsearchError,
     InvalidArgument,
@@ -14,6 +18,9 @@ from embedsearch.errors import (
     TableNotFound,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from embedsearch.db import Connection, connect
 
 __version__ = "0.1.0"
 
@@ -29,3 +36,11 @@ __all__ = [
     "__version__",
     "connect",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("connect", "Connection"):
+        from embedsearch import db
+
+        return getattr(db, name)
+    raise AttributeError(f"module 'embedsearch' has no attribute {name!r}")

@@ -11,13 +11,13 @@ import grpc
 import numpy as np
 import pyarrow as pa
 
+from embedsearch.contract.channels import channel_credentials, channel_options, typed_errors
+from embedsearch.contract.convert import MODE_TO_PB, spec_to_pb
+from embedsearch.contract.errors import InvalidArgument, Unavailable
+from embedsearch.contract.registry import alias_of
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc, unpack_vectors
 from embedsearch.embeddings import EmbeddingFunction, RemoteEmbeddingFunction
-from embedsearch.embeddings.registry import alias_of
-from embedsearch.errors import InvalidArgument, Unavailable
-from embedsearch.rpc.client import channel_credentials, channel_options, typed_errors
-from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
-from embedsearch.wire import schema_to_ipc, table_to_ipc, unpack_vectors
 
 if TYPE_CHECKING:
     from embedsearch.table import Table
@@ -229,7 +229,7 @@ def default_connection() -> Connection:
 
 
 def _answers(target: str) -> bool:
-    from embedsearch.local import wait_until_serving
+    from embedsearch.contract.channels import wait_until_serving
 
     try:
         wait_until_serving(target, timeout=0.5)

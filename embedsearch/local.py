@@ -6,20 +6,14 @@ import asyncio
 import atexit
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
-from typing import IO, Any
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedsearch.errors import Unavailable
+from embedsearch.contract.channels import wait_until_serving
 
 READY_TIMEOUT_S = 120.0
 # The in-process services take no tokens, whatever the environment says (*_AUTH_TOKENS): they
@@ -153,74 +147,6 @@ def local_stack(data_dir: str) -> LocalStack:
         if key not in _STACKS:
             _STACKS[key] = LocalStack(key)
         return _STACKS[key]
-
-
-def wait_until_serving(
-    target: str, timeout: float, credentials: grpc.ChannelCredentials | None = None
-) -> None:
-    """Block until the service at ``target`` reports SERVING, or raise Unavailable."""
-    deadline = time.monotonic() + timeout
-    channel = (
-        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(
-                    health_pb2.HealthCheckRequest(), timeout=min(2.0, max(timeout, 0.1))
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise Unavailable(f"{target} did not report SERVING within {timeout:.0f}s")
-            time.sleep(0.1)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def service_process(
-    module: str,
-    *flags: str,
-    python: str = sys.executable,
-    env: dict[str, str] | None = None,
-    output: int | IO[str] | None = subprocess.DEVNULL,
-    ready_timeout: float = READY_TIMEOUT_S,
-    port: int | None = None,
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``python -m <module>`` on a loopback port (a free one unless ``port`` is given: a
-    restart on the same address), metrics off, until it is SERVING.
-
-    Yields its address and process; SIGTERM stops it on the way out. For tests, benchmarks and
-    tools that need one real service process.
-    """
-    port = port or free_port()
-    command = [python, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*command, "--metrics-port", "-1", *flags],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not None else None,
-        text=True,
-    )
-    try:
-        wait_until_serving(f"127.0.0.1:{port}", ready_timeout)
-        yield f"127.0.0.1:{port}", proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _own_machine() -> dict[str, str]:

@@ -11,8 +11,8 @@ import pyarrow as pa
 from pydantic import BaseModel, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-from embedsearch.embeddings.base import EmbeddingFunction
-from embedsearch.errors import InvalidSchema
+from embedsearch.contract.errors import InvalidSchema
+from embedsearch.contract.functions import EmbeddingFunction
 
 
 class FixedSizeListMixin(list):

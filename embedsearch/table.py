@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from embedsearch.contract.convert import METRIC_TO_PB, args_from_pb
+from embedsearch.contract.errors import EmbedsearchError, FailedPrecondition, InvalidArgument
+from embedsearch.contract.schema import VectorFill, embeddable
+from embedsearch.contract.sql import sql_literal
+from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc
 from embedsearch.embeddings import EmbeddingFunction, get_registry
-from embedsearch.errors import EmbedsearchError, FailedPrecondition, InvalidArgument
-from embedsearch.rpc.convert import METRIC_TO_PB, args_from_pb
-from embedsearch.schema import VectorFill, embeddable
-from embedsearch.sql import sql_literal
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -9,13 +9,13 @@ from typing import Any, ClassVar
 import grpc
 import numpy as np
 
-from embedsearch.errors import Internal
-from embedsearch.rpc.auth import PeerToken
-from embedsearch.rpc.client import channel_options, target_of, typed_errors
-from embedsearch.rpc.convert import MODE_TO_PB, spec_to_pb
-from embedsearch.rpc.deadline import remaining
+from embedsearch.contract.channels import channel_options, target_of, typed_errors
+from embedsearch.contract.convert import MODE_TO_PB, spec_to_pb
+from embedsearch.contract.errors import Internal
+from embedsearch.contract.wire import unpack_vectors
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2_grpc
-from embedsearch.wire import unpack_vectors
+from service_kit.auth import PeerToken
+from service_kit.deadline import remaining
 
 # Inputs per Embed request (under the embedder's default --max-inputs-per-request, 2048), and
 # such requests in flight per embed.

@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.errors import (
+from embedsearch.contract.convert import args_from_pb, copy_shared_fields
+from embedsearch.contract.errors import (
     EmbedsearchError,
     FailedPrecondition,
     InvalidArgument,
     InvalidSchema,
 )
-from embedsearch.rpc.convert import args_from_pb, copy_shared_fields
-from embedsearch.schema import VectorFill, embeddable, is_vector, vector_type
-from embedsearch.sql import keys_filter
+from embedsearch.contract.schema import VectorFill, embeddable, is_vector, vector_type
+from embedsearch.contract.sql import keys_filter
+from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, gateway_pb2, store_pb2
-from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc
 from gateway.mapping import (
     Binding,
     bindings_from_schema,

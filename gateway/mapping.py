@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from embedsearch.errors import InvalidSchema
+from embedsearch.contract.errors import InvalidSchema
 
 METADATA_KEY = b"embedding_functions"
 

@@ -15,13 +15,12 @@ import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from embedsearch.errors import InvalidArgument
-from embedsearch.rpc.auth import PeerToken
-from embedsearch.rpc.client import channel_credentials
-from embedsearch.rpc.convert import copy_shared_fields, spec_from_pb, spec_to_pb
-from embedsearch.rpc.server import RpcMetrics, new_server
-from embedsearch.schema import parse_type, type_name
-from embedsearch.text import brief
+from embedsearch.contract.channels import channel_credentials
+from embedsearch.contract.convert import copy_shared_fields, spec_from_pb, spec_to_pb
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.schema import parse_type, type_name
+from embedsearch.contract.text import brief
+from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
 from embedsearch.v1 import (
     common_pb2,
     embedder_pb2,
@@ -29,11 +28,12 @@ from embedsearch.v1 import (
     gateway_pb2_grpc,
     store_pb2,
 )
-from embedsearch.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
 from gateway.clients import EmbedderClient, StoreClient
 from gateway.core import BadVectors, Chunk, GatewayCore, Rows, Table
 from gateway.mapping import Binding
 from gateway.settings import GatewaySettings
+from service_kit.auth import PeerToken
+from service_kit.server import RpcMetrics, new_server
 
 log = logging.getLogger("gateway")
 

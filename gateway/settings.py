@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from embedsearch.rpc.settings import ServiceSettings
+from service_kit.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):

@@ -9,7 +9,7 @@ import os
 # once. Read when numpy loads, so set before it does; an OPENBLAS_THREAD_TIMEOUT given wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from embedsearch.rpc.server import main
+from service_kit.server import main
 from store_service.server import create_server
 from store_service.settings import StoreSettings
 

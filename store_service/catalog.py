@@ -19,7 +19,7 @@ import lance.fragment
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.errors import (
+from embedsearch.contract.errors import (
     AlreadyExists,
     CommitConflict,
     EmbedsearchError,
@@ -29,8 +29,8 @@ from embedsearch.errors import (
     TableAlreadyExists,
     TableNotFound,
 )
-from embedsearch.schema import conform, is_vector
-from embedsearch.text import brief
+from embedsearch.contract.schema import conform, is_vector
+from embedsearch.contract.text import brief
 from store_service import exact, indexes
 from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec

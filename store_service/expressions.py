@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from embedsearch.errors import InvalidArgument
-from embedsearch.text import brief
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.text import brief
 
 # One token of Lance's SQL dialect. Literals and quoted identifiers are whole tokens (a doubled
 # quote stays inside), so nothing in them is mistaken for an operator, bracket or keyword.

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from embedsearch.errors import TableNotFound
+from embedsearch.contract.errors import TableNotFound
 
 
 class TableGate:

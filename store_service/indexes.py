@@ -13,8 +13,8 @@ from typing import Any
 import lance
 import pyarrow as pa
 
-from embedsearch.errors import AlreadyExists, InvalidArgument
-from embedsearch.schema import is_vector
+from embedsearch.contract.errors import AlreadyExists, InvalidArgument
+from embedsearch.contract.schema import is_vector
 
 log = logging.getLogger("store_service.indexes")
 

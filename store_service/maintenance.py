@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from embedsearch.errors import EmbedsearchError
+from embedsearch.contract.errors import EmbedsearchError
 from store_service.catalog import TableCatalog, lance_message
 from store_service.settings import StoreSettings
 

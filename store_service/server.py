@@ -13,12 +13,18 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from embedsearch.errors import InvalidArgument
-from embedsearch.rpc.convert import metric_from_pb
-from embedsearch.rpc.server import RpcMetrics, new_server
-from embedsearch.text import brief
+from embedsearch.contract.convert import metric_from_pb
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.text import brief
+from embedsearch.contract.wire import (
+    ipc_to_schema,
+    ipc_to_table,
+    schema_to_ipc,
+    table_to_ipc,
+    unpack_vector,
+)
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
-from embedsearch.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc, unpack_vector
+from service_kit.server import RpcMetrics, new_server
 from store_service.catalog import (
     SearchParams,
     StagedAppend,

@@ -7,8 +7,8 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from embedsearch.rpc.memory import MMAP_THRESHOLD_BYTES
-from embedsearch.rpc.settings import MMAP_THRESHOLD_HELP, ServiceSettings
+from service_kit.memory import MMAP_THRESHOLD_BYTES
+from service_kit.settings import MMAP_THRESHOLD_HELP, ServiceSettings
 from store_service.expressions import ExpressionLimits
 
 GiB = 1024**3

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pyarrow.fs as pafs
 
-from embedsearch.errors import EmbedsearchError, FailedPrecondition, StorageFull
+from embedsearch.contract.errors import EmbedsearchError, FailedPrecondition, StorageFull
 
 log = logging.getLogger("store_service.storage")
 

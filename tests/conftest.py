@@ -19,7 +19,8 @@ import pytest
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.local import _Loop, wait_until_serving
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.local import _Loop
 from embedsearch.v1 import embedder_pb2_grpc, gateway_pb2_grpc, store_pb2_grpc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings

@@ -16,7 +16,7 @@ import grpc
 import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedsearch.local import service_process
+from service_kit.launch import service_process
 
 
 def serve(

@@ -9,9 +9,9 @@ import grpc
 import pyarrow as pa
 import pytest
 
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import schema_to_ipc, table_to_ipc
 
 
 def st_binding(source: str = "text", vector: str = "vector") -> common_pb2.EmbeddingBinding:

@@ -14,11 +14,11 @@ from helpers import expect_code
 from embedder_service.guards import check_endpoint
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.errors import PermissionDenied
-from embedsearch.local import free_port
-from embedsearch.rpc.convert import args_from_pb, spec_to_pb
+from embedsearch.contract.convert import args_from_pb, spec_to_pb
+from embedsearch.contract.errors import PermissionDenied
+from embedsearch.contract.wire import unpack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
-from embedsearch.wire import unpack_vectors
+from service_kit.launch import free_port
 
 METRICS_PORT = free_port()
 

@@ -11,12 +11,12 @@ import pytest
 from helpers import arrow_rows, create_text_table, expect_code, st_binding
 
 import embedsearch
-from embedsearch.local import free_port
-from embedsearch.rpc.client import channel_options
+from embedsearch.contract.channels import channel_options
+from embedsearch.contract.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.launch import free_port
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -145,7 +145,7 @@ def test_bad_table_names(gateway_stub, name):
 
 
 def test_unknown_provider_and_bad_args(gateway_stub, table_name):
-    from embedsearch.rpc.convert import spec_to_pb
+    from embedsearch.contract.convert import spec_to_pb
 
     schema = schema_to_ipc(pa.schema([pa.field("text", pa.string())]))
     for spec, fragment, code in [

@@ -17,12 +17,13 @@ from helpers import expect_code
 from embedder_service.batcher import Batcher, BatchLimits, BatchStats
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.errors import RETRY_AFTER_KEY, Overloaded
-from embedsearch.local import free_port, wait_until_serving
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.errors import RETRY_AFTER_KEY, Overloaded
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, gateway_pb2_grpc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.launch import free_port
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

@@ -25,8 +25,8 @@ from test_security import pki  # noqa: F401 - the throwaway CA and certificates,
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.rpc.settings import ServiceSettings
 from gateway.settings import GatewaySettings
+from service_kit.settings import ServiceSettings
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 from helpers import expect_code
 
-from embedsearch.rpc.convert import args_from_pb, spec_to_pb
+from embedsearch.contract.convert import args_from_pb, spec_to_pb
+from embedsearch.contract.wire import unpack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2
-from embedsearch.wire import unpack_vectors
 
 TEXTS = ["Embeddings map text to vectors.", "Lance stores them on disk.", "ok", "é ✓ 漢字"]
 

@@ -22,10 +22,10 @@ from api_doubles import OpenAIDouble
 from faults import rows_by_key, serve
 from helpers import expect_code
 
-from embedsearch.local import free_port
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from embedsearch.wire import schema_to_ipc, table_to_ipc
+from service_kit.launch import free_port
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 # A bound on calls that must end by themselves: far past any deadline they are given, so that a

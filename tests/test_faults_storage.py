@@ -22,11 +22,11 @@ from faults import (
 )
 from helpers import expect_code
 
-from embedsearch.errors import ResourceExhausted
-from embedsearch.rpc.status import error_from_rpc
-from embedsearch.schema import vector_type
+from embedsearch.contract.errors import ResourceExhausted
+from embedsearch.contract.schema import vector_type
+from embedsearch.contract.status import error_from_rpc
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import store_pb2, store_pb2_grpc
-from embedsearch.wire import schema_to_ipc, table_to_ipc
 from store_service.catalog import TableCatalog
 
 SCHEMA = pa.schema(

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedsearch.errors import InvalidArgument
-from embedsearch.schema import conform, vector_type
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.schema import conform, vector_type
+from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc, unpack_vector
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import ipc_to_schema, schema_to_ipc, table_to_ipc, unpack_vector
 from gateway.core import to_table
 from gateway.server import rows_from_pb
 

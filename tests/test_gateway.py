@@ -11,11 +11,11 @@ import pytest
 from helpers import expect_code
 
 import embedsearch
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.wire import schema_to_ipc
 from embedsearch.embeddings import get_registry
 from embedsearch.pydantic import LanceModel, Vector
-from embedsearch.rpc.convert import spec_to_pb
 from embedsearch.v1 import common_pb2, gateway_pb2
-from embedsearch.wire import schema_to_ipc
 
 
 @pytest.fixture

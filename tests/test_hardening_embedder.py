@@ -20,10 +20,10 @@ from helpers import expect_code
 from embedder_service.server import create_server as create_embedder
 from embedder_service.server import mode_from_pb
 from embedder_service.settings import EmbedderSettings
-from embedsearch.errors import InvalidArgument
-from embedsearch.local import free_port
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.errors import InvalidArgument
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
+from service_kit.launch import free_port
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 DENIED = grpc.StatusCode.PERMISSION_DENIED

@@ -29,16 +29,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_faults import BATCHES, HANG_S, batch_messages, services, until
 from test_services import listening_hosts
 
-import embedsearch.rpc.auth as auth
+import service_kit.auth as auth
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.cli import up_command
-from embedsearch.errors import InvalidArgument
-from embedsearch.local import free_port, wait_until_serving
-from embedsearch.rpc.convert import spec_to_pb
-from embedsearch.rpc.server import RpcMetrics, drain, new_server
-from embedsearch.rpc.validate import check_enums
-from embedsearch.text import brief
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.text import brief
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import (
     common_pb2,
     embedder_pb2,
@@ -48,9 +46,12 @@ from embedsearch.v1 import (
     store_pb2,
     store_pb2_grpc,
 )
-from embedsearch.wire import schema_to_ipc, table_to_ipc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.cli import up_command
+from service_kit.launch import free_port
+from service_kit.server import RpcMetrics, drain, new_server
+from service_kit.validate import check_enums
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

@@ -19,10 +19,10 @@ from helpers import expect_code
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedsearch.errors import NotFound, TableNotFound
-from embedsearch.local import service_process
+from embedsearch.contract.errors import NotFound, TableNotFound
+from embedsearch.contract.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
-from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
+from service_kit.launch import service_process
 from store_service.catalog import TableCatalog
 from store_service.settings import StoreSettings
 

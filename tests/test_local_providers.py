@@ -13,9 +13,9 @@ from helpers import expect_code
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.local import service_process
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc
+from service_kit.launch import service_process
 
 WORDS = [
     "the",

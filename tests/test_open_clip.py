@@ -19,12 +19,12 @@ from helpers import expect_code
 from PIL import Image
 
 import embedsearch
-from embedsearch.local import service_process
-from embedsearch.rpc.convert import spec_to_pb
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.wire import schema_to_ipc
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc, gateway_pb2
-from embedsearch.wire import schema_to_ipc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.launch import service_process
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

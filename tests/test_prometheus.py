@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 import embedsearch
-from embedsearch.cli import up_command
 from embedsearch.embeddings import get_registry
-from embedsearch.local import free_port
 from embedsearch.pydantic import LanceModel, Vector
+from service_kit.cli import up_command
+from service_kit.launch import free_port
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -21,18 +21,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import expect_code
 
 import embedsearch
-import embedsearch.rpc.auth as auth
+import service_kit.auth as auth
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
+from embedsearch.contract.channels import channel_credentials, wait_until_serving
+from embedsearch.contract.errors import PermissionDenied, Unauthenticated
 from embedsearch.embeddings import get_registry
-from embedsearch.errors import PermissionDenied, Unauthenticated
-from embedsearch.local import free_port, service_process, wait_until_serving
 from embedsearch.pydantic import LanceModel, Vector
-from embedsearch.rpc.auth import parse_tokens
-from embedsearch.rpc.client import channel_credentials
 from embedsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.auth import parse_tokens
+from service_kit.launch import free_port, service_process
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

@@ -20,13 +20,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import embedsearch
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
-from embedsearch.cli import up_command
 from embedsearch.embeddings import get_registry
-from embedsearch.local import free_port, service_process
 from embedsearch.pydantic import LanceModel, Vector
 from embedsearch.v1 import store_pb2, store_pb2_grpc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.cli import up_command
+from service_kit.launch import free_port, service_process
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 

@@ -8,8 +8,14 @@ import pyarrow as pa
 import pytest
 from helpers import expect_code
 
+from embedsearch.contract.wire import (
+    ipc_to_schema,
+    ipc_to_table,
+    pack_vectors,
+    schema_to_ipc,
+    table_to_ipc,
+)
 from embedsearch.v1 import common_pb2, store_pb2
-from embedsearch.wire import ipc_to_schema, ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 
 SCHEMA = pa.schema(
     [
@@ -330,7 +336,7 @@ def test_more_bad_input_changes_nothing(store_stub, table):
 def test_batch_over_the_message_limit(servers, tmp_path, table_name):
     from conftest import QUIET
 
-    from embedsearch.local import wait_until_serving
+    from embedsearch.contract.channels import wait_until_serving
     from embedsearch.v1 import store_pb2_grpc
     from store_service.server import create_server
     from store_service.settings import StoreSettings

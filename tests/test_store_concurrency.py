@@ -14,9 +14,10 @@ import grpc
 import pyarrow as pa
 import pytest
 
-from embedsearch.local import free_port, wait_until_serving
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import store_pb2, store_pb2_grpc
-from embedsearch.wire import schema_to_ipc, table_to_ipc
+from service_kit.launch import free_port
 
 SCHEMA = pa.schema([pa.field("writer", pa.int64()), pa.field("seq", pa.int64())])
 WRITES = 25

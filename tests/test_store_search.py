@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 from conftest import QUIET
 
-from embedsearch.local import free_port, wait_until_serving
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
-from embedsearch.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
+from service_kit.launch import free_port
 from store_service.server import create_server
 from store_service.settings import StoreSettings
 

@@ -1,13 +1,6 @@
-"""Built-in providers, registered in :data:`BUILTIN` when this package is imported."""
+"""Built-in providers. Each module registers its classes in :data:`BUILTIN` when imported;
+``embedder_service.server`` imports them all."""
 
-from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
+from embedsearch.contract.registry import EmbeddingFunctionRegistry
 
 BUILTIN = EmbeddingFunctionRegistry()
-
-from embedder_service.providers import (  # noqa: E402, F401 - registers them
-    cohere,
-    huggingface,
-    open_clip,
-    openai,
-    sentence_transformers,
-)

@@ -20,8 +20,7 @@ from tenacity import (
 
 from embedder_service import budget as budgets
 from embedder_service.budget import Budget
-from embedsearch.embeddings.base import TextEmbeddingFunction, check_texts
-from embedsearch.errors import (
+from embedsearch.contract.errors import (
     EmbedsearchError,
     InvalidArgument,
     Overloaded,
@@ -29,6 +28,7 @@ from embedsearch.errors import (
     Unauthenticated,
     Unavailable,
 )
+from embedsearch.contract.functions import TextEmbeddingFunction, check_texts
 
 log = logging.getLogger("embedder_service")
 

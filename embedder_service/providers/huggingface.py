@@ -18,7 +18,7 @@ from embedder_service.providers.local import (
     resolve_device,
     weights_dir,
 )
-from embedsearch.embeddings.base import TextEmbeddingFunction
+from embedsearch.contract.functions import TextEmbeddingFunction
 
 _HINT = f"set name to a local directory holding the model and its tokenizer {ROOTS_HINT}"
 

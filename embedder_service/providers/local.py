@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import AfterValidator
 
 from embedder_service.guards import looks_like_path
-from embedsearch.embeddings.base import check_texts
-from embedsearch.errors import FailedPrecondition, InvalidArgument
-from embedsearch.text import brief
+from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
+from embedsearch.contract.functions import check_texts
+from embedsearch.contract.text import brief
 
 log = logging.getLogger("embedder_service")
 

@@ -14,9 +14,9 @@ from pydantic import AfterValidator, Field, PrivateAttr
 from embedder_service.guards import looks_like_path
 from embedder_service.providers import BUILTIN
 from embedder_service.providers.local import ROOTS_HINT, Device, model_loading, resolve_device
-from embedsearch.embeddings.base import EmbeddingFunction, check_texts
-from embedsearch.errors import FailedPrecondition, InvalidArgument
-from embedsearch.text import brief
+from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
+from embedsearch.contract.functions import EmbeddingFunction, check_texts
+from embedsearch.contract.text import brief
 
 log = logging.getLogger("embedder_service")
 

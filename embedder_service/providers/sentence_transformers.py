@@ -17,7 +17,7 @@ from embedder_service.providers.local import (
     resolve_device,
     weights_dir,
 )
-from embedsearch.embeddings.base import TextEmbeddingFunction
+from embedsearch.contract.functions import TextEmbeddingFunction
 
 
 def bundled_model_path() -> str:

@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from embedsearch.embeddings.base import EmbeddingFunction, TextEmbeddingFunction
-from embedsearch.embeddings.registry import EmbeddingFunctionRegistry
+from embedsearch.contract.functions import EmbeddingFunction, TextEmbeddingFunction
+from embedsearch.contract.registry import PROCESS_FUNCTIONS, EmbeddingFunctionRegistry
 from embedsearch.embeddings.remote import RemoteEmbeddingFunction, RemoteProvider
 
 F = TypeVar("F", bound=type[EmbeddingFunction])
 
 
 class ClientRegistry(EmbeddingFunctionRegistry):
-    """The SDK's registry: local classes first, server-hosted providers otherwise."""
+    """The SDK's registry: local classes first, server-hosted providers otherwise.
+
+    It shares its entries with :data:`PROCESS_FUNCTIONS`, where an embedder finds the plugin
+    classes its modules registered."""
 
     def get(self, name: str) -> Any:
         if name in self:
@@ -25,7 +28,7 @@ class ClientRegistry(EmbeddingFunctionRegistry):
         return RemoteProvider(name)
 
 
-_REGISTRY = ClientRegistry()
+_REGISTRY = ClientRegistry(PROCESS_FUNCTIONS._functions)
 
 
 def get_registry() -> ClientRegistry:

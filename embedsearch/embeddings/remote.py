@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, PrivateAttr
 
-from embedsearch.embeddings.base import EmbeddingFunction, check_texts
+from embedsearch.contract.functions import EmbeddingFunction, check_texts
 
 if TYPE_CHECKING:
     from embedsearch.db import Connection

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from embedsearch.embeddings.base import EmbeddingFunction
-from embedsearch.errors import NotFound
+from embedsearch.contract.errors import NotFound
+from embedsearch.contract.functions import EmbeddingFunction
 
 F = TypeVar("F", bound=type[EmbeddingFunction])
 
@@ -18,8 +18,8 @@ class EmbeddingFunctionRegistry:
     :func:`get_registry`) for functions that run on the client.
     """
 
-    def __init__(self) -> None:
-        self._functions: dict[str, type[EmbeddingFunction]] = {}
+    def __init__(self, functions: dict[str, type[EmbeddingFunction]] | None = None) -> None:
+        self._functions: dict[str, type[EmbeddingFunction]] = {} if functions is None else functions
 
     def register(self, name: str | None = None) -> Callable[[F], F]:
         """Class decorator registering a provider under ``name`` (default: the class name)."""
@@ -61,3 +61,8 @@ class EmbeddingFunctionRegistry:
 def alias_of(func: EmbeddingFunction) -> str:
     """The registry name a function's class was registered under."""
     return getattr(type(func), "__embedding_function_registry_alias__", type(func).__name__)
+
+
+# Classes registered in this process with ``embedsearch.embeddings.register``: functions that run
+# on the client in the SDK, plugin providers in the embedder (``embedder_service.plugins``).
+PROCESS_FUNCTIONS = EmbeddingFunctionRegistry()

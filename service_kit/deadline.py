@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextvars import ContextVar
 
-from embedsearch.errors import DeadlineExceeded
+from embedsearch.contract.errors import DeadlineExceeded
 
 _DEADLINE: ContextVar[float | None] = ContextVar("embedsearch_deadline", default=None)
 

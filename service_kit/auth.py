@@ -30,8 +30,8 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
 
-from embedsearch.errors import FailedPrecondition, PermissionDenied, Unauthenticated
-from embedsearch.rpc.settings import ServiceSettings
+from embedsearch.contract.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from service_kit.settings import ServiceSettings
 
 log = logging.getLogger("embedsearch.rpc")
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from embedsearch.errors import InvalidArgument
+from embedsearch.contract.errors import InvalidArgument
 
 
 class EmbeddingFunction(BaseModel, ABC):

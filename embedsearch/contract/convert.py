@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
-from embedsearch.errors import InvalidArgument
+from embedsearch.contract.errors import InvalidArgument
 from embedsearch.v1 import common_pb2
 
 MODES = {

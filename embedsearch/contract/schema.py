@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedsearch.errors import InvalidSchema
-from embedsearch.wire import OVERFLOW_HINT, distances_fit
+from embedsearch.contract.errors import InvalidSchema
+from embedsearch.contract.wire import OVERFLOW_HINT, distances_fit
 
 
 def is_vector(field: pa.Field) -> bool:

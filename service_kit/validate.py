@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from embedsearch.errors import InvalidArgument
+from embedsearch.contract.errors import InvalidArgument
 
 
 def parse_request(message_class: type[Message], data: bytes) -> Message:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import grpc
 
-from embedsearch.errors import RETRY_AFTER_KEY, EmbedsearchError, error_for_code, status_code_name
+from embedsearch.contract.errors import (
+    RETRY_AFTER_KEY,
+    EmbedsearchError,
+    error_for_code,
+    status_code_name,
+)
 
 _REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def status_for(exc: EmbedsearchError) -> grpc.StatusCode:
-    """The gRPC status code for a typed error (the table lives in :mod:`embedsearch.errors`)."""
+    """The gRPC status code for a typed error (the table is in ``contract/errors.py``)."""
     return grpc.StatusCode[status_code_name(exc)]
 
 

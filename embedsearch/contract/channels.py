@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedsearch.errors import FailedPrecondition
-from embedsearch.rpc.status import error_from_rpc
+from embedsearch.contract.errors import FailedPrecondition, Unavailable
+from embedsearch.contract.status import error_from_rpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -62,3 +64,27 @@ def typed_errors(peer: str) -> Iterator[None]:
         yield
     except grpc.RpcError as err:
         raise error_from_rpc(err, peer) from None
+
+
+def wait_until_serving(
+    target: str, timeout: float, credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    """Block until the service at ``target`` reports SERVING, or raise Unavailable."""
+    deadline = time.monotonic() + timeout
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    )
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(
+                    health_pb2.HealthCheckRequest(), timeout=min(2.0, max(timeout, 0.1))
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise Unavailable(f"{target} did not report SERVING within {timeout:.0f}s")
+            time.sleep(0.1)

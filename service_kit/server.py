@@ -24,20 +24,20 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 
-from embedsearch.errors import (
+from embedsearch.contract.channels import read_pem
+from embedsearch.contract.errors import (
     RETRY_AFTER_KEY,
     EmbedsearchError,
     InvalidArgument,
     Overloaded,
     status_code_name,
 )
-from embedsearch.rpc.auth import Guard, token_guard
-from embedsearch.rpc.client import read_pem
-from embedsearch.rpc.deadline import set_deadline
-from embedsearch.rpc.memory import return_large_blocks_to_the_system
-from embedsearch.rpc.settings import ServiceSettings
-from embedsearch.rpc.validate import parse_request
-from embedsearch.text import clip_utf8
+from embedsearch.contract.text import clip_utf8
+from service_kit.auth import Guard, token_guard
+from service_kit.deadline import set_deadline
+from service_kit.memory import return_large_blocks_to_the_system
+from service_kit.settings import ServiceSettings
+from service_kit.validate import parse_request
 
 log = logging.getLogger("embedsearch.rpc")
 
@@ -205,7 +205,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     Servicers therefore never catch errors themselves: they raise, and this one place answers.
     The handlers it returns take the request's bytes and parse them inside the call
-    (:func:`~embedsearch.rpc.validate.parse_request`), so that bytes that are no valid message,
+    (:func:`~service_kit.validate.parse_request`), so that bytes that are no valid message,
     or an enum value the contract does not define, answer INVALID_ARGUMENT through the same
     table as every other error. Streamed requests are parsed one by one as they are read;
     servicers read them by iterating, not with ``context.read()``.

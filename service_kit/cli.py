@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from embedsearch.errors import Unavailable
-from embedsearch.local import wait_until_serving
-from embedsearch.rpc.server import PARENT_PID_ENV
+from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.errors import Unavailable
+from service_kit.server import PARENT_PID_ENV
 
 READY_TIMEOUT_S = 180.0
 # After its grace period (10 s by default) a stopping service cancels what is left; past this,
@@ -217,7 +217,7 @@ def up_command(
     command = [
         sys.executable,
         "-m",
-        "embedsearch.cli",
+        "service_kit.cli",
         "up",
         "--data-dir",
         data_dir,

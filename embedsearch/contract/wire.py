@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.errors import InvalidArgument
+from embedsearch.contract.errors import InvalidArgument
 
 _F32 = np.dtype("<f4")
 # Deepest nesting of types (struct, list, map) in rows and schemas on the wire.

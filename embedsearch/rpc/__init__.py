@@ -1,1 +1,0 @@
-"""gRPC plumbing shared by the services and the SDK: status mapping, server runtime, settings."""
