@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from embedder_service.budget import Budget
 from embedsearch.contract.errors import Overloaded
 
 MAX_RETRY_AFTER_S = 10.0  # the longest back-off a full queue asks callers for
+# How many queued inputs are sorted by length together; a larger window pads less, waits longer.
+WINDOW = 256
 
 
 class Runner(Protocol):
@@ -36,21 +39,41 @@ class Runner(Protocol):
         ...
 
 
-@dataclass
-class BatchLimits:
-    """Bounds of one batch and of the queue in front of it."""
+class BatchLimits(BaseModel):
+    """Bounds of one batch and of the queue in front of it.
 
-    max_batch_size: int = 32
-    max_batch_tokens: int = 16384
-    max_wait_s: float = 0.002
-    max_queued_inputs: int = 4096
-    # How many inputs are sorted by length together; a larger window pads less, waits longer.
-    window: int = 256
-    # Batches in flight at once: 1 for a local model, more for API providers.
-    concurrency: int = 1
-    # Padded tokens may exceed real tokens by this fraction. On a CPU the cost follows padded
-    # tokens, so a tight bound wins; on a GPU fuller batches matter more than padding.
-    padding_slack: float = 0.3
+    Held by EmbedderSettings, whose flags (``--max-batch-size``, ...) these fields are; a
+    function's batcher gets them with its provider's ``batch_size`` applied.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(
+        64, ge=1, description="Most inputs per batch (a provider's batch_size may lower it)."
+    )
+    max_batch_tokens: int = Field(
+        16384, ge=1, description="Most padded tokens per batch (longest input x batch size)."
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long an idle model waits for a fuller batch (0: never; under load "
+        "batches fill while the model is busy).",
+    )
+    # On a CPU the cost follows padded tokens, so a tight bound wins; on a GPU fuller batches
+    # matter more than padding.
+    padding_slack: float = Field(
+        0.3,
+        ge=0,
+        description="Padded tokens may exceed real ones by this fraction (GPU: raise it).",
+    )
+    max_queued_inputs: int = Field(
+        4096, ge=1, description="Inputs waiting per function before RESOURCE_EXHAUSTED."
+    )
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000
 
 
 @dataclass(eq=False)
@@ -114,7 +137,10 @@ class BatchStats:
 
 
 class Batcher:
-    """Merges the inputs of concurrent ``embed`` calls on one function into batches."""
+    """Merges the inputs of concurrent ``embed`` calls on one function into batches.
+
+    ``concurrency`` batches run at once: 1 for a local model, more for an API provider.
+    """
 
     def __init__(
         self,
@@ -123,9 +149,11 @@ class Batcher:
         tokenizers: ThreadPoolExecutor,
         inference: ThreadPoolExecutor,
         on_batch: Any = None,
+        concurrency: int = 1,
     ) -> None:
         self.runner = runner
         self.limits = limits
+        self.concurrency = concurrency
         self._tokenizers = tokenizers
         self._inference = inference
         self._on_batch = on_batch
@@ -199,7 +227,7 @@ class Batcher:
     async def _batches(self) -> None:
         running: set[asyncio.Task[None]] = set()
         while self._queue or running:
-            if not self._queue or self._in_flight >= self.limits.concurrency:
+            if not self._queue or self._in_flight >= self.concurrency:
                 self._arrived.clear()
                 waiters = [asyncio.ensure_future(self._arrived.wait()), *running]
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -237,7 +265,7 @@ class Batcher:
         mode = self._queue[0].request.mode
         window: list[_Item] = []
         kept: list[_Item] = []
-        while self._queue and len(window) < self.limits.window:
+        while self._queue and len(window) < WINDOW:
             item = self._queue.popleft()
             (window if item.request.mode == mode else kept).append(item)
         oldest = window[0]

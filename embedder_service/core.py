@@ -1,4 +1,4 @@
-"""The embedder's core: one loaded instance per canonical spec, fed by a dynamic batcher."""
+"""The embedder's core: specs resolved once, one loaded instance per canonical spec, batched."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from embedder_service.batcher import Batcher, BatchLimits, Runner
-from embedder_service.cache import QueryCache
+from embedder_service.batcher import Batcher, Runner
+from embedder_service.cache import LRU, Once
 from embedder_service.guards import (
-    RequestLimits,
     check_endpoint,
     check_function,
     check_inputs,
@@ -26,6 +25,7 @@ from embedder_service.guards import (
 )
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.secrets import resolve_all
+from embedder_service.settings import EmbedderSettings
 from embedsearch.contract.errors import EmbedsearchError, InvalidArgument, status_code_name
 from embedsearch.contract.functions import EmbeddingFunction
 from embedsearch.contract.registry import EmbeddingFunctionRegistry
@@ -34,22 +34,6 @@ from service_kit.deadline import remaining
 log = logging.getLogger("embedder_service")
 
 SOURCE, QUERY = "source", "query"
-
-
-@dataclass
-class EmbedderConfig:
-    """How the core batches, caches and retries (from EmbedderSettings)."""
-
-    limits: BatchLimits
-    tokenizer_workers: int = 2
-    query_cache_size: int = 10_000
-    retry_base_s: float = 0.5
-    secrets_dir: str = ""
-    requests: RequestLimits = field(default_factory=RequestLimits)
-    # Real paths that local model paths in create() arguments must lie under.
-    model_roots: tuple[str, ...] = ()
-    # Endpoints that may receive keys the embedder holds (guards.check_endpoint).
-    allowed_base_urls: tuple[str, ...] = ()
 
 
 class FunctionRunner:
@@ -96,6 +80,15 @@ def spec_key(provider: str, args: dict[str, Any]) -> str:
     return json.dumps([provider, args], sort_keys=True, default=str)
 
 
+def received_key(provider: str, args: dict[str, Any]) -> str | None:
+    """Key of a spec as received, before any validation; None for arguments nested too deep to
+    serialise (check_function refuses those)."""
+    try:
+        return spec_key(provider, args)
+    except RecursionError:
+        return None
+
+
 def input_key(value: Any) -> Hashable:
     """What makes two inputs identical: the text, or a digest of the bytes."""
     if isinstance(value, str):
@@ -105,26 +98,59 @@ def input_key(value: Any) -> Hashable:
 
 
 class EmbedderCore:
-    """Loads each (provider, canonical args) once and embeds through its batcher."""
+    """Resolves each function spec once, loads each (provider, canonical args) once, and embeds
+    through the loaded function's batcher.
+
+    A spec as received (provider and arguments in canonical JSON, :func:`received_key`) keys
+    the function it resolved to, in an LRU of ``--function-cache-size`` specs. A spec seen
+    again skips the function guards, secret resolution and the provider's validation: each
+    depends only on the spec and these settings, which hold for the life of the process.
+    What a request carries besides its spec (its inputs, their modality, the queue they join)
+    is checked on every call. A spec that fails is not kept; the next call tries it afresh.
+
+    Secrets are resolved when a spec is first seen, and the loaded instance keeps them: it is
+    keyed by the references (``$env:``, ``$var:``), not by their values.
+    A rotated ``$var:`` file or a changed variable therefore reaches a function already in use
+    only on restart (a rolling restart of the Deployment); one not yet resolved, or a spec whose
+    variable was missing, sees the new value on its next call. Dropping an entry from the LRU
+    would not help either: the spec would resolve to the same loaded instance.
+    """
 
     def __init__(
         self,
         registry: EmbeddingFunctionRegistry,
-        config: EmbedderConfig,
+        settings: EmbedderSettings,
         metrics: EmbedderMetrics | None = None,
+        always_allowed_roots: Sequence[str] = (),
     ) -> None:
+        """``always_allowed_roots`` (real paths) hold models a caller may name whatever
+        ``--model-roots`` lists: the bundled model."""
         self.registry = registry
-        self.config = config
+        self.settings = settings
         self.metrics = metrics
-        self.cache = QueryCache(config.query_cache_size)
-        self._tokenizers = ThreadPoolExecutor(config.tokenizer_workers, "tokenize")
+        self.batch_limits = settings.batch_limits
+        self.request_limits = settings.request_limits
+        self.model_roots = (*settings.model_root_dirs(), *always_allowed_roots)
+        self.base_url_rules = settings.base_url_rules()
+        self.cache: LRU[tuple[str, Hashable], np.ndarray] = LRU(settings.query_cache_size)
+        self._tokenizers = ThreadPoolExecutor(settings.tokenizer_workers, "tokenize")
         self._executors: list[ThreadPoolExecutor] = [self._tokenizers]
-        self._loaded: dict[str, asyncio.Future[LoadedFunction]] = {}
+        # Spec as received -> its function; canonical spec -> its loaded instance. Loaded
+        # instances hold threads and models in use: they are never dropped.
+        self._functions: Once[str, LoadedFunction] = Once(settings.function_cache_size)
+        self._loaded: Once[str, LoadedFunction] = Once()
 
     async def resolve(self, provider: str, args: dict[str, Any]) -> LoadedFunction:
-        """The loaded function for a spec, loading its model on first use: once per canonical
-        spec, however many callers (or spellings of the same arguments) ask at the same time."""
-        check_function(provider, args, self.config.requests)
+        """The loaded function for a spec: validated and its secrets resolved once per spec as
+        received, its model loaded once per canonical spec, however many callers (or
+        spellings of the same arguments) ask at the same time."""
+        key = received_key(provider, args)
+        if key is None:
+            return await self._resolve(provider, args)
+        return await self._functions.get(key, lambda: self._resolve(provider, args))
+
+    async def _resolve(self, provider: str, args: dict[str, Any]) -> LoadedFunction:
+        check_function(provider, args, self.request_limits)
         func = self._create(provider, args)
         canonical = canonical_args(func)
         secrets = {
@@ -133,18 +159,8 @@ class EmbedderCore:
             if key in func.sensitive_keys
         }
         key = spec_key(provider, {**canonical, **secrets})
-        pending = self._loaded.get(key)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._loaded[key] = pending
-            try:
-                pending.set_result(await self._load(key, provider, func, canonical))
-            except BaseException as exc:
-                del self._loaded[key]  # a failed load is retried by the next caller
-                pending.set_exception(exc)
-                pending.exception()  # mark retrieved: concurrent waiters re-raise it themselves
-                raise
-        return await asyncio.shield(pending)
+        # A failed load is not kept: the next caller retries it.
+        return await self._loaded.get(key, lambda: self._load(key, provider, func, canonical))
 
     def _create(self, provider: str, args: dict[str, Any]) -> EmbeddingFunction:
         """Validate the arguments and build the provider instance (no model is loaded yet).
@@ -153,9 +169,9 @@ class EmbedderCore:
         a path must lie under --model-roots (a plugin opts in the same way).
         """
         cls = self.registry.get(provider)
-        check_endpoint(args, self.config.allowed_base_urls)
-        resolved = resolve_all(args, cls.sensitive_keys, self.config.secrets_dir)
-        check_path_args(getattr(cls, "path_keys", ()), resolved, self.config.model_roots)
+        check_endpoint(args, self.base_url_rules)
+        resolved = resolve_all(args, cls.sensitive_keys, self.settings.secrets_dir)
+        check_path_args(getattr(cls, "path_keys", ()), resolved, self.model_roots)
         try:
             func = cls.create(**resolved)
         except ValidationError as exc:
@@ -164,7 +180,7 @@ class EmbedderCore:
         func._original_args = dict(args)  # references, not the secrets they resolve to
         configure = getattr(func, "configure", None)
         if configure is not None:
-            configure(self.config.retry_base_s, self._retry_counter(provider))
+            configure(self.settings.retry_base_s, self._retry_counter(provider))
         return func
 
     def _retry_counter(self, provider: str) -> Any:
@@ -186,18 +202,17 @@ class EmbedderCore:
         runner: Runner = (
             await loop.run_in_executor(inference, pipeline) if pipeline else FunctionRunner(func)
         )
-        limits = self.config.limits
+        limits = self.batch_limits
         batch_size = min(limits.max_batch_size, int(getattr(func, "batch_size", 10**9)))
         batcher = Batcher(
             runner,
-            BatchLimits(
-                **{**vars(limits), "max_batch_size": batch_size, "concurrency": concurrency}
-            ),
+            limits.model_copy(update={"max_batch_size": batch_size}),
             self._tokenizers,
             inference,
             on_batch=(lambda stats: self.metrics.record_batch(provider, stats))
             if self.metrics
             else None,
+            concurrency=concurrency,
         )
         if self.metrics:
             self.metrics.queue_depth.labels(provider).set_function(lambda: batcher.queued)
@@ -216,7 +231,7 @@ class EmbedderCore:
     ) -> tuple[LoadedFunction, np.ndarray]:
         """Embed ``inputs`` as source documents or queries, batched with other callers'."""
         try:
-            check_inputs(inputs, self.config.requests)
+            check_inputs(inputs, self.request_limits)
             loaded = await self.resolve(provider, args)
             vectors = await self._embed(loaded, mode, inputs)
         except EmbedsearchError as exc:
@@ -238,9 +253,9 @@ class EmbedderCore:
         # The caller's deadline travels with the inputs, down to the provider's API calls.
         left = remaining()
         deadline = None if left is None else time.monotonic() + left
-        if mode != QUERY or self.config.query_cache_size <= 0:
+        if mode != QUERY or self.settings.query_cache_size <= 0:
             return await loaded.batcher.embed(mode, inputs, keys, deadline)
-        cached = [self.cache.get(loaded.key, key) for key in keys]
+        cached = [self.cache.get((loaded.key, key)) for key in keys]
         missing = [i for i, vector in enumerate(cached) if vector is None]
         if self.metrics:
             self.metrics.cache.labels("hit").inc(len(inputs) - len(missing))
@@ -250,7 +265,7 @@ class EmbedderCore:
                 mode, [inputs[i] for i in missing], [keys[i] for i in missing], deadline
             )
             for i, vector in zip(missing, fresh, strict=True):
-                self.cache.put(loaded.key, keys[i], vector)
+                self.cache.put((loaded.key, keys[i]), vector)
                 cached[i] = vector
         return np.stack(cached).astype(np.float32, copy=False)
 

@@ -7,8 +7,9 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from embedsearch.contract.errors import InvalidArgument, PermissionDenied
 from embedsearch.contract.text import brief
@@ -18,17 +19,32 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 MAX_PROVIDER_NAME = 100  # characters; registry names are short ("sentence-transformers")
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    """Bounds on one request, each named by its flag when refused; the fields are
-    EmbedderSettings' own (:meth:`of`)."""
+class RequestLimits(BaseModel):
+    """Bounds on one request, each named by its flag when refused.
 
-    max_inputs_per_request: int = 2048
-    max_text_bytes: int = 1 << 20
-    max_blob_bytes: int = 16 << 20
-    max_function_args: int = 64
-    max_function_args_bytes: int = 64 << 10
-    max_function_args_depth: int = 8
+    Held by EmbedderSettings, whose flags (``--max-text-bytes``, ...) these fields are.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_inputs_per_request: int = Field(
+        2048, ge=1, description="Most inputs (texts or blobs) in one Embed request."
+    )
+    max_text_bytes: int = Field(
+        1 << 20, ge=1, description="Longest text accepted as one input, in UTF-8 bytes."
+    )
+    max_blob_bytes: int = Field(
+        16 << 20, ge=1, description="Largest binary input (an image, ...) accepted, in bytes."
+    )
+    max_function_args: int = Field(
+        64, ge=1, description="Most create() arguments in one function spec."
+    )
+    max_function_args_bytes: int = Field(
+        64 << 10, ge=2, description="Largest function spec arguments, in bytes of JSON."
+    )
+    max_function_args_depth: int = Field(
+        8, ge=0, description="Deepest nesting of lists and objects in one argument value."
+    )
 
 
 def check_function(provider: str, args: dict[str, Any], limits: RequestLimits) -> None:

@@ -1,7 +1,8 @@
 """Secret references in create() arguments: ``$env:NAME`` and ``$var:name[:default]``.
 
 A literal secret is accepted for the call but never persisted or logged; what a table stores is
-the reference, resolved here, on the embedder, each time a function is created.
+the reference, resolved here, on the embedder, when a spec is first seen (EmbedderCore keeps the
+result while the spec stays in its cache, and says when a changed value is read).
 """
 
 from __future__ import annotations

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 
 import grpc
 from prometheus_client import CollectorRegistry
 
-from embedder_service.batcher import BatchLimits
-from embedder_service.core import EmbedderConfig, EmbedderCore, LoadedFunction
-from embedder_service.guards import RequestLimits
+from embedder_service.core import EmbedderCore, LoadedFunction
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.plugins import load_plugins
 from embedder_service.providers import (  # noqa: F401 - importing them registers them
@@ -139,26 +136,9 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
     metrics = RpcMetrics("embedder", registry)
     providers = BUILTIN.copy()
     load_plugins(providers, settings.plugin_modules())
-    config = EmbedderConfig(
-        limits=BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_s=settings.max_wait_ms / 1000,
-            max_queued_inputs=settings.max_queued_inputs,
-            padding_slack=settings.padding_slack,
-        ),
-        tokenizer_workers=settings.tokenizer_workers,
-        query_cache_size=settings.query_cache_size,
-        retry_base_s=settings.retry_base_s,
-        secrets_dir=settings.secrets_dir,
-        allowed_base_urls=settings.base_url_rules(),
-        requests=RequestLimits(
-            **settings.model_dump(include={f.name for f in dataclasses.fields(RequestLimits)})
-        ),
-        # The bundled model is always allowed: it is the default, and its canonical name.
-        model_roots=(*settings.model_root_dirs(), os.path.realpath(bundled_model_path())),
-    )
-    core = EmbedderCore(providers, config, EmbedderMetrics(registry))
+    # The bundled model is always allowed: it is the default, and its canonical name.
+    bundled = (os.path.realpath(bundled_model_path()),)
+    core = EmbedderCore(providers, settings, EmbedderMetrics(registry), bundled)
     servicer = EmbedderServicer(core)
     server, port, readiness = await new_server(
         settings,

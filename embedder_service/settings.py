@@ -8,10 +8,15 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from embedder_service.batcher import BatchLimits
+from embedder_service.guards import RequestLimits
 from service_kit.settings import ServiceSettings
 
 
-class EmbedderSettings(ServiceSettings):
+# The batch and request limits are groups of their own, declared on their models: their fields
+# are flags and variables like the rest (--max-batch-size, EMBEDDER_MAX_BATCH_SIZE), and the
+# core takes them as those models (batch_limits, request_limits).
+class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
     """Settings of embedder_service."""
 
     model_config = SettingsConfigDict(env_prefix="EMBEDDER_")
@@ -27,44 +32,6 @@ class EmbedderSettings(ServiceSettings):
     plugins: str = Field(
         "", description="Modules to import at start (comma-separated) that @register providers."
     )
-    max_batch_size: int = Field(
-        64, ge=1, description="Most inputs per batch (a provider's batch_size may lower it)."
-    )
-    max_batch_tokens: int = Field(
-        16384, ge=1, description="Most padded tokens per batch (longest input x batch size)."
-    )
-    max_wait_ms: float = Field(
-        0.0,
-        ge=0,
-        description="How long an idle model waits for a fuller batch (0: never; under load "
-        "batches fill while the model is busy).",
-    )
-    padding_slack: float = Field(
-        0.3,
-        ge=0,
-        description="Padded tokens may exceed real ones by this fraction (GPU: raise it).",
-    )
-    max_queued_inputs: int = Field(
-        4096, ge=1, description="Inputs waiting per function before RESOURCE_EXHAUSTED."
-    )
-    max_text_bytes: int = Field(
-        1 << 20, ge=1, description="Longest text accepted as one input, in UTF-8 bytes."
-    )
-    max_blob_bytes: int = Field(
-        16 << 20, ge=1, description="Largest binary input (an image, ...) accepted, in bytes."
-    )
-    max_inputs_per_request: int = Field(
-        2048, ge=1, description="Most inputs (texts or blobs) in one Embed request."
-    )
-    max_function_args: int = Field(
-        64, ge=1, description="Most create() arguments in one function spec."
-    )
-    max_function_args_bytes: int = Field(
-        64 << 10, ge=2, description="Largest function spec arguments, in bytes of JSON."
-    )
-    max_function_args_depth: int = Field(
-        8, ge=0, description="Deepest nesting of lists and objects in one argument value."
-    )
     model_roots: str = Field(
         "",
         description="Directories (comma-separated) that local model paths given by callers "
@@ -72,6 +39,12 @@ class EmbedderSettings(ServiceSettings):
         "model and hub names found in the server's model cache.",
     )
     tokenizer_workers: int = Field(2, ge=1, description="Threads tokenizing incoming requests.")
+    function_cache_size: int = Field(
+        1024,
+        ge=1,
+        description="Function specs kept validated, their secrets resolved (LRU); a spec "
+        "seen again skips both.",
+    )
     query_cache_size: int = Field(
         10_000, ge=0, description="Query embeddings kept in the LRU cache; 0 turns it off."
     )
@@ -87,6 +60,16 @@ class EmbedderSettings(ServiceSettings):
         "prefix; * for any) that may receive API keys the embedder holds when a function "
         "names a base_url; other endpoints work only with the caller's own api_key.",
     )
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        """--max-batch-size and the other bounds of a batch, as the batcher takes them."""
+        return self.group(BatchLimits)
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """--max-text-bytes and the other bounds of a request, as the guards take them."""
+        return self.group(RequestLimits)
 
     def plugin_modules(self) -> list[str]:
         return [name.strip() for name in self.plugins.split(",") if name.strip()]

@@ -142,6 +142,9 @@ _STACKS_LOCK = threading.Lock()
 
 def local_stack(data_dir: str) -> LocalStack:
     """The in-process stack serving ``data_dir``, started on first use."""
+    from service_kit.launch import require_server_extra
+
+    require_server_extra(f"connect({data_dir!r})")
     key = os.path.abspath(data_dir)
     with _STACKS_LOCK:
         if key not in _STACKS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -71,13 +72,14 @@ def to_arrow(data: Any) -> pa.Table:
 CHUNK_ROWS = 2048
 
 
-def _batches(data: Any) -> tuple[Iterator[pa.Table], int | None]:
-    """Chunks of at most CHUNK_ROWS rows, and the row count when it is known up front."""
+def _batches(data: Any) -> tuple[Iterator[pa.Table], pa.Table | None]:
+    """Chunks of at most CHUNK_ROWS rows, and all the rows when they are known up front (not
+    for an iterator), converted to Arrow once."""
     if isinstance(data, Iterator):
         chunks = (piece for part in data for piece in _slices(to_arrow(part)))
         return chunks, None
     rows = to_arrow(data)
-    return _slices(rows), rows.num_rows
+    return _slices(rows), rows
 
 
 def _slices(rows: pa.Table) -> Iterator[pa.Table]:
@@ -142,35 +144,59 @@ def embed_locally(rows: pa.Table, schema: pa.Schema, functions: dict[str, Any]) 
 
 
 class Table:
-    """A table behind a gateway. Writes embed missing vectors; searches embed the query."""
+    """A table behind a gateway. Writes embed missing vectors; searches embed the query.
+
+    The handle keeps the table's descriptor (schema, bindings, version) from when it was
+    opened, and follows the versions its own writes commit, as a LanceDB table does: writes
+    through other handles show after :meth:`checkout_latest`. Reading ``schema``, ``version``
+    or ``embedding_functions`` costs no call.
+    """
 
     def __init__(
         self, connection: Connection, info: gateway_pb2.TableInfo, version: int = 0
     ) -> None:
         self._conn = connection
-        self._info = info
         self._checked_out = version
         self.name = info.name
+        self._describe(info)
 
-    def _refresh(self) -> gateway_pb2.TableInfo:
+    def _describe(self, info: gateway_pb2.TableInfo) -> None:
+        """Take a new descriptor: the schema and client-side functions are built once each."""
+        self._info = info
+        self._schema = ipc_to_schema(info.arrow_schema)
+        self._functions = local_functions(info.bindings)
+
+    def _refresh(self) -> None:
         request = gateway_pb2.DescribeTableRequest(name=self.name, version=self._checked_out)
-        self._info = self._conn.call("DescribeTable", request)
-        return self._info
+        self._describe(self._conn.call("DescribeTable", request))
+
+    def _write(self, method: str, request: Any, timeout: float | None = -1.0) -> Any:
+        """Run a write RPC and follow the version it committed. A write that failed may still
+        have committed part of its work (a stream with ``commit_per_chunk``): the handle then
+        reads its descriptor again."""
+        try:
+            result = self._conn.call(method, request, timeout)
+        except EmbedsearchError:
+            with contextlib.suppress(EmbedsearchError):
+                self._refresh()
+            raise
+        self._info.version = max(self._info.version, result.version)
+        return result
 
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema, with the ``embedding_functions`` metadata."""
-        return ipc_to_schema(self._refresh().arrow_schema)
+        return self._schema
 
     @property
     def version(self) -> int:
-        """The version this handle reads: the latest, unless checked out."""
-        return self._refresh().version
+        """The version this handle reads: the checked-out one, or the latest it knows of."""
+        return self._info.version
 
     @property
     def embedding_functions(self) -> dict[str, common_pb2.EmbeddingBinding]:
         """The bindings, by vector column."""
-        return {b.vector_column: b for b in self._refresh().bindings}
+        return {b.vector_column: b for b in self._info.bindings}
 
     def checkout(self, version: int) -> None:
         """Read ``version`` from now on (time travel); writes need :meth:`checkout_latest`."""
@@ -198,9 +224,8 @@ class Table:
 
     def _rows(self, data: Any) -> common_pb2.RowData:
         rows = to_arrow(data)
-        functions = local_functions(self._info.bindings)
-        if functions:
-            rows = embed_locally(rows, ipc_to_schema(self._info.arrow_schema), functions)
+        if self._functions:
+            rows = embed_locally(rows, self._schema, self._functions)
         return common_pb2.RowData(arrow_ipc=table_to_ipc(rows))
 
     def add(
@@ -223,12 +248,13 @@ class Table:
         if mode != "append":
             raise InvalidArgument("add supports mode='append'; use create_table(mode='overwrite')")
         bad = bad_vectors_to_pb(on_bad_vectors)
-        batches, total = _batches(data)
-        if total is not None and total <= CHUNK_ROWS:
+        batches, rows = _batches(data)
+        total = None if rows is None else rows.num_rows
+        if rows is not None and rows.num_rows <= CHUNK_ROWS:
             request = gateway_pb2.AddRequest(
-                table=self.name, rows=self._rows(data), on_bad_vectors=bad, fill_value=fill_value
+                table=self.name, rows=self._rows(rows), on_bad_vectors=bad, fill_value=fill_value
             )
-            return self._conn.call("Add", request)
+            return self._write("Add", request)
 
         failed: list[BaseException] = []
 
@@ -249,7 +275,7 @@ class Table:
                 raise
 
         try:
-            return self._conn.call("AddStream", requests(), timeout=None)
+            return self._write("AddStream", requests(), timeout=None)
         except EmbedsearchError:
             if failed:
                 raise failed[0] from None
@@ -264,7 +290,8 @@ class Table:
     def delete(self, where: str) -> common_pb2.WriteResult:
         """Delete the rows matching an SQL filter."""
         self._writable()
-        return self._conn.call("Delete", gateway_pb2.DeleteRequest(table=self.name, filter=where))
+        request = gateway_pb2.DeleteRequest(table=self.name, filter=where)
+        return self._write("Delete", request)
 
     def update(
         self,
@@ -280,7 +307,7 @@ class Table:
             raise InvalidArgument(f"{exc}; pass an SQL expression in values_sql") from None
         updates = literals | (values_sql or {})
         request = gateway_pb2.UpdateRequest(table=self.name, filter=where or "", updates=updates)
-        return self._conn.call("Update", request)
+        return self._write("Update", request)
 
     def list_versions(self) -> list[dict[str, Any]]:
         """Versions, oldest first: number, timestamp and metadata."""
@@ -364,7 +391,9 @@ class Table:
             index_name=name or "",
         )
         info = self._conn.call("CreateIndex", request)
-        return self._watch(info) if watch else info
+        info = self._watch(info) if watch else info
+        self._refresh()  # a built index is a new version
+        return info
 
     def _watch(self, info: common_pb2.IndexInfo) -> common_pb2.IndexInfo:
         """Poll a building index, drawing its progress, until it is ready or failed."""
@@ -409,7 +438,7 @@ class Table:
             query_type=QUERY_TYPES[query_type],
             version=self._checked_out,
         )
-        functions = local_functions(self._info.bindings)
+        functions = self._functions
         if isinstance(query, str) and functions and query_type != "fts":
             column = vector_column_name or next(iter(functions))
             if column in functions:
@@ -479,7 +508,7 @@ class MergeInsertBuilder:
         self._request.rows.CopyFrom(self._table._rows(data))
         self._request.on_bad_vectors = bad_vectors_to_pb(on_bad_vectors)
         self._request.fill_value = fill_value
-        return self._table._conn.call("MergeInsert", self._request)
+        return self._table._write("MergeInsert", self._request)
 
 
 class Query:

@@ -1,4 +1,5 @@
-"""Channels to the embedder and the store; failed calls come back as typed errors."""
+"""Clients of the embedder and the store: typed values in and out, the peers' messages built
+and read here; failed calls come back as typed errors."""
 
 from __future__ import annotations
 
@@ -8,12 +9,48 @@ from typing import Any, ClassVar
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
-from embedsearch.contract.channels import channel_options, target_of, typed_errors
-from embedsearch.contract.convert import MODE_TO_PB, spec_to_pb
-from embedsearch.contract.errors import Internal
-from embedsearch.contract.wire import unpack_vectors
-from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2_grpc
+from embedsearch.contract.channels import (
+    channel_credentials,
+    channel_options,
+    target_of,
+    typed_errors,
+)
+from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.errors import FailedPrecondition, Internal
+from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
+from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
+from gateway.convert import (
+    CREATE_MODE_TO_PB,
+    embed_call_to_pb,
+    embedded_from_pb,
+    index_from_pb,
+    index_params_to_pb,
+    index_type_to_pb,
+    metric_to_pb,
+    provider_from_pb,
+    resolved_from_pb,
+    value_to_pb,
+    version_from_pb,
+    write_from_pb,
+)
+from gateway.settings import GatewaySettings
+from gateway.values import (
+    CreateIndex,
+    EmbedCall,
+    Embedded,
+    IndexInfo,
+    MergeInsert,
+    Provider,
+    Resolved,
+    Scan,
+    SchemaChanged,
+    Search,
+    StoreTable,
+    TableVersion,
+    WriteResult,
+)
 from service_kit.auth import PeerToken
 from service_kit.deadline import remaining
 
@@ -86,16 +123,22 @@ class Peer:
 
 
 class EmbedderClient(Peer):
-    """The embedder, with helpers for the calls the schema mapping makes."""
+    """The embedder: resolves functions and embeds inputs."""
 
     kind = "embedder"
     stub_class = embedder_pb2_grpc.EmbedderStub
 
-    async def resolve(
-        self, provider: str, args: dict[str, Any]
-    ) -> embedder_pb2.ResolveFunctionResponse:
-        request = embedder_pb2.ResolveFunctionRequest(function=spec_to_pb(provider, args))
-        return await self.call("ResolveFunction", request)
+    async def resolve(self, provider: str, args: dict[str, Any]) -> Resolved:
+        reply = await self.call("ResolveFunction", resolve_to_pb(provider, args))
+        return resolved_from_pb(reply)
+
+    async def list_providers(self) -> list[Provider]:
+        reply = await self.call("ListProviders", embedder_pb2.ListProvidersRequest())
+        return [provider_from_pb(p) for p in reply.providers]
+
+    async def embed_once(self, call: EmbedCall) -> Embedded:
+        """The vectors of one Embed request, one row per input."""
+        return embedded_from_pb(await self.call("Embed", embed_call_to_pb(call)))
 
     async def embed(
         self, provider: str, args: dict[str, Any], mode: str, inputs: list[str] | list[bytes]
@@ -106,18 +149,16 @@ class EmbedderClient(Peer):
         by --max-inputs-per-request), two at a time: one is tokenized while the model runs
         the other, and a large add never floods the embedder's queue.
         """
-        function, pb_mode = spec_to_pb(provider, args), MODE_TO_PB[mode]
         slots = asyncio.Semaphore(EMBED_REQUESTS_IN_FLIGHT)
 
         async def one(part: list[str] | list[bytes]) -> np.ndarray:
-            request = embedder_pb2.EmbedRequest(function=function, mode=pb_mode)
+            call = EmbedCall(provider, args, mode)
             if part and isinstance(part[0], bytes):
-                request.blobs.extend(embedder_pb2.Blob(data=data) for data in part)
+                call.blobs = [(data, "") for data in part]
             else:
-                request.texts.extend(part)
+                call.texts = list(part)  # type: ignore[arg-type]
             async with slots:
-                reply: embedder_pb2.EmbedResponse = await self.call("Embed", request)
-            return unpack_vectors(reply.vectors, reply.ndims).reshape(reply.count, reply.ndims)
+                return (await self.embed_once(call)).vectors
 
         step = EMBED_REQUEST_INPUTS
         parts = [inputs[i : i + step] for i in range(0, len(inputs), step)] or [inputs]
@@ -125,8 +166,247 @@ class EmbedderClient(Peer):
         return vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
 
 
+# How the store says that a request's schema fingerprint is stale: the reason of its error,
+# and for a store whose errors carry no reason, the words of its message.
+SCHEMA_CHANGED_MARK = "schema changed since the request was built"
+
+
 class StoreClient(Peer):
-    """The store; the gateway forwards most of its calls as they are."""
+    """The store: each method builds one store request from typed values and reads the reply."""
 
     kind = "store"
     stub_class = store_pb2_grpc.StoreStub
+
+    async def call(self, method: str, request: Any) -> Any:
+        """As :meth:`Peer.call`; a refusal for a stale schema fingerprint is SchemaChanged."""
+        try:
+            return await super().call(method, request)
+        except FailedPrecondition as exc:
+            if getattr(exc, "reason", "") == SchemaChanged.reason or SCHEMA_CHANGED_MARK in str(
+                exc
+            ):
+                raise SchemaChanged(str(exc)) from None
+            raise
+
+    async def describe(self, name: str, version: int = 0) -> StoreTable:
+        return table_from_pb(await self.call("DescribeTable", describe_to_pb(name, version)))
+
+    async def create_table(
+        self, name: str, schema: pa.Schema, mode: str, rows: pa.Table | None
+    ) -> StoreTable:
+        request = create_table_to_pb(name, schema, mode, rows)
+        return table_from_pb(await self.call("CreateTable", request))
+
+    async def list_tables(self, start_after: str, limit: int) -> list[str]:
+        reply = await self.call("ListTables", list_tables_to_pb(start_after, limit))
+        return list(reply.names)
+
+    async def drop_table(self, name: str, ignore_missing: bool) -> None:
+        await self.call("DropTable", drop_table_to_pb(name, ignore_missing))
+
+    async def add(self, name: str, rows: pa.Table, fingerprint: str) -> WriteResult:
+        return write_from_pb(await self.call("Add", add_to_pb(name, rows, fingerprint)))
+
+    async def add_stream(
+        self, name: str, chunks: AsyncIterator[pa.Table], fingerprint: str
+    ) -> WriteResult:
+        """Stream the chunks into one commit; the first message names the table."""
+
+        async def requests() -> AsyncIterator[store_pb2.StoreAddRequest]:
+            async for rows in chunks:
+                yield add_to_pb(name, rows, fingerprint)
+
+        return write_from_pb(await self.stream("AddStream", requests()))
+
+    async def merge_insert(
+        self, merge: MergeInsert, rows: pa.Table, fingerprint: str
+    ) -> WriteResult:
+        request = merge_insert_to_pb(merge, rows, fingerprint)
+        return write_from_pb(await self.call("MergeInsert", request))
+
+    async def delete(self, name: str, where: str) -> WriteResult:
+        return write_from_pb(await self.call("Delete", delete_to_pb(name, where)))
+
+    async def update(self, name: str, where: str, updates: dict[str, str]) -> WriteResult:
+        return write_from_pb(await self.call("Update", update_to_pb(name, where, updates)))
+
+    async def count_rows(self, name: str, where: str, version: int) -> int:
+        return (await self.call("CountRows", count_rows_to_pb(name, where, version))).count
+
+    async def search(
+        self, search: Search, column: str, vector: np.ndarray, with_row_id: bool, fingerprint: str
+    ) -> bytes:
+        """The results' Arrow IPC stream, as the store sent it."""
+        request = vector_search_to_pb(search, column, vector, with_row_id, fingerprint)
+        return (await self.call("Search", request)).arrow_ipc
+
+    async def text_search(self, search: Search, with_row_id: bool, fingerprint: str) -> bytes:
+        """The results' Arrow IPC stream, as the store sent it."""
+        request = text_search_to_pb(search, with_row_id, fingerprint)
+        return (await self.call("TextSearch", request)).arrow_ipc
+
+    async def scan(self, scan: Scan) -> bytes:
+        """The rows' Arrow IPC stream, as the store sent it."""
+        return (await self.call("Scan", scan_to_pb(scan))).arrow_ipc
+
+    async def create_index(self, index: CreateIndex) -> IndexInfo:
+        return index_from_pb(await self.call("CreateIndex", create_index_to_pb(index)))
+
+    async def list_indexes(self, name: str) -> list[IndexInfo]:
+        reply = await self.call("ListIndexes", list_indexes_to_pb(name))
+        return [index_from_pb(i) for i in reply.indexes]
+
+    async def list_versions(self, name: str) -> list[TableVersion]:
+        reply = await self.call("ListVersions", list_versions_to_pb(name))
+        return [version_from_pb(v) for v in reply.versions]
+
+    async def restore(self, name: str, version: int) -> WriteResult:
+        return write_from_pb(await self.call("Restore", restore_to_pb(name, version)))
+
+
+def connect_peers(settings: GatewaySettings) -> tuple[EmbedderClient, StoreClient]:
+    """Channels to both peers, with the TLS and token settings they share."""
+    credentials = channel_credentials(
+        settings.peer_tls_ca_file, settings.peer_tls_cert_file, settings.peer_tls_key_file
+    )
+    token = PeerToken.configure(settings.peer_token, settings.peer_token_file)
+    limit = settings.max_message_bytes
+    return (
+        EmbedderClient(settings.embedder_addr, limit, credentials, token),
+        StoreClient(settings.store_addr, limit, credentials, token),
+    )
+
+
+# -- store requests from values, and replies to values ----------------------------------------
+
+# Search fields the store's searches do not take: the public query and the reply's format.
+PUBLIC_ONLY = ("table", "query", "json_rows", "query_type", "fts_columns")
+# Search fields that tune the vector search only.
+VECTOR_ONLY = ("vector_column", "metric", "postfilter", "nprobes", "refine_factor", "ef")
+
+
+def table_from_pb(info: store_pb2.StoreTableInfo) -> StoreTable:
+    return StoreTable(
+        name=info.name,
+        schema=ipc_to_schema(info.arrow_schema),
+        version=info.version,
+        num_rows=info.num_rows,
+        indexes=[index_from_pb(i) for i in info.indexes],
+        fingerprint=info.schema_fingerprint,
+    )
+
+
+def resolve_to_pb(provider: str, args: dict[str, Any]) -> embedder_pb2.ResolveFunctionRequest:
+    return embedder_pb2.ResolveFunctionRequest(function=spec_to_pb(provider, args))
+
+
+def describe_to_pb(name: str, version: int) -> store_pb2.StoreDescribeTableRequest:
+    return store_pb2.StoreDescribeTableRequest(name=name, version=version)
+
+
+def list_tables_to_pb(start_after: str, limit: int) -> store_pb2.StoreListTablesRequest:
+    return store_pb2.StoreListTablesRequest(start_after=start_after, limit=limit)
+
+
+def drop_table_to_pb(name: str, ignore_missing: bool) -> store_pb2.StoreDropTableRequest:
+    return store_pb2.StoreDropTableRequest(name=name, ignore_missing=ignore_missing)
+
+
+def delete_to_pb(name: str, where: str) -> store_pb2.StoreDeleteRequest:
+    return store_pb2.StoreDeleteRequest(name=name, filter=where)
+
+
+def update_to_pb(name: str, where: str, updates: dict[str, str]) -> store_pb2.StoreUpdateRequest:
+    return store_pb2.StoreUpdateRequest(name=name, filter=where, updates=updates)
+
+
+def count_rows_to_pb(name: str, where: str, version: int) -> store_pb2.StoreCountRowsRequest:
+    return store_pb2.StoreCountRowsRequest(name=name, filter=where, version=version)
+
+
+def list_indexes_to_pb(name: str) -> store_pb2.StoreListIndexesRequest:
+    return store_pb2.StoreListIndexesRequest(name=name)
+
+
+def list_versions_to_pb(name: str) -> store_pb2.StoreListVersionsRequest:
+    return store_pb2.StoreListVersionsRequest(name=name)
+
+
+def restore_to_pb(name: str, version: int) -> store_pb2.StoreRestoreRequest:
+    return store_pb2.StoreRestoreRequest(name=name, version=version)
+
+
+def create_table_to_pb(
+    name: str, schema: pa.Schema, mode: str, rows: pa.Table | None
+) -> store_pb2.StoreCreateTableRequest:
+    return store_pb2.StoreCreateTableRequest(
+        name=name,
+        arrow_schema=schema_to_ipc(schema),
+        mode=CREATE_MODE_TO_PB[mode],
+        arrow_ipc=table_to_ipc(rows) if rows is not None else b"",
+    )
+
+
+def add_to_pb(name: str, rows: pa.Table, fingerprint: str) -> store_pb2.StoreAddRequest:
+    return store_pb2.StoreAddRequest(
+        name=name, arrow_ipc=table_to_ipc(rows), schema_fingerprint=fingerprint
+    )
+
+
+def merge_insert_to_pb(
+    merge: MergeInsert, rows: pa.Table, fingerprint: str
+) -> store_pb2.StoreMergeInsertRequest:
+    return value_to_pb(
+        merge,
+        store_pb2.StoreMergeInsertRequest,
+        omit=("table", "rows", "bad"),
+        name=merge.table,
+        arrow_ipc=table_to_ipc(rows),
+        schema_fingerprint=fingerprint,
+    )
+
+
+def vector_search_to_pb(
+    search: Search, column: str, vector: np.ndarray, with_row_id: bool, fingerprint: str
+) -> store_pb2.StoreSearchRequest:
+    return value_to_pb(
+        search,
+        store_pb2.StoreSearchRequest,
+        omit=PUBLIC_ONLY,
+        name=search.table,
+        vector_column=column,
+        vector=np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+        metric=metric_to_pb(search.metric),
+        with_row_id=with_row_id,
+        schema_fingerprint=fingerprint,
+    )
+
+
+def text_search_to_pb(
+    search: Search, with_row_id: bool, fingerprint: str
+) -> store_pb2.StoreTextSearchRequest:
+    return value_to_pb(
+        search,
+        store_pb2.StoreTextSearchRequest,
+        omit=(*PUBLIC_ONLY, *VECTOR_ONLY),
+        name=search.table,
+        query=search.query,
+        search_columns=search.fts_columns,
+        with_row_id=with_row_id,
+        schema_fingerprint=fingerprint,
+    )
+
+
+def scan_to_pb(scan: Scan) -> store_pb2.StoreScanRequest:
+    return store_pb2.StoreScanRequest(name=scan.table, filter=scan.filter, columns=scan.columns)
+
+
+def create_index_to_pb(index: CreateIndex) -> store_pb2.StoreCreateIndexRequest:
+    return value_to_pb(
+        index,
+        store_pb2.StoreCreateIndexRequest,
+        omit=("table",),
+        name=index.table,
+        index_type=index_type_to_pb(index.index_type),
+        params=index_params_to_pb(index.params),
+    )

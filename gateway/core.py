@@ -1,16 +1,17 @@
-"""The gateway's core: applies embedding bindings on create, add and search. No gRPC here."""
+"""The gateway's core: table descriptors, and embedding bindings applied on create, add and
+search. Plain values in and out (gateway/values.py); no protobuf, no gRPC."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.convert import args_from_pb, copy_shared_fields
 from embedsearch.contract.errors import (
     EmbedsearchError,
     FailedPrecondition,
@@ -19,8 +20,7 @@ from embedsearch.contract.errors import (
 )
 from embedsearch.contract.schema import VectorFill, embeddable, is_vector, vector_type
 from embedsearch.contract.sql import keys_filter
-from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, schema_to_ipc, table_to_ipc
-from embedsearch.v1 import common_pb2, gateway_pb2, store_pb2
+from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import (
     Binding,
     bindings_from_schema,
@@ -28,104 +28,179 @@ from gateway.mapping import (
     pick_binding,
     schema_with_bindings,
 )
+from gateway.values import (
+    DROP,
+    ERROR,
+    FILL,
+    FTS,
+    HYBRID,
+    TEXT_INDEX,
+    VECTOR,
+    BadVectors,
+    Chunk,
+    CreateIndex,
+    CreateTable,
+    Descriptor,
+    EmbedCall,
+    Embedded,
+    IndexInfo,
+    MergeInsert,
+    Provider,
+    Resolved,
+    ResultRows,
+    Rows,
+    Scan,
+    SchemaChanged,
+    Search,
+    StoreTable,
+    TableInfo,
+    TableVersion,
+    WriteResult,
+)
 
 if TYPE_CHECKING:
     from gateway.clients import EmbedderClient, StoreClient
+    from gateway.settings import GatewaySettings
 
-ERROR, DROP, FILL, NULL = "error", "drop", "fill", "null"
-Rows = pa.Table | list[dict[str, Any]]
+log = logging.getLogger("gateway")
+T = TypeVar("T")
 # Source keys looked up per Scan when working out which merge_insert rows are written.
 KEY_LOOKUP_BATCH = 500
 # Operators in one lookup filter: within the store's default --max-expression-operators.
 KEY_LOOKUP_OPERATORS = 256
-DEFAULT_MAX_ROWS = 100_000  # rows in one request message; GatewaySettings.max_rows_per_request
 # Reciprocal rank fusion's constant (Cormack et al.; LanceDB's RRFReranker uses the same).
 RRF_K = 60
+# Table descriptors kept, by (table, version), least recently used dropped first.
+DESCRIPTORS = 1024
 
 
-@dataclass
-class Table:
-    """A table as the gateway sees it: the store's description plus its bindings."""
+class DescriptorCache:
+    """Table descriptors by (table, version), version 0 being the latest.
 
-    info: store_pb2.StoreTableInfo
-    schema: pa.Schema
-    bindings: list[Binding]
+    An entry stays true across data-only writes (their schema and bindings do not change).
+    Schema changes through this gateway forget the table's entries; changes made elsewhere are
+    found out when the store refuses a request carrying the entry's fingerprint.
+    """
 
-    def has_text_index(self) -> bool:
-        return any(i.index_type == common_pb2.INDEX_TYPE_INVERTED for i in self.info.indexes)
+    def __init__(self, size: int = DESCRIPTORS) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, int], Descriptor] = OrderedDict()
 
+    def get(self, name: str, version: int) -> Descriptor | None:
+        found = self._items.get((name, version))
+        if found is not None:
+            self._items.move_to_end((name, version))
+        return found
 
-@dataclass
-class Chunk:
-    """One message of an AddStream."""
+    def put(self, version: int, descriptor: Descriptor) -> None:
+        self._items[(descriptor.name, version)] = descriptor
+        self._items.move_to_end((descriptor.name, version))
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
 
-    table: str
-    rows: Rows
-    bad: BadVectors
-    commit_per_chunk: bool = False
-
-
-@dataclass
-class BadVectors:
-    """What to do with rows whose source value is null or empty (LanceDB's on_bad_vectors)."""
-
-    policy: str = ERROR
-    fill_value: float = 0.0
+    def forget(self, name: str) -> None:
+        for key in [key for key in self._items if key[0] == name]:
+            del self._items[key]
 
 
 class GatewayCore:
-    """Creates tables with bindings, embeds rows on add and queries on search."""
+    """Creates tables with bindings, embeds rows on add and queries on search; one store call
+    per request where the table's descriptor is cached."""
 
     def __init__(
-        self, embedder: EmbedderClient, store: StoreClient, max_rows: int = DEFAULT_MAX_ROWS
+        self, embedder: EmbedderClient, store: StoreClient, settings: GatewaySettings
     ) -> None:
         self.embedder = embedder
         self.store = store
-        self.max_rows = max_rows
+        self.settings = settings
+        self.descriptors = DescriptorCache()
 
     def _conform(self, rows: Rows, schema: pa.Schema) -> pa.Table:
         """The rows of one request message, typed by the table's schema, within the row limit."""
-        if len(rows) > self.max_rows:
+        limit = self.settings.max_rows_per_request
+        if len(rows) > limit:
             raise InvalidArgument(
-                f"{len(rows)} rows in one message is over the limit of {self.max_rows} "
+                f"{len(rows)} rows in one message is over the limit of {limit} "
                 "(--max-rows-per-request): split them, or stream them with AddStream"
             )
         return to_table(rows, schema)
 
-    async def table(self, name: str, version: int = 0) -> Table:
-        request = store_pb2.StoreDescribeTableRequest(name=name, version=version)
-        info = await self.store.call("DescribeTable", request)
-        schema = ipc_to_schema(info.arrow_schema)
-        return Table(info=info, schema=schema, bindings=bindings_from_schema(schema))
+    # -- descriptors -------------------------------------------------------------------------
 
-    # -- create ------------------------------------------------------------------------------
+    def _remember(self, table: StoreTable, version: int) -> Descriptor:
+        descriptor = Descriptor(
+            name=table.name,
+            schema=table.schema,
+            bindings=bindings_from_schema(table.schema),
+            text_indexed=any(i.index_type == TEXT_INDEX for i in table.indexes),
+            fingerprint=table.fingerprint,
+        )
+        self.descriptors.put(version, descriptor)
+        return descriptor
 
-    async def create_table(
-        self,
-        name: str,
-        schema: pa.Schema,
-        bindings: list[Binding],
-        mode: int,
-        rows: Rows | None,
-        bad: BadVectors,
-    ) -> Table:
+    async def descriptor(self, name: str, version: int = 0) -> Descriptor:
+        """The table's descriptor at ``version`` (0: the latest), from the cache when there."""
+        cached = self.descriptors.get(name, version)
+        if cached is not None:
+            return cached
+        return self._remember(await self.store.describe(name, version), version)
+
+    async def _described(
+        self, name: str, version: int, attempt: Callable[[Descriptor], Awaitable[T]]
+    ) -> T:
+        """``attempt(descriptor)``, once more on a fresh descriptor when the cached one turns out
+        stale: the store says the schema changed since (another gateway, or a client of the
+        store, changed it), or the request failed the gateway's own checks against a cached
+        descriptor that the store's latest no longer matches."""
+        cached = self.descriptors.get(name, version)
+        descriptor = cached or await self.descriptor(name, version)
+        try:
+            return await attempt(descriptor)
+        except SchemaChanged:
+            fresh = None
+        except (InvalidArgument, FailedPrecondition):
+            if cached is None:
+                raise
+            fresh = await self.store.describe(name, version)
+            if fresh.fingerprint == cached.fingerprint:
+                raise  # the request's own fault, not the descriptor's
+        log.info("table %r changed schema elsewhere: describing it again", name)
+        self.descriptors.forget(name)
+        again = self._remember(fresh, version) if fresh else await self.descriptor(name, version)
+        return await attempt(again)
+
+    # -- tables ------------------------------------------------------------------------------
+
+    async def describe(self, name: str, version: int = 0) -> TableInfo:
+        table = await self.store.describe(name, version)
+        return TableInfo(table, self._remember(table, version).bindings)
+
+    async def list_tables(self, start_after: str, limit: int) -> list[str]:
+        return await self.store.list_tables(start_after, limit)
+
+    async def drop_table(self, name: str, ignore_missing: bool) -> None:
+        try:
+            await self.store.drop_table(name, ignore_missing)
+        finally:
+            self.descriptors.forget(name)
+
+    async def create_table(self, create: CreateTable) -> TableInfo:
         """Create a table whose schema carries the (canonical) bindings in its metadata."""
-        bindings = bindings or bindings_from_schema(schema)
+        schema = create.schema
+        bindings = create.bindings or bindings_from_schema(schema)
         _check_targets(bindings)
         canonical = list(await asyncio.gather(*(self._bind(schema, b) for b in bindings)))
         for binding in canonical:
             schema = _with_vector_column(schema, binding)
         if canonical:
             schema = schema_with_bindings(schema, canonical)
-        request = store_pb2.StoreCreateTableRequest(
-            name=name, arrow_schema=schema_to_ipc(schema), mode=mode
-        )
-        if rows is not None:
-            data = await self.embed_rows(self._conform(rows, schema), schema, canonical, bad)
-            request.arrow_ipc = table_to_ipc(data)
-        info = await self.store.call("CreateTable", request)
-        schema = ipc_to_schema(info.arrow_schema)
-        return Table(info=info, schema=schema, bindings=bindings_from_schema(schema))
+        data = None
+        if create.rows is not None:
+            rows = self._conform(create.rows, schema)
+            data = await self.embed_rows(rows, schema, canonical, create.bad)
+        self.descriptors.forget(create.name)
+        table = await self.store.create_table(create.name, schema, create.mode, data)
+        return TableInfo(table, self._remember(table, 0).bindings)
 
     async def _bind(self, schema: pa.Schema, binding: Binding) -> Binding:
         """The binding with canonical arguments and its vector length."""
@@ -147,45 +222,51 @@ class GatewayCore:
                 )
             return binding
         resolved = await self.embedder.resolve(binding.provider, binding.args)
-        takes_text = common_pb2.MODALITY_TEXT in resolved.modalities
-        if (text and not takes_text) or (
-            binary and resolved.modalities == [common_pb2.MODALITY_TEXT]
+        if (text and "text" not in resolved.modalities) or (
+            binary and resolved.modalities == ["text"]
         ):
             raise InvalidSchema(
                 f"{binding.provider!r} cannot embed source column {binding.source_column!r} "
-                f"of type {source}: it takes "
-                f"{', '.join(common_pb2.Modality.Name(m) for m in resolved.modalities)}"
+                f"of type {source}: it takes {', '.join(resolved.modalities)}"
             )
         return Binding(
-            provider=resolved.canonical.provider,
-            args=args_from_pb(resolved.canonical.args),
+            provider=resolved.provider,
+            args=resolved.args,
             source_column=binding.source_column,
             vector_column=binding.vector_column,
             ndims=resolved.ndims,
         )
 
+    async def restore(self, name: str, version: int) -> WriteResult:
+        """Make an old version the latest; its schema may differ, so the descriptor goes."""
+        try:
+            return await self.store.restore(name, version)
+        finally:
+            self.descriptors.forget(name)
+
     # -- writes ------------------------------------------------------------------------------
 
-    async def add(self, name: str, rows: Rows, bad: BadVectors) -> Any:
+    async def add(self, chunk: Chunk) -> WriteResult:
         """Embed the rows' missing vectors, then append them as one commit."""
-        table = await self.table(name)
-        data = await self.embed_rows(
-            self._conform(rows, table.schema), table.schema, table.bindings, bad
-        )
-        return await self.store.call(
-            "Add", store_pb2.StoreAddRequest(name=name, arrow_ipc=table_to_ipc(data))
-        )
 
-    async def add_stream(self, chunks: AsyncIterator[Chunk]) -> common_pb2.WriteResult:
+        async def attempt(table: Descriptor) -> WriteResult:
+            rows = self._conform(chunk.rows, table.schema)
+            data = await self.embed_rows(rows, table.schema, table.bindings, chunk.bad)
+            return await self.store.add(chunk.table, data, table.fingerprint)
+
+        return await self._described(chunk.table, 0, attempt)
+
+    async def add_stream(self, chunks: AsyncIterator[Chunk]) -> WriteResult:
         """Embed and write a stream of chunks, embedding chunk n+1 while chunk n is written.
 
         The store commits the whole stream as one version when it ends; with commit_per_chunk
         every chunk is its own version. An error stops both stages and commits nothing more.
+        A stream cannot be replayed, so it starts from a fresh descriptor (one store call more).
         """
         first = await anext(chunks, None)
         if first is None or not first.table:
             raise InvalidArgument("AddStream's first message must name the table")
-        table = await self.table(first.table)
+        table = self._remember(await self.store.describe(first.table), 0)
         # Embedded chunks, then None at the end, or the error that stopped embedding: the
         # writer raises it after writing what came before (kept with commit_per_chunk).
         embedded: asyncio.Queue[pa.Table | Exception | None] = asyncio.Queue(maxsize=2)
@@ -212,18 +293,18 @@ class GatewayCore:
             else:
                 await embedded.put(None)
 
-        async def requests() -> AsyncIterator[store_pb2.StoreAddRequest]:
+        async def tables() -> AsyncIterator[pa.Table]:
             while (rows := await embedded.get()) is not None:
                 if isinstance(rows, Exception):
                     raise rows
-                yield store_pb2.StoreAddRequest(name=first.table, arrow_ipc=table_to_ipc(rows))
+                yield rows
 
-        async def write_all() -> common_pb2.WriteResult:
+        async def write_all() -> WriteResult:
             if not first.commit_per_chunk:
-                return await self.store.stream("AddStream", requests())
-            total = common_pb2.WriteResult(version=table.info.version)
-            async for request in requests():
-                result = await self.store.call("Add", request)
+                return await self.store.add_stream(first.table, tables(), table.fingerprint)
+            total = WriteResult()
+            async for rows in tables():
+                result = await self.store.add(first.table, rows, table.fingerprint)
                 total.version = result.version
                 total.rows_inserted += result.rows_inserted
             return total
@@ -236,29 +317,27 @@ class GatewayCore:
             raise failed.exceptions[0] from None
         return writer.result()
 
-    async def merge_insert(
-        self, request: store_pb2.StoreMergeInsertRequest, rows: Rows, bad: BadVectors
-    ) -> Any:
+    async def merge_insert(self, merge: MergeInsert) -> WriteResult:
         """Upsert on the key columns, embedding only the rows the upsert will write (LanceDB
         embeds every source row, lancedb#2523): matched rows when only updating, unmatched
         rows when only inserting, none when only deleting."""
-        table = await self.table(request.name)
-        data = self._conform(rows, table.schema)
-        written = await self._rows_written(request, data)
-        data = await self.embed_rows(data, table.schema, table.bindings, bad, only=written)
-        request.arrow_ipc = table_to_ipc(data)
-        return await self.store.call("MergeInsert", request)
 
-    async def _rows_written(
-        self, request: store_pb2.StoreMergeInsertRequest, rows: pa.Table
-    ) -> np.ndarray | None:
+        async def attempt(table: Descriptor) -> WriteResult:
+            data = self._conform(merge.rows, table.schema)
+            written = await self._rows_written(merge, data)
+            data = await self.embed_rows(data, table.schema, table.bindings, merge.bad, written)
+            return await self.store.merge_insert(merge, data, table.fingerprint)
+
+        return await self._described(merge.table, 0, attempt)
+
+    async def _rows_written(self, merge: MergeInsert, rows: pa.Table) -> np.ndarray | None:
         """Which source rows the upsert writes (None: all of them)."""
-        update, insert = request.when_matched_update_all, request.when_not_matched_insert_all
+        update, insert = merge.when_matched_update_all, merge.when_not_matched_insert_all
         if update and insert:
             return None
         if not (update or insert) or rows.num_rows == 0:
             return np.zeros(rows.num_rows, dtype=bool)
-        on = list(request.on)
+        on = merge.on
         if not on or any(column not in rows.column_names for column in on):
             return None  # the store reports the missing key column
         keys = [tuple(row.values()) for row in rows.select(on).to_pylist()]
@@ -270,12 +349,18 @@ class GatewayCore:
                 where = keys_filter(on, keys[start : start + max(1, batch)])
             except TypeError:
                 return None  # keys of a type with no SQL literal: embed every row
-            scan = store_pb2.StoreScanRequest(name=request.name, filter=where, columns=on)
-            reply = await self.store.call("Scan", scan)
-            existing = ipc_to_table(reply.arrow_ipc, "key lookup").to_pylist()
-            found.update(tuple(row.values()) for row in existing)
+            reply = await self.store.scan(Scan(merge.table, where, on))
+            found.update(
+                tuple(row.values()) for row in ipc_to_table(reply, "key lookup").to_pylist()
+            )
         matched = np.array([key in found for key in keys], dtype=bool)
         return matched if update else ~matched
+
+    async def delete(self, name: str, where: str) -> WriteResult:
+        return await self.store.delete(name, where)
+
+    async def update(self, name: str, where: str, updates: dict[str, str]) -> WriteResult:
+        return await self.store.update(name, where, updates)
 
     async def embed_rows(
         self,
@@ -336,93 +421,118 @@ class GatewayCore:
         fill.set(good, vectors)
         return fill
 
-    # -- search ------------------------------------------------------------------------------
+    # -- reads -------------------------------------------------------------------------------
 
-    async def search(
-        self, request: gateway_pb2.SearchRequest, vector: np.ndarray | None
-    ) -> pa.Table:
-        """Vector, full-text or hybrid search; text and images are embedded in query mode."""
-        table = await self.table(request.table, request.version)
-        query_type = request.query_type
-        kind = request.WhichOneof("query")
-        if query_type == gateway_pb2.QUERY_TYPE_UNSPECIFIED:
-            query_type = _default_query_type(table, request, kind)
-        if query_type == gateway_pb2.QUERY_TYPE_FTS:
-            return await self._text_search(request, with_row_id=request.with_row_id)
-        if query_type == gateway_pb2.QUERY_TYPE_HYBRID:
-            if kind != "text":
-                raise InvalidArgument("hybrid search needs a text query")
-            found, texts = await asyncio.gather(
-                self._vector_search(table, request, vector, with_row_id=True),
-                self._text_search(request, with_row_id=True),
-            )
-            return fuse(found, texts, request.k or 10, request.with_row_id)
-        return await self._vector_search(table, request, vector, request.with_row_id)
+    async def count_rows(self, name: str, where: str, version: int) -> int:
+        return await self.store.count_rows(name, where, version)
 
-    async def _vector_search(
-        self,
-        table: Table,
-        request: gateway_pb2.SearchRequest,
-        vector: np.ndarray | None,
-        with_row_id: bool,
-    ) -> pa.Table:
-        binding = pick_binding(table.bindings, request.vector_column, request.table)
-        column = request.vector_column or (binding.vector_column if binding else "")
+    async def search(self, search: Search) -> ResultRows:
+        """Vector, full-text or hybrid search; text and images are embedded in query mode.
+
+        The store's rows pass through as its Arrow IPC bytes, unless fused (hybrid)."""
+        if search.query_type == FTS:  # needs no descriptor
+            return ResultRows(ipc=await self._text_search(search, "", search.with_row_id))
+
+        async def attempt(table: Descriptor) -> ResultRows:
+            query_type = search.query_type or _default_query_type(table, search)
+            if query_type == FTS:
+                text = await self._text_search(search, table.fingerprint, search.with_row_id)
+                return ResultRows(ipc=text)
+            if query_type == HYBRID:
+                if not isinstance(search.query, str):
+                    raise InvalidArgument("hybrid search needs a text query")
+                found, texts = await asyncio.gather(
+                    self._vector_search(table, search, with_row_id=True),
+                    self._text_search(search, table.fingerprint, with_row_id=True),
+                )
+                fused = fuse(
+                    ipc_to_table(found, "search results"),
+                    ipc_to_table(texts, "search results"),
+                    search.k or 10,
+                    search.with_row_id,
+                )
+                return ResultRows(table=fused)
+            return ResultRows(ipc=await self._vector_search(table, search, search.with_row_id))
+
+        return await self._described(search.table, search.version, attempt)
+
+    async def _vector_search(self, table: Descriptor, search: Search, with_row_id: bool) -> bytes:
+        binding = pick_binding(table.bindings, search.vector_column, search.table)
+        column = search.vector_column or (binding.vector_column if binding else "")
         if not column:
             vectors = [f.name for f in table.schema if is_vector(f)]
             if len(vectors) != 1:
                 raise InvalidArgument(
-                    f"table {request.table!r} has vector columns {vectors}; "
+                    f"table {search.table!r} has vector columns {vectors}; "
                     "name one in vector_column"
                 )
             column = vectors[0]
-        if vector is None:
-            vector = await self._query_vector(request, binding, column)
-        store_request = copy_shared_fields(request, store_pb2.StoreSearchRequest())
-        store_request.name = request.table
-        store_request.vector_column = column
-        store_request.vector = np.ascontiguousarray(vector, dtype="<f4").tobytes()
-        store_request.with_row_id = with_row_id
-        reply = await self.store.call("Search", store_request)
-        return ipc_to_table(reply.arrow_ipc, "search results")
+        query = search.query
+        vector = (
+            query
+            if isinstance(query, np.ndarray)
+            else await self._query_vector(search, binding, column)
+        )
+        return await self.store.search(search, column, vector, with_row_id, table.fingerprint)
 
     async def _query_vector(
-        self, request: gateway_pb2.SearchRequest, binding: Binding | None, column: str
+        self, search: Search, binding: Binding | None, column: str
     ) -> np.ndarray:
         if binding is None:
             raise InvalidArgument(
-                f"column {column!r} of table {request.table!r} has no embedding function; "
+                f"column {column!r} of table {search.table!r} has no embedding function; "
                 "search it with a vector"
             )
         if binding.client_side:
             raise client_side_error(binding, "cannot embed the query on the server")
-        query: Any = request.text if request.WhichOneof("query") == "text" else request.blob.data
-        if not embeddable(query):
+        if not embeddable(search.query):
             raise InvalidArgument("the query is empty")
+        query: Any = search.query
         vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query])
         return vectors[0]
 
-    async def _text_search(self, request: gateway_pb2.SearchRequest, with_row_id: bool) -> pa.Table:
-        if request.WhichOneof("query") != "text" or not request.text.strip():
+    async def _text_search(self, search: Search, fingerprint: str, with_row_id: bool) -> bytes:
+        if not isinstance(search.query, str) or not search.query.strip():
             raise InvalidArgument("full-text search needs a non-empty text query")
-        store_request = copy_shared_fields(request, store_pb2.StoreTextSearchRequest())
-        store_request.name = request.table
-        store_request.query = request.text
-        store_request.search_columns.extend(request.fts_columns)
-        store_request.with_row_id = with_row_id
-        reply = await self.store.call("TextSearch", store_request)
-        return ipc_to_table(reply.arrow_ipc, "search results")
+        return await self.store.text_search(search, with_row_id, fingerprint)
+
+    # -- indexes and versions ----------------------------------------------------------------
+
+    async def create_index(self, index: CreateIndex) -> IndexInfo:
+        """Start an index build; a full-text index changes how text queries are searched, so
+        the table's descriptor goes."""
+        try:
+            return await self.store.create_index(index)
+        finally:
+            self.descriptors.forget(index.table)
+
+    async def list_indexes(self, name: str) -> list[IndexInfo]:
+        return await self.store.list_indexes(name)
+
+    async def list_versions(self, name: str) -> list[TableVersion]:
+        return await self.store.list_versions(name)
+
+    # -- the embedder, for clients -----------------------------------------------------------
+
+    async def list_providers(self) -> list[Provider]:
+        return await self.embedder.list_providers()
+
+    async def resolve_function(self, provider: str, args: dict[str, Any]) -> Resolved:
+        return await self.embedder.resolve(provider, args)
+
+    async def generate_embeddings(self, call: EmbedCall) -> Embedded:
+        return await self.embedder.embed_once(call)
 
 
-def _default_query_type(table: Table, request: gateway_pb2.SearchRequest, kind: str | None) -> int:
+def _default_query_type(table: Descriptor, search: Search) -> str:
     """Vector search, unless a text query meets a full-text index: then hybrid (or full-text
     alone when no function can embed the text). A client-side function never falls back."""
-    if kind != "text" or not table.has_text_index():
-        return gateway_pb2.QUERY_TYPE_VECTOR
-    binding = pick_binding(table.bindings, request.vector_column, request.table)
+    if not isinstance(search.query, str) or not table.text_indexed:
+        return VECTOR
+    binding = pick_binding(table.bindings, search.vector_column, search.table)
     if binding is None:
-        return gateway_pb2.QUERY_TYPE_FTS
-    return gateway_pb2.QUERY_TYPE_VECTOR if binding.client_side else gateway_pb2.QUERY_TYPE_HYBRID
+        return FTS
+    return VECTOR if binding.client_side else HYBRID
 
 
 def fuse(vector_rows: pa.Table, text_rows: pa.Table, k: int, keep_row_id: bool) -> pa.Table:

@@ -1,153 +1,59 @@
-"""gRPC adapter of the gateway: the public servicer over :class:`GatewayCore`."""
+"""gRPC adapter of the gateway: thin servicer methods over :class:`GatewayCore`; the
+conversions live in gateway/convert.py."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime
-import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from embedsearch.contract.channels import channel_credentials
-from embedsearch.contract.convert import copy_shared_fields, spec_from_pb, spec_to_pb
-from embedsearch.contract.errors import InvalidArgument
-from embedsearch.contract.schema import parse_type, type_name
 from embedsearch.contract.text import brief
-from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc, unpack_vector
-from embedsearch.v1 import (
-    common_pb2,
-    embedder_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    store_pb2,
+from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
+from gateway.clients import connect_peers
+from gateway.convert import (
+    chunk_from_pb,
+    count_rows_from_pb,
+    count_rows_to_pb,
+    create_index_from_pb,
+    create_table_from_pb,
+    delete_from_pb,
+    describe_from_pb,
+    drop_table_from_pb,
+    embed_call_from_pb,
+    embedded_to_pb,
+    index_to_pb,
+    indexes_to_pb,
+    list_tables_from_pb,
+    list_tables_to_pb,
+    merge_insert_from_pb,
+    providers_to_pb,
+    resolve_from_pb,
+    resolved_to_pb,
+    restore_from_pb,
+    rows_from_pb,
+    search_from_pb,
+    search_to_pb,
+    table_info_to_pb,
+    table_of,
+    update_from_pb,
+    versions_to_pb,
+    write_to_pb,
 )
-from gateway.clients import EmbedderClient, StoreClient
-from gateway.core import BadVectors, Chunk, GatewayCore, Rows, Table
-from gateway.mapping import Binding
+from gateway.core import GatewayCore
 from gateway.settings import GatewaySettings
-from service_kit.auth import PeerToken
+from gateway.values import Chunk
 from service_kit.server import RpcMetrics, new_server
 
-log = logging.getLogger("gateway")
-
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
-
-BAD_VECTORS = {
-    gateway_pb2.ON_BAD_VECTORS_UNSPECIFIED: "error",
-    gateway_pb2.ON_BAD_VECTORS_ERROR: "error",
-    gateway_pb2.ON_BAD_VECTORS_DROP: "drop",
-    gateway_pb2.ON_BAD_VECTORS_FILL: "fill",
-    gateway_pb2.ON_BAD_VECTORS_NULL: "null",
-}
-
-
-# -- from_pb ---------------------------------------------------------------------------------
-
-
-def rows_from_pb(rows: common_pb2.RowData) -> Rows:
-    """Arrow IPC rows as a table, JSON rows as a list of objects (typed later by the schema)."""
-    kind = rows.WhichOneof("format")
-    if kind == "arrow_ipc":
-        return ipc_to_table(rows.arrow_ipc)
-    if kind == "json":
-        try:
-            decoded = json.loads(rows.json)
-        except ValueError as exc:
-            raise InvalidArgument(f"rows.json is not valid JSON: {exc}") from exc
-        except RecursionError as exc:  # Python's parser recurses per level of nesting
-            raise InvalidArgument(
-                "rows.json nests arrays or objects too deeply: rows are flat objects"
-            ) from exc
-        if not isinstance(decoded, list):
-            raise InvalidArgument("rows.json must be a JSON array of objects")
-        return decoded
-    raise InvalidArgument("rows are required: set rows.arrow_ipc or rows.json")
-
-
-def schema_from_pb(request: gateway_pb2.CreateTableRequest) -> pa.Schema:
-    if request.arrow_schema:
-        return ipc_to_schema(request.arrow_schema)
-    if not request.columns:
-        raise InvalidArgument("give the schema as arrow_schema or as columns")
-    return pa.schema(
-        [pa.field(c.name, parse_type(c.type), nullable=c.nullable) for c in request.columns]
-    )
-
-
-def binding_from_pb(binding: common_pb2.EmbeddingBinding) -> Binding:
-    provider, args = spec_from_pb(binding.function)
-    if not binding.source_column or not binding.vector_column:
-        raise InvalidArgument("a binding needs source_column and vector_column")
-    return Binding(
-        provider,
-        args,
-        binding.source_column,
-        binding.vector_column,
-        client_side=binding.client_side,
-        ndims=binding.ndims,
-    )
-
-
-def binding_to_pb(binding: Binding) -> common_pb2.EmbeddingBinding:
-    return common_pb2.EmbeddingBinding(
-        function=spec_to_pb(binding.provider, binding.args),
-        source_column=binding.source_column,
-        vector_column=binding.vector_column,
-        client_side=binding.client_side,
-        ndims=binding.ndims,
-    )
-
-
-def bad_vectors_from_pb(request: Any) -> BadVectors:
-    if request.on_bad_vectors not in BAD_VECTORS:
-        raise InvalidArgument(f"unknown on_bad_vectors {request.on_bad_vectors}")
-    return BadVectors(BAD_VECTORS[request.on_bad_vectors], request.fill_value)
-
-
-# -- to_pb -----------------------------------------------------------------------------------
-
-
-def table_to_pb(table: Table) -> gateway_pb2.TableInfo:
-    return gateway_pb2.TableInfo(
-        name=table.info.name,
-        arrow_schema=table.info.arrow_schema,
-        version=table.info.version,
-        num_rows=table.info.num_rows,
-        bindings=[binding_to_pb(b) for b in table.bindings],
-        indexes=table.info.indexes,
-        columns=[
-            gateway_pb2.ColumnSpec(name=f.name, type=type_name(f.type), nullable=f.nullable)
-            for f in table.schema
-        ],
-    )
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, datetime.date | datetime.datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def rows_to_pb(table: pa.Table, fmt: int) -> common_pb2.RowData:
-    if fmt == common_pb2.ROW_FORMAT_JSON:
-        return common_pb2.RowData(json=json.dumps(table.to_pylist(), default=_json_value))
-    return common_pb2.RowData(arrow_ipc=table_to_ipc(table))
-
-
-# -- servicer --------------------------------------------------------------------------------
+__all__ = ["GatewayServicer", "create_server", "rows_from_pb"]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    """The public API. Each method unpacks, calls the core or forwards, and packs."""
+    """The public API. Each method converts the request, calls the core, converts the reply."""
 
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
@@ -155,47 +61,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def CreateTable(
         self, request: gateway_pb2.CreateTableRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.TableInfo:
-        table = await self.core.create_table(
-            request.name,
-            schema_from_pb(request),
-            [binding_from_pb(b) for b in request.bindings],
-            request.mode,
-            rows_from_pb(request.rows) if request.HasField("rows") else None,
-            bad_vectors_from_pb(request),
-        )
-        return table_to_pb(table)
+        return table_info_to_pb(await self.core.create_table(create_table_from_pb(request)))
 
     async def DescribeTable(
         self, request: gateway_pb2.DescribeTableRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.TableInfo:
-        return table_to_pb(await self.core.table(request.name, request.version))
+        return table_info_to_pb(await self.core.describe(*describe_from_pb(request)))
 
     async def ListTables(
         self, request: gateway_pb2.ListTablesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListTablesResponse:
-        reply = await self.core.store.call(
-            "ListTables",
-            store_pb2.StoreListTablesRequest(start_after=request.start_after, limit=request.limit),
-        )
-        return gateway_pb2.ListTablesResponse(names=reply.names)
+        return list_tables_to_pb(await self.core.list_tables(*list_tables_from_pb(request)))
 
     async def DropTable(
         self, request: gateway_pb2.DropTableRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.DropTableResponse:
-        await self.core.store.call(
-            "DropTable",
-            store_pb2.StoreDropTableRequest(
-                name=request.name, ignore_missing=request.ignore_missing
-            ),
-        )
+        await self.core.drop_table(*drop_table_from_pb(request))
         return gateway_pb2.DropTableResponse()
 
     async def Add(
         self, request: gateway_pb2.AddRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        return await self.core.add(
-            request.table, rows_from_pb(request.rows), bad_vectors_from_pb(request)
-        )
+        return write_to_pb(await self.core.add(chunk_from_pb(request)))
 
     async def AddStream(
         self,
@@ -204,106 +91,70 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> common_pb2.WriteResult:
         async def chunks() -> AsyncIterator[Chunk]:
             async for request in request_iterator:
-                yield Chunk(
-                    request.table,
-                    rows_from_pb(request.rows),
-                    bad_vectors_from_pb(request),
-                    request.commit_per_chunk,
-                )
+                yield chunk_from_pb(request)
 
-        return await self.core.add_stream(chunks())
+        return write_to_pb(await self.core.add_stream(chunks()))
 
     async def MergeInsert(
         self, request: gateway_pb2.MergeInsertRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        store_request = copy_shared_fields(request, store_pb2.StoreMergeInsertRequest())
-        store_request.name = request.table
-        return await self.core.merge_insert(
-            store_request, rows_from_pb(request.rows), bad_vectors_from_pb(request)
-        )
+        return write_to_pb(await self.core.merge_insert(merge_insert_from_pb(request)))
 
     async def Delete(
         self, request: gateway_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        return await self.core.store.call(
-            "Delete", store_pb2.StoreDeleteRequest(name=request.table, filter=request.filter)
-        )
+        return write_to_pb(await self.core.delete(*delete_from_pb(request)))
 
     async def Update(
         self, request: gateway_pb2.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        return await self.core.store.call(
-            "Update",
-            store_pb2.StoreUpdateRequest(
-                name=request.table, filter=request.filter, updates=request.updates
-            ),
-        )
+        return write_to_pb(await self.core.update(*update_from_pb(request)))
 
     async def CountRows(
         self, request: gateway_pb2.CountRowsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CountRowsResponse:
-        reply = await self.core.store.call(
-            "CountRows",
-            store_pb2.StoreCountRowsRequest(
-                name=request.table, filter=request.filter, version=request.version
-            ),
-        )
-        return gateway_pb2.CountRowsResponse(count=reply.count)
+        return count_rows_to_pb(await self.core.count_rows(*count_rows_from_pb(request)))
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SearchResponse:
-        kind = request.WhichOneof("query")
-        if kind is None:
-            raise InvalidArgument("a search needs a query: text, vector or blob")
-        vector = unpack_vector(request.vector) if kind == "vector" else None
-        result = await self.core.search(request, vector)
-        return gateway_pb2.SearchResponse(rows=rows_to_pb(result, request.result_format))
+        search = search_from_pb(request)
+        return search_to_pb(await self.core.search(search), search.json_rows)
 
     async def CreateIndex(
         self, request: gateway_pb2.CreateIndexRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.IndexInfo:
-        store_request = copy_shared_fields(request, store_pb2.StoreCreateIndexRequest())
-        store_request.name = request.table
-        return await self.core.store.call("CreateIndex", store_request)
+        return index_to_pb(await self.core.create_index(create_index_from_pb(request)))
 
     async def Restore(
         self, request: gateway_pb2.RestoreRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        return await self.core.store.call(
-            "Restore", store_pb2.StoreRestoreRequest(name=request.table, version=request.version)
-        )
+        return write_to_pb(await self.core.restore(*restore_from_pb(request)))
 
     async def ListIndexes(
         self, request: gateway_pb2.ListIndexesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListIndexesResponse:
-        reply = await self.core.store.call(
-            "ListIndexes", store_pb2.StoreListIndexesRequest(name=request.table)
-        )
-        return gateway_pb2.ListIndexesResponse(indexes=reply.indexes)
+        return indexes_to_pb(await self.core.list_indexes(table_of(request)))
 
     async def ListVersions(
         self, request: gateway_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListVersionsResponse:
-        reply = await self.core.store.call(
-            "ListVersions", store_pb2.StoreListVersionsRequest(name=request.table)
-        )
-        return gateway_pb2.ListVersionsResponse(versions=reply.versions)
+        return versions_to_pb(await self.core.list_versions(table_of(request)))
 
     async def ListProviders(
         self, request: embedder_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.ListProvidersResponse:
-        return await self.core.embedder.call("ListProviders", request)
+        return providers_to_pb(await self.core.list_providers())
 
     async def ResolveFunction(
         self, request: embedder_pb2.ResolveFunctionRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.ResolveFunctionResponse:
-        return await self.core.embedder.call("ResolveFunction", request)
+        return resolved_to_pb(await self.core.resolve_function(*resolve_from_pb(request)))
 
     async def GenerateEmbeddings(
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.EmbedResponse:
-        return await self.core.embedder.call("Embed", request)
+        return embedded_to_pb(await self.core.generate_embeddings(embed_call_from_pb(request)))
 
 
 def table_named(request: Any) -> str:
@@ -315,15 +166,8 @@ def table_named(request: Any) -> str:
 async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int]:
     """Build the gateway, bound but not started; SERVING once both peers answer SERVING."""
     metrics = RpcMetrics("gateway", CollectorRegistry())
-    credentials = channel_credentials(
-        settings.peer_tls_ca_file, settings.peer_tls_cert_file, settings.peer_tls_key_file
-    )
-    token = PeerToken.configure(settings.peer_token, settings.peer_token_file)
-    embedder = EmbedderClient(
-        settings.embedder_addr, settings.max_message_bytes, credentials, token
-    )
-    store = StoreClient(settings.store_addr, settings.max_message_bytes, credentials, token)
-    servicer = GatewayServicer(GatewayCore(embedder, store, settings.max_rows_per_request))
+    embedder, store = connect_peers(settings)
+    servicer = GatewayServicer(GatewayCore(embedder, store, settings))
     server, port, readiness = await new_server(
         settings,
         [SERVICE],

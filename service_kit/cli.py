@@ -11,8 +11,8 @@ import sys
 import time
 
 from embedsearch.contract.channels import wait_until_serving
-from embedsearch.contract.errors import Unavailable
-from service_kit.server import PARENT_PID_ENV
+from embedsearch.contract.errors import FailedPrecondition, Unavailable
+from service_kit.launch import PARENT_PID_ENV, require_server_extra
 
 READY_TIMEOUT_S = 180.0
 # After its grace period (10 s by default) a stopping service cancels what is left; past this,
@@ -231,6 +231,11 @@ def up_command(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        require_server_extra(f"embedsearch {args.command}")
+    except FailedPrecondition as exc:
+        print(f"embedsearch: {exc}", file=sys.stderr)
+        return 2
     return up(args)
 
 

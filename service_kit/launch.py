@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -12,8 +13,32 @@ from contextlib import contextmanager
 from typing import IO
 
 from embedsearch.contract.channels import wait_until_serving
+from embedsearch.contract.errors import FailedPrecondition
 
 READY_TIMEOUT_S = 120.0
+# Set by `embedsearch up` in its children: a service exits when the launcher that started it
+# is gone (service_kit.server).
+PARENT_PID_ENV = "EMBEDSEARCH_PARENT_PID"
+# Modules the services need beyond the client install, with the package that brings each.
+SERVER_MODULES = {
+    "lance": "pylance",
+    "torch": "torch",
+    "sentence_transformers": "sentence-transformers",
+    "prometheus_client": "prometheus-client",
+    "pydantic_settings": "pydantic-settings",
+    "grpc_reflection": "grpcio-reflection",
+}
+
+
+def require_server_extra(what: str) -> None:
+    """Refuse clearly when this Python has the client install only: ``what`` runs the
+    services, which the ``server`` extra brings."""
+    missing = [pkg for mod, pkg in SERVER_MODULES.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise FailedPrecondition(
+            f"{what} runs the services in this Python, which lacks {', '.join(missing)}: "
+            "pip install 'embedsearch[server]'"
+        )
 
 
 def free_port() -> int:

@@ -28,13 +28,15 @@ from embedsearch.contract.channels import read_pem
 from embedsearch.contract.errors import (
     RETRY_AFTER_KEY,
     EmbedsearchError,
+    Internal,
     InvalidArgument,
-    Overloaded,
     status_code_name,
 )
+from embedsearch.contract.status import rich_status
 from embedsearch.contract.text import clip_utf8
 from service_kit.auth import Guard, token_guard
 from service_kit.deadline import set_deadline
+from service_kit.launch import PARENT_PID_ENV
 from service_kit.memory import return_large_blocks_to_the_system
 from service_kit.settings import ServiceSettings
 from service_kit.validate import parse_request
@@ -101,26 +103,27 @@ MAX_STATUS_MESSAGE_BYTES = 1024
 async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome) -> None:
     """End a failed call with the status its error maps to; unexpected errors become INTERNAL.
 
-    The call's subject (say "table 'docs'") is put in front of a message that does not name it
-    yet. An INTERNAL answer reveals nothing of the server: the traceback goes to the log, under
-    an error id the message quotes.
+    The status carries the error's reason, metadata, retry delay and field violations as a
+    ``google.rpc.Status`` (:func:`~embedsearch.contract.status.rich_status`). The call's subject
+    (say "table 'docs'") is put in front of a message that does not name it yet. An INTERNAL
+    answer reveals nothing of the server: the traceback goes to the log, under an error id the
+    message quotes and the metadata carries.
     """
     if isinstance(exc, EmbedsearchError):
-        out.close(status_code_name(exc))
         message = str(exc)
         if out.subject and out.subject.split(" ", 1)[-1] not in message:
             message = f"{out.subject}: {message}"
-        if isinstance(exc, Overloaded):
-            milliseconds = max(1, round(exc.retry_after_s * 1000))
-            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(milliseconds)),))
-        await context.abort(grpc.StatusCode[out.code], clip_utf8(message, MAX_STATUS_MESSAGE_BYTES))
-    out.close("INTERNAL")
-    error_id = secrets.token_hex(4)
-    log.error("unhandled error in %s (error id %s)", out.method, error_id, exc_info=exc)
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error in {out.method}; see the server log (error id {error_id})",
-    )
+    else:
+        error_id = secrets.token_hex(4)
+        log.error("unhandled error in %s (error id %s)", out.method, error_id, exc_info=exc)
+        message = f"internal error in {out.method}; see the server log (error id {error_id})"
+        exc = Internal(message, metadata={"error_id": error_id})
+    out.close(status_code_name(exc))
+    status = rich_status(exc, clip_utf8(message, MAX_STATUS_MESSAGE_BYTES))
+    trailers = status.trailing_metadata
+    if exc.retry_after_s is not None:  # for clients of the previous release, which read this
+        trailers += ((RETRY_AFTER_KEY, str(max(1, round(exc.retry_after_s * 1000)))),)
+    await context.abort(status.code, status.details, trailers)
 
 
 @asynccontextmanager
@@ -463,9 +466,6 @@ async def drain(server: grpc.aio.Server, grace_s: float) -> None:
     if readiness is not None:
         await readiness.servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
-
-
-PARENT_PID_ENV = "EMBEDSEARCH_PARENT_PID"
 
 
 def die_with_parent() -> None:

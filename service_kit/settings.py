@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
+G = TypeVar("G", bound=BaseModel)
 
 
 MMAP_THRESHOLD_HELP = (
@@ -21,6 +22,10 @@ class ServiceSettings(BaseSettings):
 
     Every field is a flag (``--metrics-port``) and an environment variable with the service's
     prefix (``EMBEDDER_METRICS_PORT``). Flags win over the environment.
+
+    A service's settings may inherit groups of fields (a plain pydantic model such as the
+    embedder's ``BatchLimits``): their fields are flags and variables like the rest, with the
+    same flat names, declared once on the group; :meth:`group` hands the group on as a model.
     """
 
     model_config = SettingsConfigDict(extra="forbid", cli_kebab_case=True, cli_prog_name=None)
@@ -77,6 +82,23 @@ class ServiceSettings(BaseSettings):
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file too")
         return self
+
+    _groups: dict[type[BaseModel], BaseModel] = PrivateAttr(default_factory=dict)
+
+    def group(self, model: type[G]) -> G:
+        """The fields of ``model``, a group these settings inherit, as a ``model`` of their own:
+        what a core takes instead of the whole settings. Built once per settings object.
+
+        >>> settings.group(BatchLimits).max_batch_size  # doctest: +SKIP
+        64
+        """
+        if not isinstance(self, model):
+            raise TypeError(f"{type(self).__name__} has no group {model.__name__}")
+        built = self._groups.get(model)
+        if built is None:
+            fields = {name: getattr(self, name) for name in model.model_fields}
+            built = self._groups[model] = model.model_validate(fields)
+        return built  # type: ignore[return-value]
 
     @property
     def address(self) -> str:

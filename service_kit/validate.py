@@ -45,7 +45,7 @@ def check_enums(message: Message, path: str = "") -> None:
             for index, number in enumerate(values):
                 if number not in field.enum_type.values_by_number:
                     at = f"{name}[{index}]" if _is_repeated(field) else name
-                    raise InvalidArgument(_unknown(at, number, field.enum_type))
+                    raise _unknown(at, number, field.enum_type)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and _holds_enums(field.message_type):
             if _is_map(field):
                 _check_map(value, field, name)
@@ -62,14 +62,20 @@ def _check_map(entries: Any, field: FieldDescriptor, name: str) -> None:
         at = f"{name}[{key!r}]"
         if value_field.type == FieldDescriptor.TYPE_ENUM:
             if item not in value_field.enum_type.values_by_number:
-                raise InvalidArgument(_unknown(at, item, value_field.enum_type))
+                raise _unknown(at, item, value_field.enum_type)
         else:
             check_enums(item, f"{at}.")
 
 
-def _unknown(field: str, number: int, enum: EnumDescriptor) -> str:
+def _unknown(field: str, number: int, enum: EnumDescriptor) -> InvalidArgument:
+    """The error for an enum value the contract does not define, naming the field at fault
+    (a ``BadRequest`` field violation)."""
     allowed = ", ".join(f"{v.name} ({v.number})" for v in enum.values)
-    return f"{field} is {number}, which is no {enum.name}: use one of {allowed}"
+    why = f"use one of {allowed}"
+    return InvalidArgument(
+        f"{field} is {number}, which is no {enum.name}: {why}",
+        field_violations=[(field, f"{number} is no {enum.name}: {why}")],
+    )
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:

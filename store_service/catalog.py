@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import random
 import re
@@ -23,6 +25,7 @@ from embedsearch.contract.errors import (
     AlreadyExists,
     CommitConflict,
     EmbedsearchError,
+    FailedPrecondition,
     InvalidArgument,
     InvalidSchema,
     NotFound,
@@ -43,6 +46,8 @@ T = TypeVar("T")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _MAX_K = 10_000
 _MAX_COLUMN_NAME = 256
+# Fingerprints remembered per (table, version) before the memo starts over.
+_FINGERPRINTS = 4096
 
 __all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
@@ -66,6 +71,7 @@ class TableInfo:
     version: int
     num_rows: int
     indexes: list[IndexInfo] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 @dataclass
@@ -99,6 +105,7 @@ class SearchParams:
     version: int = 0
     bypass_vector_index: bool = False
     tag: str = ""
+    schema_fingerprint: str = ""
 
 
 @dataclass
@@ -114,6 +121,36 @@ class TextSearchParams:
     with_row_id: bool = False
     version: int = 0
     tag: str = ""
+    schema_fingerprint: str = ""
+
+
+class SchemaChanged(FailedPrecondition):
+    """A request was built from a description of the table that is no longer true."""
+
+    reason = "SCHEMA_CHANGED"
+
+
+def schema_fingerprint(schema: pa.Schema, text_indexed: set[str]) -> str:
+    """A stable hash of what a caller's description of a table holds: each field's name, type,
+    nullability and metadata, the schema's metadata (embedding bindings live there), and the
+    columns with a full-text index. Data-only writes leave it as it is."""
+
+    def metadata(items: dict[bytes, bytes] | None) -> list[tuple[str, str]]:
+        return sorted((key.hex(), value.hex()) for key, value in (items or {}).items())
+
+    fields = [[f.name, str(f.type), f.nullable, metadata(f.metadata)] for f in schema]
+    canonical = json.dumps([fields, metadata(schema.metadata), sorted(text_indexed)])
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def text_indexed_columns(dataset: lance.LanceDataset) -> set[str]:
+    """Columns with a full-text (INVERTED) index at the dataset's version."""
+    return {
+        column
+        for desc in dataset.describe_indices()
+        if str(desc.index_type).upper() in ("INVERTED", "FTS")
+        for column in desc.field_names
+    }
 
 
 _RUST_LOCATION = re.compile(r",?\s*/\S+\.rs:\d+:\d+")
@@ -177,6 +214,7 @@ class TableCatalog:
         self.limits = self.settings.expression_limits()
         self._lock = threading.Lock()
         self._vector_indexed: dict[tuple[str, int], set[str]] = {}
+        self._fingerprints: dict[tuple[str, int], str] = {}
         self.conflicts: Counter[str] = Counter()
         self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
         self.builder = IndexBuilder(self.settings.index_build_threads, self.commit)
@@ -238,7 +276,7 @@ class TableCatalog:
             return InvalidArgument(f"{what}: {message}")
         if _NOT_FOUND.search(text):
             if not self.root.exists(name):
-                return TableNotFound(f"table {name!r} does not exist")
+                return TableNotFound(f"table {name!r} does not exist", table=name)
             return NotFound(
                 f"{what}: a version of table {name!r} it read is no longer stored (removed by "
                 "cleanup); retry on the latest version"
@@ -308,7 +346,7 @@ class TableCatalog:
             # No directory, or one without a committed version yet (being created or dropped
             # by another request): no table, as far as this request can tell.
             if _NOT_FOUND.search(str(exc)) or not self.root.exists(name):
-                raise TableNotFound(f"table {name!r} does not exist") from None
+                raise TableNotFound(f"table {name!r} does not exist", table=name) from None
             raise
 
     def _checkout(
@@ -357,7 +395,8 @@ class TableCatalog:
                 if attempt == self.settings.commit_retries:
                     raise CommitConflict(
                         f"{what} on table {name!r} lost {attempt + 1} commit races with "
-                        f"concurrent writers; retry it: {lance_message(exc)}"
+                        f"concurrent writers; retry it: {lance_message(exc)}",
+                        table=name,
                     ) from exc
                 log.info("%s on %s: commit conflict, retrying (%d)", what, name, attempt + 1)
                 time.sleep(min(0.02 * 2**attempt, 1.0) * random.uniform(0.5, 1.5))
@@ -382,7 +421,7 @@ class TableCatalog:
         with self._lock:
             if self.root.exists(name):
                 if mode == "create":
-                    raise TableAlreadyExists(f"table {name!r} already exists")
+                    raise TableAlreadyExists(f"table {name!r} already exists", table=name)
                 if mode == "exist_ok":
                     existing = self._open(name)
                     if existing.schema.names != schema.names:
@@ -403,7 +442,7 @@ class TableCatalog:
                     )
             except OSError as exc:
                 if "already exists" in str(exc).lower():  # another store created it first
-                    raise TableAlreadyExists(f"table {name!r} already exists") from exc
+                    raise TableAlreadyExists(f"table {name!r} already exists", table=name) from exc
                 if _REQUEST_FAULT.match(str(exc)):
                     raise InvalidSchema(
                         f"table {name!r} cannot be stored: {lance_message(exc)}"
@@ -421,7 +460,29 @@ class TableCatalog:
             version=dataset.version,
             num_rows=dataset.count_rows(),
             indexes=self._indexes(name, dataset),
+            fingerprint=self.fingerprint(name, dataset),
         )
+
+    def fingerprint(self, name: str, dataset: lance.LanceDataset) -> str:
+        """:func:`schema_fingerprint` of table ``name`` at ``dataset``'s version, memoized."""
+        key = (name, dataset.version)
+        found = self._fingerprints.get(key)
+        if found is None:
+            found = schema_fingerprint(dataset.schema, text_indexed_columns(dataset))
+            if len(self._fingerprints) >= _FINGERPRINTS:
+                self._fingerprints = {}
+            self._fingerprints[key] = found
+        return found
+
+    def check_fingerprint(self, name: str, dataset: lance.LanceDataset, expected: str) -> None:
+        """Refuse a request built from a description of the table that is no longer true
+        (``expected`` empty: the caller did not say, nothing is checked)."""
+        if expected and expected != self.fingerprint(name, dataset):
+            raise SchemaChanged(
+                f"table {name!r}: schema changed since the request was built (another writer "
+                "changed its columns, embedding functions or full-text indexes); describe the "
+                "table again and retry"
+            )
 
     def list_tables(self, start_after: str = "", limit: int = 0) -> list[str]:
         names = [n for n in self.root.names() if n > start_after]
@@ -440,7 +501,7 @@ class TableCatalog:
                 if not self.root.exists(name):
                     if ignore_missing:
                         return
-                    raise TableNotFound(f"table {name!r} does not exist")
+                    raise TableNotFound(f"table {name!r} does not exist", table=name)
                 self._forget(name)
                 with self.root.refusals(f"dropping table {name!r}"):
                     discarded = self.root.discard(name)
@@ -455,23 +516,28 @@ class TableCatalog:
         """Drop what this process remembers of a table (a new one may reuse its versions)."""
         self._handles.pop(name, None)
         self._vector_indexed = {k: v for k, v in self._vector_indexed.items() if k[0] != name}
+        self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] != name}
         self.exact.forget(name)
         self.builder.forget(name)
 
     # -- writes ------------------------------------------------------------------------------
 
-    def add(self, name: str, rows: pa.Table) -> WriteResult:
-        """Append rows as one commit, after checking them against the schema."""
+    def add(self, name: str, rows: pa.Table, fingerprint: str = "") -> WriteResult:
+        """Append rows as one commit, after checking them against the schema (and the
+        caller's :meth:`fingerprint` of it, if given)."""
         current = self.dataset(name)
+        self.check_fingerprint(name, current, fingerprint)
         if rows.num_rows == 0:
             return WriteResult(version=current.version)
         data = conform(rows, current.schema)
         _, after = self.commit(name, "add", lambda ds: ds.insert(data))
         return WriteResult(version=after.version, rows_inserted=data.num_rows)
 
-    def begin_append(self, name: str) -> StagedAppend:
+    def begin_append(self, name: str, fingerprint: str = "") -> StagedAppend:
         """Start an append that spans many messages and commits once (AddStream)."""
-        return StagedAppend(self, name, self.dataset(name))
+        current = self.dataset(name)
+        self.check_fingerprint(name, current, fingerprint)
+        return StagedAppend(self, name, current)
 
     def merge_insert(
         self,
@@ -484,9 +550,11 @@ class TableCatalog:
         when_not_matched_insert_all: bool = False,
         when_not_matched_by_source_delete: bool = False,
         when_not_matched_by_source_condition: str = "",
+        fingerprint: str = "",
     ) -> WriteResult:
         """Upsert ``rows`` on the key columns ``on``, as one commit."""
         current = self.dataset(name)
+        self.check_fingerprint(name, current, fingerprint)
         if not on:
             raise InvalidArgument("merge_insert needs at least one key column in 'on'")
         missing = [c for c in on if c not in current.schema.names]
@@ -662,6 +730,7 @@ class TableCatalog:
         ``bypass_vector_index``) are answered from the in-memory matrix; the rest by Lance.
         """
         dataset = self.dataset(name, params.version, params.tag)
+        self.check_fingerprint(name, dataset, params.schema_fingerprint)
         _check_search(name, dataset.schema, params)
         self._check_window(params.k, params.offset, params.refine_factor, params.ef)
         if self._exact_applies(name, dataset, params):
@@ -765,6 +834,7 @@ class TableCatalog:
     def text_search(self, name: str, params: TextSearchParams) -> pa.Table:
         """Rows matching ``params.query`` by BM25 over INVERTED indexes, with ``_score``."""
         dataset = self.dataset(name, params.version, params.tag)
+        self.check_fingerprint(name, dataset, params.schema_fingerprint)
         if not params.query.strip():
             raise InvalidArgument("a text search needs a query")
         if len(params.query.encode()) > self.limits.max_bytes:
@@ -779,12 +849,7 @@ class TableCatalog:
         unknown = [c for c in [*params.search_columns, *params.columns] if c not in schema.names]
         if unknown:
             raise InvalidArgument(f"unknown column(s) {unknown}; the table has {schema.names}")
-        indexed = {
-            c
-            for d in dataset.describe_indices()
-            if str(d.index_type).upper() in ("INVERTED", "FTS")
-            for c in d.field_names
-        }
+        indexed = text_indexed_columns(dataset)
         columns = params.search_columns or sorted(indexed)
         missing = sorted(set(columns) - indexed) or "a text column"
         if not columns or set(columns) - indexed:
@@ -873,7 +938,7 @@ class TableCatalog:
             with self.root.refusals(what):
                 build.future.result()
         except EmbedsearchError as exc:
-            raise type(exc)(f"{what}: {exc}") from exc
+            raise exc.reworded(f"{what}: {exc}") from exc
         except Exception as exc:
             self.fail(spec.table, what, exc)
         return next(i for i in self.list_indexes(spec.table) if i.name == spec.name)

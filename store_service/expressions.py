@@ -69,7 +69,8 @@ class ExpressionLimits:
         if size > self.max_bytes:
             raise InvalidArgument(
                 f"{what} is {size} bytes, over {self._setting('max_expression_bytes')} = "
-                f"{self.max_bytes}: {brief(sql)}"
+                f"{self.max_bytes}: {brief(sql)}",
+                metadata={"setting": "max_expression_bytes"},
             )
         depth = operators = run = 0
         for token in _TOKEN.finditer(sql):
@@ -87,6 +88,7 @@ class ExpressionLimits:
                     what,
                     f"more than {self._setting('max_expression_run')} = {self.max_run} "
                     "operators and brackets in a row",
+                    "max_expression_run",
                 )
             if kind == "word":
                 upper = text.upper()
@@ -100,6 +102,7 @@ class ExpressionLimits:
                         what,
                         f"brackets nest deeper than {self._setting('max_expression_depth')} = "
                         f"{self.max_depth}",
+                        "max_expression_depth",
                     )
             elif kind == "close":
                 depth -= 1
@@ -117,10 +120,13 @@ class ExpressionLimits:
                     what,
                     f"more than {self._setting('max_expression_operators')} = "
                     f"{self.max_operators} operators",
+                    "max_expression_operators",
                 )
         if depth:
             self._refuse(sql, what, "a bracket is not closed")
         return sql
 
-    def _refuse(self, sql: str, what: str, why: str) -> None:
-        raise InvalidArgument(f"bad {what} {brief(sql)}: {why}")
+    def _refuse(self, sql: str, what: str, why: str, setting: str = "") -> None:
+        """Refuse ``sql``; ``setting`` names the bound it went over (ErrorInfo metadata)."""
+        metadata = {"setting": setting} if setting else None
+        raise InvalidArgument(f"bad {what} {brief(sql)}: {why}", metadata=metadata)

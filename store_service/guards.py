@@ -27,7 +27,9 @@ class TableGate:
     def passing(self) -> Iterator[None]:
         with self._changed:
             if self._closed:
-                raise TableNotFound(f"table {self.name!r} does not exist: it was dropped")
+                raise TableNotFound(
+                    f"table {self.name!r} does not exist: it was dropped", table=self.name
+                )
             self._inside += 1
         try:
             yield

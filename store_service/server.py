@@ -96,6 +96,7 @@ def table_to_pb(info: TableInfo) -> store_pb2.StoreTableInfo:
         version=info.version,
         num_rows=info.num_rows,
         indexes=[index_to_pb(i) for i in info.indexes],
+        schema_fingerprint=info.fingerprint,
     )
 
 
@@ -220,7 +221,10 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         self, request: store_pb2.StoreAddRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         rows = ipc_to_table(request.arrow_ipc)
-        return write_to_pb(await self._run(request, self.catalog.add, request.name, rows))
+        result = await self._run(
+            request, self.catalog.add, request.name, rows, request.schema_fingerprint
+        )
+        return write_to_pb(result)
 
     async def AddStream(
         self,
@@ -230,7 +234,9 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         staged: StagedAppend | None = None
         async for request in request_iterator:
             if staged is None:
-                staged = await self._run(request, self.catalog.begin_append, request.name)
+                staged = await self._run(
+                    request, self.catalog.begin_append, request.name, request.schema_fingerprint
+                )
             elif request.name not in ("", staged.name):
                 raise InvalidArgument(
                     f"an AddStream writes one table: message names {brief(request.name)} "
@@ -256,6 +262,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
             when_not_matched_insert_all=request.when_not_matched_insert_all,
             when_not_matched_by_source_delete=request.when_not_matched_by_source_delete,
             when_not_matched_by_source_condition=request.when_not_matched_by_source_condition,
+            fingerprint=request.schema_fingerprint,
         )
         return write_to_pb(result)
 

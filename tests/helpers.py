@@ -1,8 +1,8 @@
-"""Helpers shared by tests: building requests and asserting status codes."""
+"""Helpers shared by tests: building requests and asserting status codes and reasons."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -10,6 +10,8 @@ import pyarrow as pa
 import pytest
 
 from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.errors import ERROR_DOMAIN, ERRORS_BY_REASON, STATUS_CODES
+from embedsearch.contract.status import details_of
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import common_pb2, gateway_pb2
 
@@ -34,11 +36,34 @@ def arrow_rows(**columns: list) -> common_pb2.RowData:
     return common_pb2.RowData(arrow_ipc=table_to_ipc(pa.table(columns)))
 
 
-def expect_code(code: grpc.StatusCode, call: Callable[[], Any], *fragments: str) -> str:
-    """Run ``call``; assert it fails with ``code`` and a message containing ``fragments``."""
+def reason_of(err: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call ("" when it carries none, as grpc's own errors)."""
+    found = details_of(err)
+    assert found.domain in ("", ERROR_DOMAIN), found
+    return found.reason
+
+
+def expect_code(
+    code: grpc.StatusCode,
+    call: Callable[[], Any],
+    *fragments: str,
+    reason: str | None = None,
+    fields: Sequence[str] | None = None,
+) -> str:
+    """Run ``call``; assert it fails with ``code`` and, when given, the ErrorInfo ``reason``
+    and the fields its BadRequest names, and that its message contains ``fragments`` (what
+    it tells the user to fix)."""
     with pytest.raises(grpc.RpcError) as info:
         call()
     assert info.value.code() == code, info.value.details()
+    found = reason_of(info.value)
+    if reason is not None:
+        assert found == reason, (found, info.value.details())
+    if fields is not None:
+        violations = details_of(info.value).field_violations
+        assert [field for field, _ in violations] == list(fields), violations
+    if found:  # a reason always belongs to the code it came with
+        assert STATUS_CODES[ERRORS_BY_REASON[found]] == code.name, (found, code)
     details = info.value.details()
     for fragment in fragments:
         assert fragment in details, details

@@ -20,6 +20,7 @@ from service_kit.launch import free_port
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.fixture
@@ -49,7 +50,8 @@ def state(stub, name):
     ],
 )
 def test_unknown_table_is_not_found(gateway_stub, method, request_):
-    expect_code(NOT_FOUND, lambda: getattr(gateway_stub, method)(request_), "'nope'")
+    call = getattr(gateway_stub, method)
+    expect_code(NOT_FOUND, lambda: call(request_), "'nope'", reason="TABLE_NOT_FOUND")
 
 
 def test_existing_table_is_already_exists(gateway_stub, table):
@@ -57,7 +59,7 @@ def test_existing_table_is_already_exists(gateway_stub, table):
     expect_code(
         grpc.StatusCode.ALREADY_EXISTS,
         lambda: create_text_table(gateway_stub, table),
-        "already exists",
+        reason="TABLE_ALREADY_EXISTS",
     )
     assert state(gateway_stub, table) == before
 
@@ -165,8 +167,9 @@ def test_unknown_provider_and_bad_args(gateway_stub, table_name):
 
 def test_sdk_raises_typed_errors(stack, table):
     db = embedsearch.connect(f"grpc://{stack.gateway}")
-    with pytest.raises(embedsearch.TableNotFound):
+    with pytest.raises(embedsearch.TableNotFound) as missing:
         db.open_table("nope")
+    assert missing.value.reason == "TABLE_NOT_FOUND" and missing.value.table == "nope"
     with pytest.raises(embedsearch.InvalidArgument, match="row 0"):
         db.open_table(table).add([{"id": 9, "text": "   "}])
 
@@ -182,9 +185,9 @@ def test_embedder_unreachable_is_unavailable_and_writes_nothing(servers, stack, 
     stub = gateway_pb2_grpc_stub(address)
     before = state(stub, table)
     request = gateway_pb2.AddRequest(table=table, rows=arrow_rows(id=[7], text=["hello"]))
-    expect_code(grpc.StatusCode.UNAVAILABLE, lambda: stub.Add(request), "embedder")
+    expect_code(UNAVAILABLE, lambda: stub.Add(request), "embedder", reason="UNAVAILABLE")
     search = gateway_pb2.SearchRequest(table=table, text="hello")
-    expect_code(grpc.StatusCode.UNAVAILABLE, lambda: stub.Search(search), "embedder")
+    expect_code(UNAVAILABLE, lambda: stub.Search(search), "embedder", reason="UNAVAILABLE")
     assert state(stub, table) == before
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import numpy as np
+import pytest
+from conftest import QUIET
 from helpers import expect_code
+from toy_plugin import ToyCountedEmbeddings
 
+from embedder_service.server import create_server as create_embedder
+from embedder_service.settings import EmbedderSettings
 from embedsearch.contract.convert import args_from_pb, spec_to_pb
 from embedsearch.contract.wire import unpack_vectors
-from embedsearch.v1 import common_pb2, embedder_pb2
+from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 
 TEXTS = ["Embeddings map text to vectors.", "Lance stores them on disk.", "ok", "é ✓ 漢字"]
 
@@ -109,3 +116,71 @@ def test_stream_echoes_request_ids(embedder_stub):
     replies = list(embedder_stub.EmbedStream(iter(requests)))
     assert sorted(r.request_id for r in replies) == [str(i) for i in range(5)]
     assert all(r.count == 1 and r.ndims == 384 for r in replies)
+
+
+# -- a spec is validated and its secrets resolved once ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def counted_stub(servers) -> embedder_pb2_grpc.EmbedderStub:
+    """An embedder with the toy plugins, keeping two specs validated (--function-cache-size)."""
+    settings = EmbedderSettings(
+        **{**QUIET, "preload": "", "plugins": "toy_plugin", "function_cache_size": 2}
+    )
+    return embedder_pb2_grpc.EmbedderStub(
+        grpc.insecure_channel(servers.start(create_embedder, settings))
+    )
+
+
+def validations(tag: str) -> list[str]:
+    """The api_key values toy-counted's validator saw for specs tagged ``tag``, in order."""
+    return [key for seen, key in ToyCountedEmbeddings.validated if seen == tag]
+
+
+def embed_counted(stub: embedder_pb2_grpc.EmbedderStub, **args: object) -> int:
+    reply = stub.Embed(
+        embedder_pb2.EmbedRequest(function=spec_to_pb("toy-counted", args), texts=["a b"])
+    )
+    return reply.ndims
+
+
+def test_a_spec_is_validated_and_its_secrets_resolved_once(counted_stub, monkeypatch):
+    monkeypatch.setenv("TOY_COUNTED_KEY", "first")
+    spec = {"tag": "once", "api_key": "$env:TOY_COUNTED_KEY", "dims": 8}
+    with ThreadPoolExecutor(8) as pool:  # first callers at once: still one validation
+        assert set(pool.map(lambda _: embed_counted(counted_stub, **spec), range(8))) == {8}
+    for _ in range(3):
+        assert embed_counted(counted_stub, **spec) == 8
+        resolved = counted_stub.ResolveFunction(
+            embedder_pb2.ResolveFunctionRequest(function=spec_to_pb("toy-counted", spec))
+        )
+        assert args_from_pb(resolved.canonical.args)["api_key"] == "$env:TOY_COUNTED_KEY"
+    assert validations("once") == ["first"]  # validated once, with the reference resolved
+    # Resolved once means the value read then holds while the spec is in use (see EmbedderCore).
+    monkeypatch.setenv("TOY_COUNTED_KEY", "second")
+    assert embed_counted(counted_stub, **spec) == 8
+    assert validations("once") == ["first"]
+
+
+def test_a_failed_spec_is_not_kept(counted_stub, monkeypatch):
+    monkeypatch.delenv("TOY_COUNTED_UNSET", raising=False)
+    spec = {"tag": "unset", "api_key": "$env:TOY_COUNTED_UNSET"}
+    failed = grpc.StatusCode.FAILED_PRECONDITION
+    expect_code(failed, lambda: embed_counted(counted_stub, **spec))
+    expect_code(failed, lambda: embed_counted(counted_stub, **spec))
+    monkeypatch.setenv("TOY_COUNTED_UNSET", "now set")
+    assert embed_counted(counted_stub, **spec) == 16
+    assert validations("unset") == ["now set"]
+
+    bad = {"tag": "bad", "api_key": "k", "dims": "many"}
+    for _ in range(2):
+        expect_code(grpc.StatusCode.INVALID_ARGUMENT, lambda: embed_counted(counted_stub, **bad))
+    assert validations("bad") == ["k", "k"]  # refused each time, never kept as a success
+
+
+def test_specs_beyond_the_function_cache_are_validated_again(counted_stub):
+    first, second, third = ({"tag": "lru", "api_key": "k", "dims": d} for d in (4, 5, 6))
+    for spec in (first, second, first, third, first, second):
+        embed_counted(counted_stub, **spec)
+    # Two specs kept: the third evicts the least recently used (second), which comes back.
+    assert validations("lru") == ["k"] * 4

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 from api_doubles import OpenAIDouble
 from faults import rows_by_key, serve
-from helpers import expect_code
+from helpers import expect_code, reason_of
 
 from embedsearch.contract.convert import spec_to_pb
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
@@ -270,6 +270,7 @@ def test_embedder_down_mid_ingest_then_back(tmp_path, double, sig):
             ingest.result()
         # UNAVAILABLE, not DEADLINE_EXCEEDED: the gateway answered as soon as the embedder went.
         assert failed.value.code() == UNAVAILABLE, failed.value.details()
+        assert reason_of(failed.value) == "UNAVAILABLE"
         assert "embedder" in failed.value.details()
         expect_code(
             UNAVAILABLE,

@@ -22,7 +22,7 @@ from faults import (
 )
 from helpers import expect_code
 
-from embedsearch.contract.errors import ResourceExhausted
+from embedsearch.contract.errors import StorageFull
 from embedsearch.contract.schema import vector_type
 from embedsearch.contract.status import error_from_rpc
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
@@ -84,8 +84,10 @@ def fill_until_refused(stub: store_pb2_grpc.StoreStub, root: Path) -> tuple[set[
             add(stub, batch)
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-            # Not backpressure: no retry-after, so clients do not retry into a full disk.
-            assert type(error_from_rpc(err)) is ResourceExhausted
+            # Not backpressure: no retry delay, so clients do not retry into a full disk.
+            refused = error_from_rpc(err)
+            assert type(refused) is StorageFull and refused.reason == "STORAGE_FULL"
+            assert refused.retry_after_s is None
             return acknowledged, err.details()
         acknowledged.update(batch.column("id").to_pylist())
     pytest.fail(f"64 adds of {BIG} bytes each all fitted on the limited data root {root}")
@@ -124,6 +126,7 @@ def test_full_data_root_refuses_writes_and_keeps_serving_reads(tmp_path, limit):
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             lambda: stub.AddStream(iter([big]), timeout=60),
             "data root is full",
+            reason="STORAGE_FULL",
         )
         assert stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name="t")).version == version
         check_reads(stub, address, set(range(10)) | acknowledged)
@@ -152,7 +155,9 @@ def test_read_only_data_root_refuses_writes_and_keeps_serving_reads(tmp_path):
             "tag": lambda: stub.CreateTag(store_pb2.StoreCreateTagRequest(name="t", tag="v1")),
         }
         for what, call in refusals.items():
-            details = expect_code(grpc.StatusCode.FAILED_PRECONDITION, call, "data root")
+            details = expect_code(
+                grpc.StatusCode.FAILED_PRECONDITION, call, "data root", reason="FAILED_PRECONDITION"
+            )
             assert "not writable" in details and str(root) not in details, (what, details)
         assert stub.DescribeTable(store_pb2.StoreDescribeTableRequest(name="t")).version == before
         check_reads(stub, address, set(range(20)))

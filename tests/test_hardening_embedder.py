@@ -17,6 +17,7 @@ import torch
 from conftest import QUIET
 from helpers import expect_code
 
+from embedder_service.guards import RequestLimits
 from embedder_service.server import create_server as create_embedder
 from embedder_service.server import mode_from_pb
 from embedder_service.settings import EmbedderSettings
@@ -330,6 +331,10 @@ def test_bounds_are_settings_with_flags_and_variables(monkeypatch):
     ]
     assert (settings.max_inputs_per_request, settings.max_blob_bytes) == (16, 4096)
     assert settings.max_function_args == 9
+    limits = settings.request_limits  # what the guards get: the same values, built once
+    assert isinstance(limits, RequestLimits) and limits is settings.request_limits
+    assert (limits.max_inputs_per_request, limits.max_blob_bytes) == (16, 4096)
+    assert limits.max_function_args == 9
     defaults = EmbedderSettings.model_fields
     assert defaults["model_roots"].default == ""
     assert defaults["max_inputs_per_request"].default == 2048
@@ -345,6 +350,6 @@ def test_unknown_modes_are_invalid(embedder, loads_nothing, mode):
     request = embedder_pb2.EmbedRequest(
         function=spec_to_pb("sentence-transformers", {}), texts=["a"], mode=mode
     )
-    expect_code(INVALID, lambda: embedder.stub.Embed(request), "mode", str(mode))
+    expect_code(INVALID, lambda: embedder.stub.Embed(request), "mode", str(mode), fields=["mode"])
     with pytest.raises(InvalidArgument, match="EMBED_MODE_QUERY"):
         mode_from_pb(mode)  # the embedder's own conversion refuses it too

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.rpc import error_details_pb2
 
 import embedsearch
 
@@ -78,21 +79,47 @@ def test_node_client_reports_a_failed_call(node, stack):
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"code": 5, "names_the_table": True}  # NOT_FOUND
+    assert json.loads(out.stdout) == {
+        "code": 5,  # NOT_FOUND
+        "reason": "TABLE_NOT_FOUND",
+        "metadata": {"table": "no_such_table"},
+        "described": "NOT_FOUND TABLE_NOT_FOUND table=no_such_table: ",
+    }
 
 
 NODE_MISSING_TABLE = """
-const { connect } = require('./index.js');
+const { connect, describeError } = require('./index.js');
 const db = connect(process.argv[1]);
 db.search('no_such_table', 'hello').then(
   () => { console.log('{"code": 0}'); db.close(); },
   (error) => {
-    const names_the_table = error.details.includes('no_such_table');
-    console.log(JSON.stringify({ code: error.code, names_the_table }));
+    const { code, reason, errorMetadata: metadata } = error;
+    const described = describeError(error).split(error.details)[0];
+    console.log(JSON.stringify({ code, reason, metadata, described }));
     db.close();
   },
 );
 """
+
+
+def test_node_example_prints_the_reason_of_a_failure(node, stack):
+    out = subprocess.run(
+        [node, "example.js", "--address", stack.gateway, "--table", "not a valid name!"],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("embedsearch: INVALID_ARGUMENT INVALID_ARGUMENT: "), out.stderr
+
+
+@pytest.mark.parametrize("name", ["status.proto", "error_details.proto"])
+def test_node_reads_error_details_with_googleapis_own_protos(name):
+    """The client's google/rpc protos are those googleapis ships (googleapis-common-protos):
+    copied, not rewritten, so that they decode what the servers encode."""
+    shipped = Path(error_details_pb2.__file__).with_name(name)
+    assert (NODE_CLIENT / "protos" / "google" / "rpc" / name).read_bytes() == shipped.read_bytes()
 
 
 def readme_grpcurl_commands() -> list[list[str]]:

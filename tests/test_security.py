@@ -77,11 +77,13 @@ def test_no_token_or_a_wrong_one_is_unauthenticated(guarded):
         grpc.StatusCode.UNAUTHENTICATED,
         lambda: call_with(address, None, "ListTables", listing),
         "authorization: Bearer",
+        reason="UNAUTHENTICATED",
     )
     expect_code(
         grpc.StatusCode.UNAUTHENTICATED,
         lambda: call_with(address, "writer-tokeN", "ListTables", listing),
         "not valid",
+        reason="UNAUTHENTICATED",
     )
     with pytest.raises(Unauthenticated):
         embedsearch.connect(f"grpc://{address}", api_key="nope").table_names()
@@ -102,8 +104,9 @@ def test_read_only_token_reads_but_cannot_write(guarded, table_name):
     mine = reader.open_table(table_name)
     assert mine.search("keeper").limit(1).to_list()[0]["text"] == "the gate keeper"
     assert mine.count_rows() == 1
-    with pytest.raises(PermissionDenied, match="read-only"):
+    with pytest.raises(PermissionDenied, match="read-only") as refused:
         mine.add([{"text": "sneaked in"}])
+    assert refused.value.reason == "PERMISSION_DENIED"
     with pytest.raises(PermissionDenied):
         reader.drop_table(table_name)
     with pytest.raises(PermissionDenied):

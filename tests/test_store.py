@@ -59,13 +59,19 @@ def test_create_describe_list_drop(store_stub, table):
     assert table in store_stub.ListTables(store_pb2.StoreListTablesRequest()).names
     store_stub.DropTable(store_pb2.StoreDropTableRequest(name=table))
     assert table not in store_stub.ListTables(store_pb2.StoreListTablesRequest()).names
-    expect_code(grpc.StatusCode.NOT_FOUND, lambda: describe(store_stub, table))
+    expect_code(
+        grpc.StatusCode.NOT_FOUND, lambda: describe(store_stub, table), reason="TABLE_NOT_FOUND"
+    )
     store_stub.DropTable(store_pb2.StoreDropTableRequest(name=table, ignore_missing=True))
 
 
 def test_create_modes(store_stub, table):
     request = store_pb2.StoreCreateTableRequest(name=table, arrow_schema=schema_to_ipc(SCHEMA))
-    expect_code(grpc.StatusCode.ALREADY_EXISTS, lambda: store_stub.CreateTable(request))
+    expect_code(
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda: store_stub.CreateTable(request),
+        reason="TABLE_ALREADY_EXISTS",
+    )
     store_stub.Add(store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2])))
     request.mode = common_pb2.CREATE_MODE_EXIST_OK
     assert store_stub.CreateTable(request).num_rows == 2
@@ -300,7 +306,9 @@ def test_optimize_compacts_and_cleans_up(store_stub, table):
     assert [v.version for v in versions_of(store_stub, table)] == [3, done.version]
     assert done.versions_removed == done.version - 2  # all but the latest and the tagged one
     assert count(store_stub, table) == 5 and count(store_stub, table, tag="keep") == 2
-    expect_code(grpc.StatusCode.NOT_FOUND, lambda: count(store_stub, table, version=4))
+    expect_code(
+        grpc.StatusCode.NOT_FOUND, lambda: count(store_stub, table, version=4), reason="NOT_FOUND"
+    )
     default = store_stub.Optimize(store_pb2.StoreOptimizeRequest(name=table))
     assert default.versions_removed == 0  # the default retention keeps recent versions
 

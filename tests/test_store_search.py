@@ -371,7 +371,12 @@ def test_bad_index_requests(store, table):
         name=table, column="id", index_type=common_pb2.INDEX_TYPE_BTREE, wait=True
     )
     stub.CreateIndex(request)
-    expect_code(grpc.StatusCode.ALREADY_EXISTS, lambda: stub.CreateIndex(request), "replace")
+    expect_code(
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda: stub.CreateIndex(request),
+        "replace",
+        reason="ALREADY_EXISTS",
+    )
     request.params.replace = True
     assert stub.CreateIndex(request).status == "ready"
 

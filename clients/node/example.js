@@ -8,7 +8,7 @@
  *   node example.js [--address 127.0.0.1:50050] [--table node_docs] [--api-key TOKEN]
  */
 const { parseArgs } = require('node:util');
-const { connect, binding } = require('./index.js');
+const { connect, binding, describeError } = require('./index.js');
 
 const ROWS = [
   { id: 1, text: 'The cat purrs on the warm windowsill.' },
@@ -54,6 +54,7 @@ async function main() {
 }
 
 main().catch((error) => {
-  process.stderr.write(`embedsearch: ${error.code !== undefined ? `code ${error.code}: ` : ''}${error.details || error.message}\n`);
+  // e.g. "embedsearch: NOT_FOUND TABLE_NOT_FOUND table=docs: table 'docs' does not exist"
+  process.stderr.write(`embedsearch: ${describeError(error)}\n`);
   process.exitCode = 1;
 });

@@ -12,13 +12,24 @@
  *                        [binding('text', 'vector', 'sentence-transformers')]);
  *   await db.add('docs', [{ text: 'hello' }]);
  *   const rows = await db.search('docs', 'hi', { k: 5 });
+ *
+ * A failed call rejects with grpc-js's error (code, details) plus what the server's
+ * google.rpc.Status says (see the reasons listed in protos/embedsearch/v1/common.proto):
+ * `reason` (e.g. 'TABLE_NOT_FOUND'), `errorMetadata` (e.g. { table: 'docs' }), `retryDelayMs`
+ * (back-off asked for by OVERLOADED) and `fieldViolations` ([{ field, description }]).
  */
 const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
 
 const PROTO_ROOT = process.env.EMBEDSEARCH_PROTOS || path.resolve(__dirname, '..', '..', 'protos');
+// google/rpc/status.proto and error_details.proto, as googleapis ships them (the copies here are
+// checked against those of the googleapis-common-protos package by tests/test_polyglot.py).
+const GOOGLE_RPC_PROTOS = path.join(__dirname, 'protos');
+const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
+const ERROR_DOMAIN = 'embedsearch.v1';
 
 /** The Gateway service constructor, built from the .proto files under protoRoot. */
 function loadGateway(protoRoot = PROTO_ROOT) {
@@ -31,6 +42,75 @@ function loadGateway(protoRoot = PROTO_ROOT) {
     oneofs: true,
   });
   return grpc.loadPackageDefinition(definition).embedsearch.v1.Gateway;
+}
+
+let richTypes;
+
+/** The google.rpc message types that error details are decoded with, loaded once. */
+function googleRpcTypes() {
+  if (!richTypes) {
+    const root = new protobuf.Root();
+    root.resolvePath = (origin, target) => path.join(GOOGLE_RPC_PROTOS, target);
+    root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], {
+      keepCase: true,
+    });
+    richTypes = {
+      Status: root.lookupType('google.rpc.Status'),
+      ErrorInfo: root.lookupType('google.rpc.ErrorInfo'),
+      RetryInfo: root.lookupType('google.rpc.RetryInfo'),
+      BadRequest: root.lookupType('google.rpc.BadRequest'),
+    };
+  }
+  return richTypes;
+}
+
+/**
+ * What a failed call's google.rpc.Status (the grpc-status-details-bin trailer) says:
+ * { reason, domain, metadata, retryDelayMs, fieldViolations }; reason is '' when the error
+ * carries no details (as errors of gRPC's own, like UNAVAILABLE when the server is down).
+ */
+function errorDetails(error) {
+  const found = { reason: '', domain: '', metadata: {}, retryDelayMs: null, fieldViolations: [] };
+  const [bytes] = (error.metadata && error.metadata.get(STATUS_DETAILS_KEY)) || [];
+  if (!bytes) return found;
+  const types = googleRpcTypes();
+  const decode = (type, value) => type.toObject(type.decode(value), { longs: Number });
+  for (const detail of decode(types.Status, bytes).details || []) {
+    const typeName = detail.type_url.slice(detail.type_url.lastIndexOf('/') + 1);
+    if (typeName === 'google.rpc.ErrorInfo') {
+      const info = decode(types.ErrorInfo, detail.value);
+      Object.assign(found, { reason: info.reason, domain: info.domain });
+      found.metadata = info.metadata || {};
+    } else if (typeName === 'google.rpc.RetryInfo') {
+      const delay = decode(types.RetryInfo, detail.value).retry_delay || {};
+      found.retryDelayMs = (delay.seconds || 0) * 1000 + (delay.nanos || 0) / 1e6;
+    } else if (typeName === 'google.rpc.BadRequest') {
+      const violations = decode(types.BadRequest, detail.value).field_violations || [];
+      found.fieldViolations = violations.map(({ field, description }) => ({ field, description }));
+    }
+  }
+  return found;
+}
+
+/** The error of a failed call with its details attached (reason, errorMetadata, ...). */
+function withDetails(error) {
+  const found = errorDetails(error);
+  error.reason = found.domain === ERROR_DOMAIN ? found.reason : '';
+  error.errorMetadata = found.metadata;
+  error.retryDelayMs = found.retryDelayMs;
+  error.fieldViolations = found.fieldViolations;
+  return error;
+}
+
+/** One line for a failed call: code name, reason and metadata, then the server's message. */
+function describeError(error) {
+  if (error.code === undefined) return error.message;
+  const parts = [grpc.status[error.code] || `code ${error.code}`];
+  if (error.reason) parts.push(error.reason);
+  const metadata = Object.entries(error.errorMetadata || {});
+  if (metadata.length) parts.push(metadata.map(([key, value]) => `${key}=${value}`).join(' '));
+  const violations = (error.fieldViolations || []).map((v) => `${v.field}: ${v.description}`);
+  return [`${parts.join(' ')}: ${error.details}`, ...violations].join('\n  ');
 }
 
 /** A JSON value as a google.protobuf.Value message. */
@@ -82,12 +162,15 @@ class Client {
     this.deadlineMs = deadlineMs;
   }
 
-  /** One unary call as a promise; a failure rejects with the gRPC error (code, details). */
+  /**
+   * One unary call as a promise; a failure rejects with the gRPC error (code, details) and
+   * its details (reason, errorMetadata, retryDelayMs, fieldViolations).
+   */
   call(method, request) {
     const deadline = new Date(Date.now() + this.deadlineMs);
     return new Promise((resolve, reject) => {
       this.stub[method](request, this.metadata, { deadline }, (error, reply) =>
-        error ? reject(error) : resolve(reply),
+        error ? reject(withDetails(error)) : resolve(reply),
       );
     });
   }
@@ -134,4 +217,4 @@ function connect(address, options) {
   return new Client(address, options);
 }
 
-module.exports = { connect, binding, loadGateway, toStruct, Client };
+module.exports = { connect, binding, loadGateway, toStruct, errorDetails, describeError, Client };

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf import json_format, struct_pb2
-from google.protobuf.message import Message
 
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.v1 import common_pb2
@@ -72,29 +71,3 @@ def metric_from_pb(metric: int) -> str | None:
     if metric not in METRICS:
         raise InvalidArgument(f"unknown metric {metric}; use L2, COSINE or DOT")
     return METRICS[metric]
-
-
-M = TypeVar("M", bound=Message)
-
-
-def copy_shared_fields(source: Message, target: M) -> M:
-    """Copy into ``target`` every field ``source`` has under the same name and type.
-
-    The gateway forwards request options (k, filter, when_matched_update_all, ...) to the store
-    this way, so a field added to both contracts is forwarded without a line of code here.
-    """
-    fields = source.DESCRIPTOR.fields_by_name
-    for field in target.DESCRIPTOR.fields:
-        theirs = fields.get(field.name)
-        if theirs is None or (theirs.type, theirs.is_repeated) != (field.type, field.is_repeated):
-            continue
-        value = getattr(source, field.name)
-        if field.is_repeated:
-            getattr(target, field.name).extend(value)
-        elif theirs.has_presence and not source.HasField(field.name):
-            continue
-        elif field.message_type is not None:
-            getattr(target, field.name).CopyFrom(value)
-        else:
-            setattr(target, field.name, value)
-    return target

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import ClassVar
 
 import numpy as np
+from pydantic import ValidationInfo, field_validator
 
 from embedsearch.embeddings import TextEmbeddingFunction, register
 
@@ -36,3 +38,21 @@ class ToySlowEmbeddings(ToyHashEmbeddings):
     def generate_embeddings(self, texts: list[str]) -> np.ndarray:
         time.sleep(self.delay_s)
         return super().generate_embeddings(texts)
+
+
+@register("toy-counted")
+class ToyCountedEmbeddings(ToyHashEmbeddings):
+    """The hashing embedder, recording every validation of its arguments: ``(tag, api_key)``
+    per call of its validator, with the key as the provider receives it (references resolved).
+    """
+
+    validated: ClassVar[list[tuple[str, str]]] = []
+
+    tag: str = ""
+    api_key: str = ""
+
+    @field_validator("api_key")
+    @classmethod
+    def _record(cls, api_key: str, info: ValidationInfo) -> str:
+        cls.validated.append((info.data.get("tag", ""), api_key))
+        return api_key
