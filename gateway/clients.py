@@ -18,7 +18,7 @@ from embedsearch.contract.channels import (
     typed_errors,
 )
 from embedsearch.contract.convert import spec_to_pb
-from embedsearch.contract.errors import FailedPrecondition, Internal
+from embedsearch.contract.errors import Internal
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
 from gateway.convert import (
@@ -45,7 +45,6 @@ from gateway.values import (
     Provider,
     Resolved,
     Scan,
-    SchemaChanged,
     Search,
     StoreTable,
     TableVersion,
@@ -166,27 +165,11 @@ class EmbedderClient(Peer):
         return vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
 
 
-# How the store says that a request's schema fingerprint is stale: the reason of its error,
-# and for a store whose errors carry no reason, the words of its message.
-SCHEMA_CHANGED_MARK = "schema changed since the request was built"
-
-
 class StoreClient(Peer):
     """The store: each method builds one store request from typed values and reads the reply."""
 
     kind = "store"
     stub_class = store_pb2_grpc.StoreStub
-
-    async def call(self, method: str, request: Any) -> Any:
-        """As :meth:`Peer.call`; a refusal for a stale schema fingerprint is SchemaChanged."""
-        try:
-            return await super().call(method, request)
-        except FailedPrecondition as exc:
-            if getattr(exc, "reason", "") == SchemaChanged.reason or SCHEMA_CHANGED_MARK in str(
-                exc
-            ):
-                raise SchemaChanged(str(exc)) from None
-            raise
 
     async def describe(self, name: str, version: int = 0) -> StoreTable:
         return table_from_pb(await self.call("DescribeTable", describe_to_pb(name, version)))

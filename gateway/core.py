@@ -17,6 +17,7 @@ from embedsearch.contract.errors import (
     FailedPrecondition,
     InvalidArgument,
     InvalidSchema,
+    SchemaChanged,
 )
 from embedsearch.contract.schema import VectorFill, embeddable, is_vector, vector_type
 from embedsearch.contract.sql import keys_filter
@@ -50,7 +51,6 @@ from gateway.values import (
     ResultRows,
     Rows,
     Scan,
-    SchemaChanged,
     Search,
     StoreTable,
     TableInfo,
@@ -287,7 +287,7 @@ class GatewayCore:
                     )
                     chunk, index = await anext(chunks, None), index + 1
             except EmbedsearchError as exc:
-                await embedded.put(type(exc)(f"chunk {index}: {exc}"))
+                await embedded.put(exc.reworded(f"chunk {index}: {exc}"))
             except Exception as exc:
                 await embedded.put(exc)
             else:

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.errors import FailedPrecondition
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import Binding
 
@@ -16,12 +15,6 @@ Rows = pa.Table | list[dict[str, Any]]
 ERROR, DROP, FILL, NULL = "error", "drop", "fill", "null"
 VECTOR, FTS, HYBRID = "vector", "fts", "hybrid"
 TEXT_INDEX = "INVERTED"  # IndexInfo.index_type of a full-text index
-
-
-class SchemaChanged(FailedPrecondition):
-    """The store refused a request built from a table description it no longer matches."""
-
-    reason = "SCHEMA_CHANGED"  # as the store sends it (store_service/catalog.py)
 
 
 @dataclass

@@ -25,10 +25,10 @@ from embedsearch.contract.errors import (
     AlreadyExists,
     CommitConflict,
     EmbedsearchError,
-    FailedPrecondition,
     InvalidArgument,
     InvalidSchema,
     NotFound,
+    SchemaChanged,
     TableAlreadyExists,
     TableNotFound,
 )
@@ -122,12 +122,6 @@ class TextSearchParams:
     version: int = 0
     tag: str = ""
     schema_fingerprint: str = ""
-
-
-class SchemaChanged(FailedPrecondition):
-    """A request was built from a description of the table that is no longer true."""
-
-    reason = "SCHEMA_CHANGED"
 
 
 def schema_fingerprint(schema: pa.Schema, text_indexed: set[str]) -> str:
@@ -481,7 +475,8 @@ class TableCatalog:
             raise SchemaChanged(
                 f"table {name!r}: schema changed since the request was built (another writer "
                 "changed its columns, embedding functions or full-text indexes); describe the "
-                "table again and retry"
+                "table again and retry",
+                table=name,
             )
 
     def list_tables(self, start_after: str = "", limit: int = 0) -> list[str]:
@@ -837,10 +832,10 @@ class TableCatalog:
         self.check_fingerprint(name, dataset, params.schema_fingerprint)
         if not params.query.strip():
             raise InvalidArgument("a text search needs a query")
-        if len(params.query.encode()) > self.limits.max_bytes:
+        if len(params.query.encode()) > self.limits.max_expression_bytes:
             raise InvalidArgument(
                 f"the text query is over --max-expression-bytes (STORE_MAX_EXPRESSION_BYTES) = "
-                f"{self.limits.max_bytes} bytes: {brief(params.query)}"
+                f"{self.limits.max_expression_bytes} bytes: {brief(params.query)}"
             )
         if not 1 <= params.k <= _MAX_K:
             raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.text import brief
@@ -41,19 +43,36 @@ _CLAUSES = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ExpressionLimits:
+class ExpressionLimits(BaseModel):
     """Bounds on one SQL expression. Lance's parser and planner recurse over the expression
     tree, so a long chain (`1 + 1 + … + 1`) or deep nesting costs quadratic CPU and can
     overflow a thread's stack, killing the store, and its parser backtracks exponentially over
     runs of prefix operators; these bounds keep every expression far from all three.
-    ``env_prefix`` names the settings in error messages."""
 
-    max_bytes: int = 64 * 1024
-    max_operators: int = 256
-    max_depth: int = 32
-    max_run: int = 8
-    env_prefix: str = "STORE_"
+    A group of the store's settings (StoreSettings inherits it), whose flags these fields are:
+    refusals name them."""
+
+    model_config = ConfigDict(extra="forbid")
+    env_prefix: ClassVar[str] = "STORE_"
+
+    max_expression_bytes: int = Field(
+        64 * 1024, ge=1, description="Longest filter, condition or SQL expression, in bytes."
+    )
+    max_expression_operators: int = Field(
+        256,
+        ge=1,
+        description="Most operators (AND, OR, =, +, …) in one expression: Lance's planner "
+        "costs grow quadratically with them, and very long chains overflow its stack.",
+    )
+    max_expression_depth: int = Field(
+        32, ge=1, description="Deepest nesting of brackets in one expression."
+    )
+    max_expression_run: int = Field(
+        8,
+        ge=1,
+        description="Most operators and opening brackets in a row, before an operand: Lance's "
+        "parser takes exponential time over chains of prefix operators such as `NOT +NOT +…`.",
+    )
 
     def _setting(self, name: str) -> str:
         return f"--{name.replace('_', '-')} ({self.env_prefix}{name.upper()})"
@@ -66,10 +85,10 @@ class ExpressionLimits:
         "name = 'a;b' AND (x > 1)"
         """
         size = len(sql.encode("utf-8", "surrogatepass"))
-        if size > self.max_bytes:
+        if size > self.max_expression_bytes:
             raise InvalidArgument(
                 f"{what} is {size} bytes, over {self._setting('max_expression_bytes')} = "
-                f"{self.max_bytes}: {brief(sql)}",
+                f"{self.max_expression_bytes}: {brief(sql)}",
                 metadata={"setting": "max_expression_bytes"},
             )
         depth = operators = run = 0
@@ -82,11 +101,11 @@ class ExpressionLimits:
             operator = kind == "operator" or (kind == "word" and text.upper() in _KEYWORD_OPERATORS)
             run = run + 1 if operator or kind == "open" else 0
             operators += operator
-            if run > self.max_run:
+            if run > self.max_expression_run:
                 self._refuse(
                     sql,
                     what,
-                    f"more than {self._setting('max_expression_run')} = {self.max_run} "
+                    f"more than {self._setting('max_expression_run')} = {self.max_expression_run} "
                     "operators and brackets in a row",
                     "max_expression_run",
                 )
@@ -96,12 +115,12 @@ class ExpressionLimits:
                     self._refuse(sql, what, f"one expression only, no {upper} clause")
             elif kind == "open":
                 depth += 1
-                if depth > self.max_depth:
+                if depth > self.max_expression_depth:
                     self._refuse(
                         sql,
                         what,
                         f"brackets nest deeper than {self._setting('max_expression_depth')} = "
-                        f"{self.max_depth}",
+                        f"{self.max_expression_depth}",
                         "max_expression_depth",
                     )
             elif kind == "close":
@@ -114,12 +133,12 @@ class ExpressionLimits:
                 self._refuse(sql, what, "comments are not allowed")
             elif kind == "other" and text == ";":
                 self._refuse(sql, what, "one expression only, no ';'")
-            if operators > self.max_operators:
+            if operators > self.max_expression_operators:
                 self._refuse(
                     sql,
                     what,
                     f"more than {self._setting('max_expression_operators')} = "
-                    f"{self.max_operators} operators",
+                    f"{self.max_expression_operators} operators",
                     "max_expression_operators",
                 )
         if depth:

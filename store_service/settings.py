@@ -17,7 +17,7 @@ METADATA_CACHE_BYTES = 8 * 1024**2
 INDEX_CACHE_BYTES = 2 * GiB
 
 
-class StoreSettings(ServiceSettings):
+class StoreSettings(ExpressionLimits, ServiceSettings):
     """Settings of store_service."""
 
     model_config = SettingsConfigDict(env_prefix="STORE_")
@@ -98,24 +98,6 @@ class StoreSettings(ServiceSettings):
         "version is removed only once its successor is this old, so a request on it in another "
         "store process sharing the root (deadlines are at most 300 s) has finished.",
     )
-    max_expression_bytes: int = Field(
-        64 * 1024, ge=1, description="Longest filter, condition or SQL expression, in bytes."
-    )
-    max_expression_operators: int = Field(
-        256,
-        ge=1,
-        description="Most operators (AND, OR, =, +, …) in one expression: Lance's planner "
-        "costs grow quadratically with them, and very long chains overflow its stack.",
-    )
-    max_expression_depth: int = Field(
-        32, ge=1, description="Deepest nesting of brackets in one expression."
-    )
-    max_expression_run: int = Field(
-        8,
-        ge=1,
-        description="Most operators and opening brackets in a row, before an operand: Lance's "
-        "parser takes exponential time over chains of prefix operators such as `NOT +NOT +…`.",
-    )
     max_columns: int = Field(1024, ge=1, description="Most columns in a table's schema.")
     max_search_window: int = Field(
         100_000, ge=1, description="Most rows one search gathers: k + offset."
@@ -128,9 +110,4 @@ class StoreSettings(ServiceSettings):
     )
 
     def expression_limits(self) -> ExpressionLimits:
-        return ExpressionLimits(
-            self.max_expression_bytes,
-            self.max_expression_operators,
-            self.max_expression_depth,
-            self.max_expression_run,
-        )
+        return self.group(ExpressionLimits)

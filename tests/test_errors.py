@@ -179,10 +179,10 @@ def test_an_error_of_grpc_itself_falls_back_to_its_status_code():
 @pytest.mark.parametrize(
     ("limits", "sql", "setting"),
     [
-        ({"max_bytes": 8}, "id = 123456789", "max_expression_bytes"),
-        ({"max_depth": 1}, "((id = 1))", "max_expression_depth"),
-        ({"max_run": 2}, "NOT NOT NOT true", "max_expression_run"),
-        ({"max_operators": 1}, "id = 1 AND id = 2", "max_expression_operators"),
+        ({"max_expression_bytes": 8}, "id = 123456789", "max_expression_bytes"),
+        ({"max_expression_depth": 1}, "((id = 1))", "max_expression_depth"),
+        ({"max_expression_run": 2}, "NOT NOT NOT true", "max_expression_run"),
+        ({"max_expression_operators": 1}, "id = 1 AND id = 2", "max_expression_operators"),
     ],
 )
 def test_a_bound_the_request_went_over_is_named_as_metadata(limits, sql, setting):

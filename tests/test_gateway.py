@@ -11,6 +11,7 @@ import pytest
 from helpers import expect_code
 
 import embedsearch
+from embedsearch import errors
 from embedsearch.contract.convert import spec_to_pb
 from embedsearch.contract.wire import schema_to_ipc
 from embedsearch.embeddings import get_registry
@@ -45,8 +46,9 @@ def test_several_vector_columns(db, table_name):
         ]
     )
     assert set(table.embedding_functions) == {"body_vector", "title_vector"}
-    with pytest.raises(embedsearch.InvalidArgument, match=r"body_vector.*title_vector"):
+    with pytest.raises(embedsearch.InvalidArgument, match=r"body_vector.*title_vector") as which:
         table.search("kitten").to_list()
+    assert which.value.reason == "INVALID_SCHEMA"
     by_body = table.search("kitten", vector_column_name="body_vector").limit(1).to_list()
     by_title = table.search("kitten", vector_column_name="title_vector").limit(1).to_list()
     assert by_body[0]["text"] == "cats purr and sleep"
@@ -170,6 +172,7 @@ def test_json_rows_and_column_specs_for_clients_without_arrow(stack, gateway_stu
             gateway_pb2.AddRequest(table=table_name, rows=common_pb2.RowData(json=bad))
         ),
         "JSON column 'id'",
+        reason="INVALID_SCHEMA",
     )
 
 
@@ -187,8 +190,9 @@ def test_checkout_and_count_by_version(db, table_name):
     table.checkout(version)
     assert table.count_rows() == 1
     assert [r["text"] for r in table.search("second").limit(5).to_list()] == ["first"]
-    with pytest.raises(embedsearch.EmbedsearchError, match="checkout_latest"):
+    with pytest.raises(errors.FailedPrecondition, match="checkout_latest") as read_only:
         table.add([{"text": "third"}])
+    assert read_only.value.reason == "FAILED_PRECONDITION"
     table.checkout_latest()
     assert table.count_rows() == 2
 
@@ -247,8 +251,9 @@ def test_streamed_add_commits_once(db, table_name):
 def test_streamed_add_failing_part_way_commits_nothing(db, table_name):
     table = text_table(db, table_name)
     before = table.version
-    with pytest.raises(embedsearch.InvalidArgument, match="row 3"):
+    with pytest.raises(embedsearch.InvalidArgument, match="row 3") as bad:
         table.add(batches(4, 30, bad_in=2))
+    assert bad.value.reason in ("INVALID_ARGUMENT", "INVALID_SCHEMA")
     assert (table.version, table.count_rows()) == (before, 0)
 
 
@@ -258,8 +263,7 @@ def test_streamed_add_per_chunk_keeps_earlier_chunks(db, table_name):
     with pytest.raises(embedsearch.InvalidArgument):
         table.add(batches(4, 30, bad_in=2), commit_per_chunk=True)
     assert table.count_rows() == 60
-    table.checkout_latest()  # the failed call reported no version to the handle
-    assert table.version == before + 2
+    assert table.version == before + 2  # the handle reads its descriptor after a failed write
 
 
 def test_streamed_add_reports_a_client_side_failure(db, table_name):
@@ -295,10 +299,11 @@ def test_merge_insert_embeds_only_rows_it_writes(db, table_name):
     assert (updated.rows_updated, updated.rows_inserted) == (1, 0)
     assert table.search("two updated").limit(1).to_list()[0]["text"] == "two, updated"
 
-    with pytest.raises(embedsearch.InvalidArgument, match="row 0"):
+    with pytest.raises(embedsearch.InvalidArgument, match="row 0") as bad:
         table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
             [{"id": 4, "text": ""}]
         )
+    assert bad.value.reason in ("INVALID_ARGUMENT", "INVALID_SCHEMA")
     assert table.count_rows() == 3
 
 

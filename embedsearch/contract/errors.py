@@ -117,6 +117,14 @@ class FailedPrecondition(EmbedsearchError):
     reason = "FAILED_PRECONDITION"
 
 
+class SchemaChanged(_AboutTable, FailedPrecondition):
+    """A request was built from a description of the table that no longer holds (its columns,
+    embedding functions or full-text indexes changed since): describe the table again and
+    retry. The gateway does so once by itself."""
+
+    reason = "SCHEMA_CHANGED"
+
+
 class ResourceExhausted(EmbedsearchError):
     """A resource ran out: a queue (:class:`Overloaded`, retry later) or the disk
     (:class:`StorageFull`, retrying does not help until space is freed)."""
@@ -211,6 +219,7 @@ STATUS_CODES: dict[type[EmbedsearchError], str] = {
     AlreadyExists: "ALREADY_EXISTS",
     TableAlreadyExists: "ALREADY_EXISTS",
     FailedPrecondition: "FAILED_PRECONDITION",
+    SchemaChanged: "FAILED_PRECONDITION",
     CommitConflict: "ABORTED",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     Overloaded: "RESOURCE_EXHAUSTED",
@@ -280,6 +289,7 @@ __all__ = [
     "Overloaded",
     "PermissionDenied",
     "ResourceExhausted",
+    "SchemaChanged",
     "StorageFull",
     "TableAlreadyExists",
     "TableNotFound",
