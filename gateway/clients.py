@@ -19,6 +19,7 @@ from embedsearch.contract.channels import (
 )
 from embedsearch.contract.convert import spec_to_pb
 from embedsearch.contract.errors import Internal
+from embedsearch.contract.values import IndexInfo
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
 from gateway.convert import (
@@ -40,7 +41,6 @@ from gateway.values import (
     CreateIndex,
     EmbedCall,
     Embedded,
-    IndexInfo,
     MergeInsert,
     Provider,
     Resolved,

@@ -29,6 +29,7 @@ from embedsearch.contract.convert import (
 )
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.schema import parse_type, type_name
+from embedsearch.contract.values import IndexInfo
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -50,7 +51,6 @@ from gateway.values import (
     CreateTable,
     EmbedCall,
     Embedded,
-    IndexInfo,
     IndexParams,
     MergeInsert,
     Provider,

@@ -21,6 +21,7 @@ from embedsearch.contract.errors import (
 )
 from embedsearch.contract.schema import VectorFill, embeddable, is_vector, vector_type
 from embedsearch.contract.sql import keys_filter
+from embedsearch.contract.values import IndexInfo
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import (
     Binding,
@@ -44,7 +45,6 @@ from gateway.values import (
     Descriptor,
     EmbedCall,
     Embedded,
-    IndexInfo,
     MergeInsert,
     Provider,
     Resolved,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from embedsearch.contract.values import IndexInfo
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import Binding
 
@@ -36,21 +37,6 @@ class IndexParams:
     ef_construction: int = 0
     metric: str | None = None
     replace: bool = False
-
-
-@dataclass
-class IndexInfo:
-    """An index on a table; ``index_type`` is a name such as ``IVF_PQ`` or ``INVERTED``."""
-
-    name: str
-    columns: list[str]
-    index_type: str
-    status: str = ""
-    num_unindexed_rows: int = 0
-    num_indexed_rows: int = 0
-    progress: float = 0.0
-    stage: str = ""
-    num_deltas: int = 0
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from embedsearch.contract.errors import AlreadyExists, InvalidArgument
 from embedsearch.contract.schema import is_vector
+from embedsearch.contract.values import IndexInfo
 
 log = logging.getLogger("store_service.indexes")
 
@@ -50,21 +51,6 @@ class IndexSpec:
     def __post_init__(self) -> None:
         self.index_type = self.index_type.upper()
         self.name = self.name or f"{self.column}_idx"
-
-
-@dataclass
-class IndexInfo:
-    """An index and how much of the table it covers."""
-
-    name: str
-    columns: list[str]
-    index_type: str
-    status: str = "ready"
-    num_indexed_rows: int = 0
-    num_unindexed_rows: int = 0
-    progress: float = 0.0
-    stage: str = ""
-    num_deltas: int = 0
 
 
 @dataclass
