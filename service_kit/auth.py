@@ -33,7 +33,7 @@ from google.protobuf.descriptor_pb2 import MethodOptions
 from embedsearch.contract.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from service_kit.settings import ServiceSettings
 
-log = logging.getLogger("embedsearch.rpc")
+log = logging.getLogger("service_kit")
 
 RELOAD_EVERY_S = 2.0
 BEARER = "bearer "

@@ -41,7 +41,7 @@ from service_kit.memory import return_large_blocks_to_the_system
 from service_kit.settings import ServiceSettings
 from service_kit.validate import parse_request
 
-log = logging.getLogger("embedsearch.rpc")
+log = logging.getLogger("service_kit")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

@@ -25,7 +25,7 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9452, ge=-1, le=65535, description="/metrics port; -1 is off.")
-    # Lance's and Arrow's buffers fragment glibc's heaps (embedsearch/rpc/memory.py).
+    # Lance's and Arrow's buffers fragment glibc's heaps (service_kit/memory.py).
     malloc_mmap_threshold_bytes: int = Field(
         MMAP_THRESHOLD_BYTES,
         ge=0,
