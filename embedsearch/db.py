@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedsearch.contract.channels import channel_credentials, channel_options, typed_errors
-from embedsearch.contract.convert import MODE_TO_PB, spec_to_pb
+from embedsearch.contract.convert import CREATE_MODE_TO_PB, MODE_TO_PB, spec_to_pb
 from embedsearch.contract.errors import InvalidArgument, Unavailable
 from embedsearch.contract.registry import alias_of
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc, unpack_vectors
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     from embedsearch.table import Table
 
 DEFAULT_GATEWAY = "127.0.0.1:50050"
-CREATE_MODES = {
-    "create": common_pb2.CREATE_MODE_CREATE,
-    "overwrite": common_pb2.CREATE_MODE_OVERWRITE,
-    "exist_ok": common_pb2.CREATE_MODE_EXIST_OK,
-}
 
 
 class Connection:
@@ -107,13 +102,13 @@ class Connection:
         """
         from embedsearch.table import Table, bad_vectors_to_pb, embed_locally, to_arrow
 
-        if mode not in CREATE_MODES:
-            raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODES)}, got {mode!r}")
+        if mode not in CREATE_MODE_TO_PB:
+            raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODE_TO_PB)}, got {mode!r}")
         arrow_schema, bindings = self._schema_and_bindings(schema)
         request = gateway_pb2.CreateTableRequest(
             name=name,
             bindings=[binding for binding, _ in bindings],
-            mode=CREATE_MODES["exist_ok" if exist_ok else mode],
+            mode=CREATE_MODE_TO_PB["exist_ok" if exist_ok else mode],
             on_bad_vectors=bad_vectors_to_pb(on_bad_vectors),
             fill_value=fill_value,
         )

@@ -17,13 +17,12 @@ from embedsearch.contract.channels import (
     target_of,
     typed_errors,
 )
-from embedsearch.contract.convert import spec_to_pb
+from embedsearch.contract.convert import CREATE_MODE_TO_PB, spec_to_pb
 from embedsearch.contract.errors import Internal
 from embedsearch.contract.values import IndexInfo
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
 from gateway.convert import (
-    CREATE_MODE_TO_PB,
     embed_call_to_pb,
     embedded_from_pb,
     index_from_pb,

@@ -17,6 +17,7 @@ import pyarrow as pa
 from google.protobuf.message import Message
 
 from embedsearch.contract.convert import (
+    CREATE_MODES,
     METRIC_TO_PB,
     MODALITY_FROM_PB,
     MODALITY_TO_PB,
@@ -69,17 +70,6 @@ BAD_VECTORS = {
     gateway_pb2.ON_BAD_VECTORS_DROP: "drop",
     gateway_pb2.ON_BAD_VECTORS_FILL: "fill",
     gateway_pb2.ON_BAD_VECTORS_NULL: "null",
-}
-CREATE_MODES = {
-    common_pb2.CREATE_MODE_UNSPECIFIED: "create",
-    common_pb2.CREATE_MODE_CREATE: "create",
-    common_pb2.CREATE_MODE_OVERWRITE: "overwrite",
-    common_pb2.CREATE_MODE_EXIST_OK: "exist_ok",
-}
-CREATE_MODE_TO_PB = {
-    "create": common_pb2.CREATE_MODE_CREATE,
-    "overwrite": common_pb2.CREATE_MODE_OVERWRITE,
-    "exist_ok": common_pb2.CREATE_MODE_EXIST_OK,
 }
 QUERY_TYPES = {
     gateway_pb2.QUERY_TYPE_UNSPECIFIED: "",

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from embedsearch.contract.convert import metric_from_pb
+from embedsearch.contract.convert import CREATE_MODES, metric_from_pb
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.text import brief
 from embedsearch.contract.wire import (
@@ -42,12 +42,6 @@ SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 T = TypeVar("T")
 P = TypeVar("P")
 
-CREATE_MODES = {
-    common_pb2.CREATE_MODE_UNSPECIFIED: "create",
-    common_pb2.CREATE_MODE_CREATE: "create",
-    common_pb2.CREATE_MODE_OVERWRITE: "overwrite",
-    common_pb2.CREATE_MODE_EXIST_OK: "exist_ok",
-}
 _INDEX_TYPES = {
     name.removeprefix("INDEX_TYPE_").replace("_", ""): value
     for name, value in common_pb2.IndexType.items()

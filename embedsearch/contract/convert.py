@@ -32,6 +32,14 @@ METRICS = {
 }
 METRIC_TO_PB = {v: k for k, v in METRICS.items() if v}
 
+CREATE_MODES = {
+    common_pb2.CREATE_MODE_UNSPECIFIED: "create",
+    common_pb2.CREATE_MODE_CREATE: "create",
+    common_pb2.CREATE_MODE_OVERWRITE: "overwrite",
+    common_pb2.CREATE_MODE_EXIST_OK: "exist_ok",
+}
+CREATE_MODE_TO_PB = {name: value for value, name in CREATE_MODES.items() if value}
+
 
 def _plain(value: Any) -> Any:
     """Struct numbers are doubles; give integral ones back as ints (batch_size=32, not 32.0)."""
