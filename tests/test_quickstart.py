@@ -38,7 +38,7 @@ def test_quickstart_over_grpc(stack, table_name):
     assert sorted(results["text"]) == sorted(TEXTS)
     assert results["_distance"].is_monotonic_increasing
     assert len(results["vector"][0]) == 384
-    assert table_name in db.table_names()
+    assert table_name in db
     assert table.count_rows() == 2
 
 

@@ -86,7 +86,7 @@ def test_no_token_or_a_wrong_one_is_unauthenticated(guarded):
         reason="UNAUTHENTICATED",
     )
     with pytest.raises(Unauthenticated):
-        embedsearch.connect(f"grpc://{address}", api_key="nope").table_names()
+        embedsearch.connect(f"grpc://{address}", api_key="nope").list_tables()
 
 
 def test_read_only_token_reads_but_cannot_write(guarded, table_name):
@@ -111,8 +111,8 @@ def test_read_only_token_reads_but_cannot_write(guarded, table_name):
         reader.drop_table(table_name)
     with pytest.raises(PermissionDenied):
         reader.create_table(f"{table_name}_2", schema=Doc)
-    assert table.count_rows() == 1 and table_name in writer.table_names()
-    assert f"{table_name}_2" not in writer.table_names()
+    assert table.count_rows() == 1 and table_name in writer
+    assert f"{table_name}_2" not in writer
 
 
 def test_rotated_token_file_takes_effect_without_restart(guarded):

@@ -1,0 +1,139 @@
+"""Issue 14, group 4: connections as LanceDB users use them.
+
+Each case runs on LanceDB itself and on our SDK (embedded and over gRPC) and compares."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import embedsearch
+from embedsearch import errors
+
+ROWS = [{"vector": [1.0, 2.0], "n": 1}]
+
+
+def fill(db, names: list[str]) -> None:
+    for name in names:
+        db.create_table(name, data=ROWS)
+
+
+def pages(db, limit: int) -> list[list[str]]:
+    """list_tables() page by page, following page_token."""
+    found, token = [], None
+    while True:
+        page = db.list_tables(page_token=token, limit=limit)
+        found.append(list(page.tables))
+        token = page.page_token
+        if not token:
+            return found
+
+
+def test_list_tables_pages_like_lancedb(fresh_db, lance_db):
+    names = [f"t{i}" for i in range(5)]
+    for db in (fresh_db, lance_db):
+        fill(db, reversed(names))
+    assert list(fresh_db.list_tables().tables) == list(lance_db.list_tables().tables) == names
+    assert fresh_db.list_tables().page_token is lance_db.list_tables().page_token is None
+    ours = [name for page in pages(fresh_db, 2) for name in page]
+    theirs = [name for page in pages(lance_db, 2) for name in page]
+    assert ours == theirs == names
+
+
+def test_table_names_keeps_lancedb_defaults(fresh_db, lance_db):
+    names = [f"t{i:02d}" for i in range(12)]
+    for db in (fresh_db, lance_db):
+        fill(db, names)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = [fresh_db.table_names(), fresh_db.table_names("t05", limit=3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # LanceDB's own, as ours above
+        theirs = [lance_db.table_names(), lance_db.table_names("t05", limit=3)]
+    assert ours == theirs
+    assert len(ours[0]) == 10  # LanceDB's default page
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+def test_membership_length_and_drop_all(fresh_db, lance_db):
+    for db in (fresh_db, lance_db):
+        fill(db, ["a", "b"])
+    assert ("a" in fresh_db, "z" in fresh_db, len(fresh_db)) == (
+        "a" in lance_db,
+        "z" in lance_db,
+        len(lance_db),
+    )
+    for db in (fresh_db, lance_db):
+        db.drop_all_tables()
+    assert len(fresh_db) == len(lance_db) == 0
+
+
+def test_open_table_at_a_version_reads_that_version(fresh_db, lance_db):
+    def versions(db) -> tuple[int, int, int]:
+        table = db.create_table("t", data=ROWS)
+        first = table.version
+        table.add(ROWS)
+        old = db.open_table("t", version=first)
+        return old.count_rows(), db.open_table("t").count_rows(), old.version - first
+
+    assert versions(fresh_db) == versions(lance_db) == (1, 2, 0)
+
+
+def test_an_old_version_is_read_only(fresh_db):
+    table = fresh_db.create_table("t", data=ROWS)
+    first = table.version
+    table.add(ROWS)
+    old = fresh_db.open_table("t", version=first)
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        old.add(ROWS)
+    assert refused.value.reason == "FAILED_PRECONDITION"
+    assert fresh_db.open_table("t").count_rows() == 2
+
+
+def test_create_modes_as_lancedb(fresh_db, lance_db):
+    def modes(db) -> tuple[int, int]:
+        db.create_table("t", data=ROWS)
+        kept = db.create_table("t", data=ROWS + ROWS, exist_ok=True).count_rows()
+        replaced = db.create_table("t", data=ROWS + ROWS, mode="overwrite").count_rows()
+        return kept, replaced
+
+    assert modes(fresh_db) == modes(lance_db) == (1, 2)
+    with pytest.raises(errors.TableAlreadyExists) as exists:
+        fresh_db.create_table("t", data=ROWS)
+    assert exists.value.reason == "TABLE_ALREADY_EXISTS" and exists.value.table == "t"
+
+
+def test_namespaces_other_than_the_root_are_refused(fresh_db):
+    with pytest.raises(errors.InvalidArgument, match="namespace"):
+        fresh_db.list_tables(namespace_path=["team"])
+    assert list(fresh_db.list_tables(namespace_path=[]).tables) == []
+
+
+def test_connect_takes_a_path_and_memory(tmp_path):
+    """connect(pathlib.Path) and connect("memory://"), each in a fresh process."""
+    code = (
+        "import pathlib, sys, embedsearch\n"
+        "db = embedsearch.connect(pathlib.Path(sys.argv[1]))\n"
+        "db.create_table('t', data=[{'vector': [1.0, 2.0]}])\n"
+        "mem = embedsearch.connect('memory://')\n"
+        "mem.create_table('m', data=[{'vector': [1.0, 2.0]}])\n"
+        "print(sorted(db.list_tables().tables), sorted(mem.list_tables().tables))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "['t'] ['m']"
+    assert (tmp_path / "db" / "t.lance").is_dir()
+
+
+def test_an_unknown_scheme_names_the_ones_it_takes():
+    with pytest.raises(errors.InvalidArgument, match="grpc://") as refused:
+        embedsearch.connect("s3x://bucket/db")
+    assert refused.value.reason == "INVALID_ARGUMENT"
