@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,12 @@ class Connection:
                 timeout=self.timeout if timeout == -1.0 else timeout,
                 metadata=self._metadata,
             )
+
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        """The replies of a server-streaming Gateway RPC, as they arrive; failures raise the
+        typed errors of :mod:`embedsearch.errors`. No deadline: the caller reads at its pace."""
+        with typed_errors(self._peer):
+            yield from getattr(self._stub, method)(request, metadata=self._metadata)
 
     # -- tables ------------------------------------------------------------------------------
 

@@ -222,6 +222,28 @@ class Table:
         )
         return self._conn.call("CountRows", request).count
 
+    def __len__(self) -> int:
+        return self.count_rows()
+
+    def to_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Every row, streamed batch by batch: memory stays about one batch deep."""
+        return self.search().to_batches(batch_size)
+
+    def to_arrow(self) -> pa.Table:
+        """Every row (of the checked-out version), in storage order."""
+        return self.search().to_arrow()
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        """Every row as a polars DataFrame (needs polars installed)."""
+        return self.search().to_polars()
+
+    def head(self, n: int = 5) -> pa.Table:
+        """The first ``n`` rows in storage order."""
+        return self.search().limit(n).to_arrow()
+
     def _rows(self, data: Any) -> common_pb2.RowData:
         rows = to_arrow(data)
         if self._functions:
@@ -438,6 +460,8 @@ class Table:
             query_type=QUERY_TYPES[query_type],
             version=self._checked_out,
         )
+        if query is None:  # no query: rows in storage order, all of them unless limited
+            return Query(self._conn, query_pb, limit=None)
         functions = self._functions
         if isinstance(query, str) and functions and query_type != "fts":
             column = vector_column_name or next(iter(functions))
@@ -512,17 +536,33 @@ class MergeInsertBuilder:
 
 
 class Query:
-    """A search being built: ``.where().select().limit().metric()`` then ``.to_pandas()``."""
+    """A search being built: ``.where().select().limit().metric()`` then ``.to_pandas()``.
 
-    def __init__(self, connection: Connection, request: gateway_pb2.SearchRequest) -> None:
+    Without a query (``table.search()``), it reads rows in storage order: a filter alone, a
+    window of rows, or the whole table, streamed (LanceDB's filter-only query).
+    """
+
+    def __init__(
+        self, connection: Connection, request: gateway_pb2.SearchRequest, limit: int | None = 10
+    ) -> None:
         self._conn = connection
         self._request = request
+        self._limit = limit
 
-    def limit(self, k: int) -> Query:
-        """Return at most ``k`` rows (default 10)."""
-        if k <= 0:
-            raise InvalidArgument(f"limit must be positive, got {k}")
-        self._request.k = k
+    def _reads(self) -> bool:
+        return self._request.WhichOneof("query") is None
+
+    def limit(self, k: int | None) -> Query:
+        """Return at most ``k`` rows (default 10 for a search; every row without a query).
+        ``None`` means every row, for a query-less read."""
+        if k is not None and k <= 0:
+            raise InvalidArgument(f"limit must be positive or None, got {k}")
+        if k is None and not self._reads():
+            raise InvalidArgument(
+                "limit(None) reads every row: use it on table.search() without a query; a "
+                "vector or text search needs a limit"
+            )
+        self._limit = k
         return self
 
     def offset(self, n: int) -> Query:
@@ -569,10 +609,49 @@ class Query:
         self._request.with_row_id = enabled
         return self
 
+    def to_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The results batch by batch; a query-less read streams from the store, one batch in
+        memory at a time (``batch_size`` re-slices them)."""
+        if not self._reads():
+            yield from self.to_arrow().to_batches(batch_size)
+            return
+        request = gateway_pb2.ReadRequest(
+            table=self._request.table,
+            filter=self._request.filter,
+            columns=self._request.columns,
+            limit=self._limit or 0,
+            offset=self._request.offset,
+            version=self._request.version,
+            with_row_id=self._request.with_row_id,
+        )
+        for reply in self._conn.stream("Read", request):
+            yield from ipc_to_table(reply.arrow_ipc, "rows").to_batches(batch_size)
+
     def to_arrow(self) -> pa.Table:
-        """Run the query; rows best first, with ``_distance`` (and scores for text search)."""
+        """Run the query; rows best first, with ``_distance`` (and scores for text search), or
+        in storage order without a query."""
+        if self._reads():
+            batches = list(self.to_batches())
+            if batches:
+                return pa.Table.from_batches(batches)
+            reply = self._conn.call(
+                "DescribeTable",
+                gateway_pb2.DescribeTableRequest(
+                    name=self._request.table, version=self._request.version
+                ),
+            )
+            schema = ipc_to_schema(reply.arrow_schema)
+            columns = list(self._request.columns) or schema.names
+            return schema.empty_table().select(columns)
+        self._request.k = self._limit or 0
         reply = self._conn.call("Search", self._request)
         return ipc_to_table(reply.rows.arrow_ipc, "search results")
+
+    def to_polars(self) -> Any:
+        """The results as a polars DataFrame (needs polars installed)."""
+        import polars
+
+        return polars.from_arrow(self.to_arrow())
 
     def to_pandas(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()

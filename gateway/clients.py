@@ -42,6 +42,7 @@ from gateway.values import (
     Embedded,
     MergeInsert,
     Provider,
+    Read,
     Resolved,
     Scan,
     Search,
@@ -227,6 +228,16 @@ class StoreClient(Peer):
         request = text_search_to_pb(search, with_row_id, fingerprint)
         return (await self.call("TextSearch", request)).arrow_ipc
 
+    async def read(self, read: Read) -> AsyncIterator[bytes]:
+        """The rows' record batches, each an Arrow IPC stream as the store sent it. No default
+        deadline: reading a large table takes as long as the caller keeps reading."""
+        call = self.stub.Read(
+            read_to_store_pb(read), timeout=remaining(None), metadata=self._metadata()
+        )
+        with typed_errors(self.name):
+            async for reply in call:
+                yield reply.arrow_ipc
+
     async def scan(self, scan: Scan) -> bytes:
         """The rows' Arrow IPC stream, as the store sent it."""
         return (await self.call("Scan", scan_to_pb(scan))).arrow_ipc
@@ -377,6 +388,10 @@ def text_search_to_pb(
         with_row_id=with_row_id,
         schema_fingerprint=fingerprint,
     )
+
+
+def read_to_store_pb(read: Read) -> store_pb2.StoreScanRequest:
+    return value_to_pb(read, store_pb2.StoreScanRequest, omit=("table",), name=read.table)
 
 
 def scan_to_pb(scan: Scan) -> store_pb2.StoreScanRequest:

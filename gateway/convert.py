@@ -55,6 +55,7 @@ from gateway.values import (
     IndexParams,
     MergeInsert,
     Provider,
+    Read,
     Resolved,
     ResultRows,
     Rows,
@@ -247,6 +248,14 @@ def update_from_pb(request: gateway_pb2.UpdateRequest) -> tuple[str, str, dict[s
 
 def count_rows_from_pb(request: gateway_pb2.CountRowsRequest) -> tuple[str, str, int]:
     return request.table, request.filter, request.version
+
+
+def read_from_pb(request: gateway_pb2.ReadRequest) -> Read:
+    return value_from_pb(request, Read)
+
+
+def read_to_pb(batch: bytes) -> gateway_pb2.ReadResponse:
+    return gateway_pb2.ReadResponse(arrow_ipc=batch)
 
 
 def restore_from_pb(request: gateway_pb2.RestoreRequest) -> tuple[str, int]:

@@ -47,6 +47,7 @@ from gateway.values import (
     Embedded,
     MergeInsert,
     Provider,
+    Read,
     Resolved,
     ResultRows,
     Rows,
@@ -425,6 +426,11 @@ class GatewayCore:
 
     async def count_rows(self, name: str, where: str, version: int) -> int:
         return await self.store.count_rows(name, where, version)
+
+    def read(self, read: Read) -> AsyncIterator[bytes]:
+        """A table's rows as the store streams them, batch by batch, passed through: the
+        gateway holds one batch at a time, and needs no descriptor."""
+        return self.store.read(read)
 
     async def search(self, search: Search) -> ResultRows:
         """Vector, full-text or hybrid search; text and images are embedded in query mode.

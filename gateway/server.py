@@ -31,6 +31,8 @@ from gateway.convert import (
     list_tables_to_pb,
     merge_insert_from_pb,
     providers_to_pb,
+    read_from_pb,
+    read_to_pb,
     resolve_from_pb,
     resolved_to_pb,
     restore_from_pb,
@@ -150,6 +152,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: embedder_pb2.ResolveFunctionRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.ResolveFunctionResponse:
         return resolved_to_pb(await self.core.resolve_function(*resolve_from_pb(request)))
+
+    async def Read(
+        self, request: gateway_pb2.ReadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ReadResponse]:
+        async for batch in self.core.read(read_from_pb(request)):
+            yield read_to_pb(batch)
 
     async def GenerateEmbeddings(
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext

@@ -174,6 +174,19 @@ class Scan:
 
 
 @dataclass
+class Read:
+    """A table's rows without a query, streamed: a filter, columns, a window, a version."""
+
+    table: str
+    filter: str = ""
+    columns: list[str] = field(default_factory=list)
+    limit: int = 0
+    offset: int = 0
+    version: int = 0
+    with_row_id: bool = False
+
+
+@dataclass
 class ResultRows:
     """Result rows: the store's Arrow IPC bytes as they came (passed through undecoded), or a
     table the gateway built (fused results)."""

@@ -48,6 +48,8 @@ _MAX_K = 10_000
 _MAX_COLUMN_NAME = 256
 # Fingerprints remembered per (table, version) before the memo starts over.
 _FINGERPRINTS = 4096
+# The most bytes of rows in one message of a Read stream (under the 64 MiB message limit).
+READ_BATCH_BYTES = 16 * 1024 * 1024
 
 __all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
 
@@ -876,6 +878,55 @@ class TableCatalog:
         with_row_id: bool = False,
     ) -> pa.Table:
         """Rows matching ``where`` in storage order."""
+        scanner = self._scanner(name, where, columns, limit, offset, version, with_row_id)
+        try:
+            return scanner.to_table()
+        except (ValueError, OSError) as exc:
+            self.fail(name, f"scan with filter {brief(where)} failed", exc)
+
+    def read(
+        self,
+        name: str,
+        where: str = "",
+        columns: list[str] | None = None,
+        limit: int = 0,
+        offset: int = 0,
+        version: int = 0,
+        with_row_id: bool = False,
+    ) -> Iterator[pa.RecordBatch]:
+        """Rows matching ``where`` in storage order, batch by batch, each at most
+        READ_BATCH_BYTES (a wide row alone may be more). Callers hold the version."""
+        scanner = self._scanner(name, where, columns, limit, offset, version, with_row_id)
+        try:
+            reader = scanner.to_reader()
+        except (ValueError, OSError) as exc:
+            self.fail(name, f"read with filter {brief(where)} failed", exc)
+        return self._bounded(name, where, reader)
+
+    def _bounded(
+        self, name: str, where: str, reader: pa.RecordBatchReader
+    ) -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (ValueError, OSError) as exc:
+                self.fail(name, f"read with filter {brief(where)} failed", exc)
+            rows = max(1, batch.num_rows * READ_BATCH_BYTES // max(batch.nbytes, 1))
+            for start in range(0, batch.num_rows, rows):
+                yield batch.slice(start, rows)
+
+    def _scanner(
+        self,
+        name: str,
+        where: str,
+        columns: list[str] | None,
+        limit: int,
+        offset: int,
+        version: int,
+        with_row_id: bool,
+    ) -> lance.LanceScanner:
         dataset = self.dataset(name, version)
         unknown = [c for c in columns or [] if c not in dataset.schema.names]
         if unknown:
@@ -883,7 +934,7 @@ class TableCatalog:
                 f"unknown column(s) {unknown}; the table has {dataset.schema.names}"
             )
         try:
-            return dataset.to_table(
+            return dataset.scanner(
                 columns=columns or None,
                 filter=self._where(where),
                 limit=limit or None,

@@ -381,6 +381,26 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         )
         return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 
+    async def Read(
+        self, request: store_pb2.StoreScanRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[store_pb2.StoreReadResponse]:
+        """Batches come one at a time from a worker thread, each sent before the next is read:
+        memory stays one batch deep whatever the table's size. The version read is held
+        against cleanup until the stream ends."""
+        with self.catalog.holding(request.name, request.version):
+            batches = await asyncio.to_thread(
+                self.catalog.read,
+                request.name,
+                request.filter,
+                list(request.columns),
+                request.limit,
+                request.offset,
+                request.version,
+                request.with_row_id,
+            )
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                yield store_pb2.StoreReadResponse(arrow_ipc=table_to_ipc(batch))
+
     async def TextSearch(
         self, request: store_pb2.StoreTextSearchRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:

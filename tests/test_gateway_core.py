@@ -30,6 +30,7 @@ from gateway.values import (
     IndexParams,
     MergeInsert,
     Provider,
+    Read,
     Resolved,
     ResultRows,
     Scan,
@@ -60,6 +61,7 @@ FROM_PB: dict[str, Callable[[Any], Any]] = {
     "Delete": convert.delete_from_pb,
     "Update": convert.update_from_pb,
     "CountRows": convert.count_rows_from_pb,
+    "Read": convert.read_from_pb,
     "Search": convert.search_from_pb,
     "CreateIndex": convert.create_index_from_pb,
     "ListIndexes": convert.table_of,
@@ -264,6 +266,7 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "Delete": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
     "Update": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
     "CountRows": [lambda: convert.count_rows_to_pb(5)],
+    "Read": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],
     "Search": [
         lambda: convert.search_to_pb(ResultRows(ipc=table_to_ipc(ROWS)), json_rows=False),
         lambda: convert.search_to_pb(ResultRows(table=ROWS), json_rows=True),
@@ -302,6 +305,7 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "Search": [lambda: clients.vector_search_to_pb(SEARCH, "v", np.ones(3), True, "f1")],
     "TextSearch": [lambda: clients.text_search_to_pb(SEARCH, True, "f1")],
     "Scan": [lambda: clients.scan_to_pb(Scan("t", "id = 1", ["id"]))],
+    "Read": [lambda: clients.read_to_store_pb(Read("t", "id = 1", ["id"], 5, 2, 3, True))],
     "CreateIndex": [
         lambda: clients.create_index_to_pb(
             CreateIndex("t", "v", "IVF_PQ", IndexParams(1, 2, 3, 4, 5, "dot", True), True, "i")

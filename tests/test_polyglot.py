@@ -63,6 +63,11 @@ def test_node_client_creates_adds_and_searches(node, stack, table_name):
     assert found[0]["id"] == 1, found  # the cat, for "a kitten resting in the sun"
     distances = [row["_distance"] for row in found]
     assert distances == sorted(distances) and len(found) == 3
+    # Read streams the rows back without a query: a filter and columns, in storage order.
+    assert [(row["id"], sorted(row)) for row in result["read"]] == [
+        (2, ["id", "text"]),
+        (3, ["id", "text"]),
+    ]
 
     # What Node wrote is an ordinary table: the Python SDK searches it through the binding.
     table = embedsearch.connect(f"grpc://{stack.gateway}").open_table(table_name)

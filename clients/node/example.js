@@ -2,8 +2,8 @@
 'use strict';
 /**
  * The embedsearch flow from Node.js: create a table whose text column is embedded by the
- * server's sentence-transformers function, add rows as JSON, search by text. Prints one JSON
- * object with what each step returned.
+ * server's sentence-transformers function, add rows as JSON, search by text, read rows back
+ * with a filter. Prints one JSON object with what each step returned.
  *
  *   node example.js [--address 127.0.0.1:50050] [--table node_docs] [--api-key TOKEN]
  */
@@ -41,11 +41,17 @@ async function main() {
       k: 3,
       columns: ['id', 'text'],
     });
+    // The table's rows without a query, streamed as Arrow record batches.
+    const read = [];
+    for await (const row of db.read(values.table, { filter: 'id > 1', columns: ['id', 'text'] })) {
+      read.push(row);
+    }
     const output = {
       table: info.name,
       columns: info.columns.map((c) => `${c.name}:${c.type}`),
       rows_inserted: Number(written.rows_inserted),
       results,
+      read,
     };
     process.stdout.write(`${JSON.stringify(output)}\n`);
   } finally {

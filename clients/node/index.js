@@ -23,6 +23,7 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
+const { tableFromIPC } = require('apache-arrow');
 
 const PROTO_ROOT = process.env.EMBEDSEARCH_PROTOS || path.resolve(__dirname, '..', '..', 'protos');
 // google/rpc/status.proto and error_details.proto, as googleapis ships them (the copies here are
@@ -199,6 +200,26 @@ class Client {
     return JSON.parse(reply.rows.json);
   }
 
+  /**
+   * Rows of a table without a query, in storage order, streamed: the gateway sends one Arrow
+   * record batch per message, and each is yielded as plain objects before the next is read.
+   * Vector cells come as arrays of numbers.
+   */
+  async *read(table, { filter = '', columns = [], limit = 0, offset = 0, version = 0 } = {}) {
+    const call = this.stub.Read({ table, filter, columns, limit, offset, version }, this.metadata);
+    try {
+      for await (const reply of call) {
+        for (const row of tableFromIPC(reply.arrow_ipc).toArray()) {
+          yield Object.fromEntries(
+            Object.entries(row.toJSON()).map(([key, value]) => [key, plainCell(value)]),
+          );
+        }
+      }
+    } catch (error) {
+      throw withDetails(error);
+    }
+  }
+
   async listTables() {
     return (await this.call('ListTables', {})).names;
   }
@@ -210,6 +231,13 @@ class Client {
   close() {
     this.stub.close();
   }
+}
+
+/** An Arrow cell as JSON would have it: lists as arrays, 64-bit integers as numbers. */
+function plainCell(value) {
+  if (typeof value === 'bigint') return Number(value);
+  if (value && typeof value.toArray === 'function') return Array.from(value.toArray(), plainCell);
+  return value;
 }
 
 /** A client of the gateway at address (host:port). */
