@@ -51,7 +51,14 @@ _FINGERPRINTS = 4096
 # The most bytes of rows in one message of a Read stream (under the 64 MiB message limit).
 READ_BATCH_BYTES = 16 * 1024 * 1024
 
-__all__ = ["IndexInfo", "SearchParams", "TableCatalog", "TableInfo", "TextSearchParams"]
+__all__ = [
+    "IndexInfo",
+    "ScanParams",
+    "SearchParams",
+    "TableCatalog",
+    "TableInfo",
+    "TextSearchParams",
+]
 
 
 def check_name(name: str, what: str = "table") -> str:
@@ -84,6 +91,18 @@ class WriteResult:
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_deleted: int = 0
+
+
+@dataclass
+class ScanParams:
+    """Rows in storage order: a filter, columns (all when empty), a window, a version."""
+
+    where: str = ""
+    columns: list[str] = field(default_factory=list)
+    limit: int = 0
+    offset: int = 0
+    version: int = 0
+    with_row_id: bool = False
 
 
 @dataclass
@@ -867,41 +886,21 @@ class TableCatalog:
             self.fail(name, "text search failed", exc)
         return result.slice(params.offset) if params.offset else result
 
-    def scan(
-        self,
-        name: str,
-        where: str = "",
-        columns: list[str] | None = None,
-        limit: int = 0,
-        offset: int = 0,
-        version: int = 0,
-        with_row_id: bool = False,
-    ) -> pa.Table:
-        """Rows matching ``where`` in storage order."""
-        scanner = self._scanner(name, where, columns, limit, offset, version, with_row_id)
+    def scan(self, name: str, params: ScanParams) -> pa.Table:
+        """Rows matching the filter in storage order, in one table."""
         try:
-            return scanner.to_table()
+            return self._scanner(name, params).to_table()
         except (ValueError, OSError) as exc:
-            self.fail(name, f"scan with filter {brief(where)} failed", exc)
+            self.fail(name, f"scan with filter {brief(params.where)} failed", exc)
 
-    def read(
-        self,
-        name: str,
-        where: str = "",
-        columns: list[str] | None = None,
-        limit: int = 0,
-        offset: int = 0,
-        version: int = 0,
-        with_row_id: bool = False,
-    ) -> Iterator[pa.RecordBatch]:
-        """Rows matching ``where`` in storage order, batch by batch, each at most
+    def read(self, name: str, params: ScanParams) -> Iterator[pa.RecordBatch]:
+        """Rows matching the filter in storage order, batch by batch, each at most
         READ_BATCH_BYTES (a wide row alone may be more). Callers hold the version."""
-        scanner = self._scanner(name, where, columns, limit, offset, version, with_row_id)
         try:
-            reader = scanner.to_reader()
+            reader = self._scanner(name, params).to_reader()
         except (ValueError, OSError) as exc:
-            self.fail(name, f"read with filter {brief(where)} failed", exc)
-        return self._bounded(name, where, reader)
+            self.fail(name, f"read with filter {brief(params.where)} failed", exc)
+        return self._bounded(name, params.where, reader)
 
     def _bounded(
         self, name: str, where: str, reader: pa.RecordBatchReader
@@ -917,32 +916,23 @@ class TableCatalog:
             for start in range(0, batch.num_rows, rows):
                 yield batch.slice(start, rows)
 
-    def _scanner(
-        self,
-        name: str,
-        where: str,
-        columns: list[str] | None,
-        limit: int,
-        offset: int,
-        version: int,
-        with_row_id: bool,
-    ) -> lance.LanceScanner:
-        dataset = self.dataset(name, version)
-        unknown = [c for c in columns or [] if c not in dataset.schema.names]
+    def _scanner(self, name: str, params: ScanParams) -> lance.LanceScanner:
+        dataset = self.dataset(name, params.version)
+        unknown = [c for c in params.columns if c not in dataset.schema.names]
         if unknown:
             raise InvalidArgument(
                 f"unknown column(s) {unknown}; the table has {dataset.schema.names}"
             )
         try:
             return dataset.scanner(
-                columns=columns or None,
-                filter=self._where(where),
-                limit=limit or None,
-                offset=offset or None,
-                with_row_id=with_row_id,
+                columns=params.columns or None,
+                filter=self._where(params.where),
+                limit=params.limit or None,
+                offset=params.offset or None,
+                with_row_id=params.with_row_id,
             )
         except (ValueError, OSError) as exc:
-            self.fail(name, f"scan with filter {brief(where)} failed", exc)
+            self.fail(name, f"scan with filter {brief(params.where)} failed", exc)
 
     # -- indexes -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from embedsearch.contract.wire import (
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from service_kit.server import RpcMetrics, new_server
 from store_service.catalog import (
+    ScanParams,
     SearchParams,
     StagedAppend,
     TableCatalog,
@@ -153,6 +154,17 @@ def optimize_to_pb(result: OptimizeResult) -> store_pb2.StoreOptimizeResponse:
         versions_removed=result.versions_removed,
         bytes_removed=result.bytes_removed,
         version=result.version,
+    )
+
+
+def scan_from_pb(request: store_pb2.StoreScanRequest) -> ScanParams:
+    return ScanParams(
+        where=request.filter,
+        columns=list(request.columns),
+        limit=request.limit,
+        offset=request.offset,
+        version=request.version,
+        with_row_id=request.with_row_id,
     )
 
 
@@ -368,17 +380,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     async def Scan(
         self, request: store_pb2.StoreScanRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:
-        result = await self._run(
-            request,
-            self.catalog.scan,
-            request.name,
-            request.filter,
-            list(request.columns),
-            request.limit,
-            request.offset,
-            request.version,
-            request.with_row_id,
-        )
+        result = await self._run(request, self.catalog.scan, request.name, scan_from_pb(request))
         return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 
     async def Read(
@@ -389,14 +391,7 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         against cleanup until the stream ends."""
         with self.catalog.holding(request.name, request.version):
             batches = await asyncio.to_thread(
-                self.catalog.read,
-                request.name,
-                request.filter,
-                list(request.columns),
-                request.limit,
-                request.offset,
-                request.version,
-                request.with_row_id,
+                self.catalog.read, request.name, scan_from_pb(request)
             )
             while (batch := await asyncio.to_thread(next, batches, None)) is not None:
                 yield store_pb2.StoreReadResponse(arrow_ipc=table_to_ipc(batch))
