@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 import sys
@@ -19,6 +20,7 @@ from embedsearch.contract.schema import VectorFill, embeddable
 from embedsearch.contract.sql import sql_literal
 from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc
 from embedsearch.embeddings import EmbeddingFunction, get_registry
+from embedsearch.results import AddResult, DeleteResult, MergeResult, UpdateResult
 from embedsearch.v1 import common_pb2, gateway_pb2
 
 if TYPE_CHECKING:
@@ -257,7 +259,7 @@ class Table:
         on_bad_vectors: str = "error",
         fill_value: float = 0.0,
         commit_per_chunk: bool = False,
-    ) -> common_pb2.WriteResult:
+    ) -> AddResult:
         """Append rows; vector columns bound to a function are embedded from their source.
 
         ``data`` is a list of dicts or models, a DataFrame, Arrow data, or an iterator of any of
@@ -276,7 +278,7 @@ class Table:
             request = gateway_pb2.AddRequest(
                 table=self.name, rows=self._rows(rows), on_bad_vectors=bad, fill_value=fill_value
             )
-            return self._write("Add", request)
+            return AddResult(self._write("Add", request).version)
 
         failed: list[BaseException] = []
 
@@ -297,7 +299,7 @@ class Table:
                 raise
 
         try:
-            return self._write("AddStream", requests(), timeout=None)
+            return AddResult(self._write("AddStream", requests(), timeout=None).version)
         except EmbedsearchError:
             if failed:
                 raise failed[0] from None
@@ -309,18 +311,18 @@ class Table:
         self._writable()
         return MergeInsertBuilder(self, [on] if isinstance(on, str) else list(on))
 
-    def delete(self, where: str) -> common_pb2.WriteResult:
+    def delete(self, where: str) -> DeleteResult:
         """Delete the rows matching an SQL filter."""
         self._writable()
-        request = gateway_pb2.DeleteRequest(table=self.name, filter=where)
-        return self._write("Delete", request)
+        result = self._write("Delete", gateway_pb2.DeleteRequest(table=self.name, filter=where))
+        return DeleteResult(result.rows_deleted, result.version)
 
     def update(
         self,
         where: str | None = None,
         values: dict[str, Any] | None = None,
         values_sql: dict[str, str] | None = None,
-    ) -> common_pb2.WriteResult:
+    ) -> UpdateResult:
         """Set columns on the rows matching ``where``: literal ``values`` or SQL expressions."""
         self._writable()
         try:
@@ -329,26 +331,28 @@ class Table:
             raise InvalidArgument(f"{exc}; pass an SQL expression in values_sql") from None
         updates = literals | (values_sql or {})
         request = gateway_pb2.UpdateRequest(table=self.name, filter=where or "", updates=updates)
-        return self._write("Update", request)
+        result = self._write("Update", request)
+        return UpdateResult(result.rows_updated, result.version)
 
     def list_versions(self) -> list[dict[str, Any]]:
         """Versions, oldest first: number, timestamp and metadata."""
         reply = self._conn.call("ListVersions", gateway_pb2.ListVersionsRequest(table=self.name))
         return [
-            {"version": v.version, "timestamp": v.timestamp, "metadata": dict(v.metadata)}
+            {
+                "version": v.version,
+                "timestamp": datetime.datetime.fromtimestamp(v.timestamp),
+                "metadata": dict(v.metadata),
+            }
             for v in reply.versions
         ]
 
-    def restore(self, version: int | None = None) -> common_pb2.WriteResult:
+    def restore(self, version: int | None = None) -> None:
         """Make ``version`` (default: the checked-out one) the latest, as a new version."""
         version = version or self._checked_out
         if not version:
             raise InvalidArgument("restore() needs a version, or a checkout() first")
-        result = self._conn.call(
-            "Restore", gateway_pb2.RestoreRequest(table=self.name, version=version)
-        )
+        self._conn.call("Restore", gateway_pb2.RestoreRequest(table=self.name, version=version))
         self.checkout_latest()
-        return result
 
     def create_index(
         self,
@@ -449,8 +453,8 @@ class Table:
         """Start a search by text, image (bytes or a PIL image) or vector.
 
         Text is embedded by the vector column's function: on the server, or here for a
-        client-side function. ``query_type`` is "auto" (hybrid when a text query meets a
-        full-text index), "vector", "fts" or "hybrid".
+        client-side function. ``query_type`` is "auto" (a vector search, as in LanceDB),
+        "vector", "fts" or "hybrid".
         """
         if query_type not in QUERY_TYPES:
             raise InvalidArgument(f"query_type must be one of {sorted(QUERY_TYPES)}")
@@ -527,12 +531,22 @@ class MergeInsertBuilder:
 
     def execute(
         self, data: Any, on_bad_vectors: str = "error", fill_value: float = 0.0
-    ) -> common_pb2.WriteResult:
+    ) -> MergeResult:
         """Run the upsert as one commit; only rows that will be written are embedded."""
-        self._request.rows.CopyFrom(self._table._rows(data))
+        rows = to_arrow(data)
+        num_rows = rows.num_rows
+        self._request.rows.CopyFrom(self._table._rows(rows))
         self._request.on_bad_vectors = bad_vectors_to_pb(on_bad_vectors)
         self._request.fill_value = fill_value
-        return self._table._write("MergeInsert", self._request)
+        result = self._table._write("MergeInsert", self._request)
+        return MergeResult(
+            version=result.version,
+            num_updated_rows=result.rows_updated,
+            num_inserted_rows=result.rows_inserted,
+            num_deleted_rows=result.rows_deleted,
+            num_attempts=1,
+            num_rows=num_rows,
+        )
 
 
 class Query:

@@ -531,14 +531,13 @@ class GatewayCore:
 
 
 def _default_query_type(table: Descriptor, search: Search) -> str:
-    """Vector search, unless a text query meets a full-text index: then hybrid (or full-text
-    alone when no function can embed the text). A client-side function never falls back."""
+    """Vector search, as in LanceDB 0.40, even when a full-text index exists (hybrid and
+    full-text are asked for by name); full-text only for a text query that no function can
+    embed, on a table with a full-text index."""
     if not isinstance(search.query, str) or not table.text_indexed:
         return VECTOR
     binding = pick_binding(table.bindings, search.vector_column, search.table)
-    if binding is None:
-        return FTS
-    return VECTOR if binding.client_side else HYBRID
+    return FTS if binding is None else VECTOR
 
 
 def fuse(vector_rows: pa.Table, text_rows: pa.Table, k: int, keep_row_id: bool) -> pa.Table:
