@@ -391,7 +391,7 @@ def text_search_to_pb(
 
 
 def read_to_store_pb(read: Read) -> store_pb2.StoreScanRequest:
-    return value_to_pb(read, store_pb2.StoreScanRequest, omit=("table",), name=read.table)
+    return value_to_pb(read.params, store_pb2.StoreScanRequest, name=read.table)
 
 
 def scan_to_pb(scan: Scan) -> store_pb2.StoreScanRequest:

@@ -30,7 +30,7 @@ from embedsearch.contract.convert import (
 )
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.schema import parse_type, type_name
-from embedsearch.contract.values import IndexInfo
+from embedsearch.contract.values import IndexInfo, ReadParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -251,7 +251,7 @@ def count_rows_from_pb(request: gateway_pb2.CountRowsRequest) -> tuple[str, str,
 
 
 def read_from_pb(request: gateway_pb2.ReadRequest) -> Read:
-    return value_from_pb(request, Read)
+    return value_from_pb(request, Read, params=value_from_pb(request, ReadParams))
 
 
 def read_to_pb(batch: bytes) -> gateway_pb2.ReadResponse:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.values import IndexInfo
+from embedsearch.contract.values import IndexInfo, ReadParams
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import Binding
 
@@ -175,15 +175,10 @@ class Scan:
 
 @dataclass
 class Read:
-    """A table's rows without a query, streamed: a filter, columns, a window, a version."""
+    """A table's rows without a query, streamed."""
 
     table: str
-    filter: str = ""
-    columns: list[str] = field(default_factory=list)
-    limit: int = 0
-    offset: int = 0
-    version: int = 0
-    with_row_id: bool = False
+    params: ReadParams
 
 
 @dataclass

@@ -34,6 +34,7 @@ from embedsearch.contract.errors import (
 )
 from embedsearch.contract.schema import conform, is_vector
 from embedsearch.contract.text import brief
+from embedsearch.contract.values import ReadParams
 from store_service import exact, indexes
 from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec
@@ -53,7 +54,6 @@ READ_BATCH_BYTES = 16 * 1024 * 1024
 
 __all__ = [
     "IndexInfo",
-    "ScanParams",
     "SearchParams",
     "TableCatalog",
     "TableInfo",
@@ -91,18 +91,6 @@ class WriteResult:
     rows_inserted: int = 0
     rows_updated: int = 0
     rows_deleted: int = 0
-
-
-@dataclass
-class ScanParams:
-    """Rows in storage order: a filter, columns (all when empty), a window, a version."""
-
-    where: str = ""
-    columns: list[str] = field(default_factory=list)
-    limit: int = 0
-    offset: int = 0
-    version: int = 0
-    with_row_id: bool = False
 
 
 @dataclass
@@ -886,21 +874,21 @@ class TableCatalog:
             self.fail(name, "text search failed", exc)
         return result.slice(params.offset) if params.offset else result
 
-    def scan(self, name: str, params: ScanParams) -> pa.Table:
+    def scan(self, name: str, params: ReadParams) -> pa.Table:
         """Rows matching the filter in storage order, in one table."""
         try:
             return self._scanner(name, params).to_table()
         except (ValueError, OSError) as exc:
-            self.fail(name, f"scan with filter {brief(params.where)} failed", exc)
+            self.fail(name, f"scan with filter {brief(params.filter)} failed", exc)
 
-    def read(self, name: str, params: ScanParams) -> Iterator[pa.RecordBatch]:
+    def read(self, name: str, params: ReadParams) -> Iterator[pa.RecordBatch]:
         """Rows matching the filter in storage order, batch by batch, each at most
         READ_BATCH_BYTES (a wide row alone may be more). Callers hold the version."""
         try:
             reader = self._scanner(name, params).to_reader()
         except (ValueError, OSError) as exc:
-            self.fail(name, f"read with filter {brief(params.where)} failed", exc)
-        return self._bounded(name, params.where, reader)
+            self.fail(name, f"read with filter {brief(params.filter)} failed", exc)
+        return self._bounded(name, params.filter, reader)
 
     def _bounded(
         self, name: str, where: str, reader: pa.RecordBatchReader
@@ -916,7 +904,7 @@ class TableCatalog:
             for start in range(0, batch.num_rows, rows):
                 yield batch.slice(start, rows)
 
-    def _scanner(self, name: str, params: ScanParams) -> lance.LanceScanner:
+    def _scanner(self, name: str, params: ReadParams) -> lance.LanceScanner:
         dataset = self.dataset(name, params.version)
         unknown = [c for c in params.columns if c not in dataset.schema.names]
         if unknown:
@@ -926,13 +914,13 @@ class TableCatalog:
         try:
             return dataset.scanner(
                 columns=params.columns or None,
-                filter=self._where(params.where),
+                filter=self._where(params.filter),
                 limit=params.limit or None,
                 offset=params.offset or None,
                 with_row_id=params.with_row_id,
             )
         except (ValueError, OSError) as exc:
-            self.fail(name, f"scan with filter {brief(params.where)} failed", exc)
+            self.fail(name, f"scan with filter {brief(params.filter)} failed", exc)
 
     # -- indexes -----------------------------------------------------------------------------
 

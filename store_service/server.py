@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from embedsearch.contract.convert import CREATE_MODES, metric_from_pb
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.text import brief
+from embedsearch.contract.values import ReadParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -26,7 +27,6 @@ from embedsearch.contract.wire import (
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from service_kit.server import RpcMetrics, new_server
 from store_service.catalog import (
-    ScanParams,
     SearchParams,
     StagedAppend,
     TableCatalog,
@@ -157,9 +157,9 @@ def optimize_to_pb(result: OptimizeResult) -> store_pb2.StoreOptimizeResponse:
     )
 
 
-def scan_from_pb(request: store_pb2.StoreScanRequest) -> ScanParams:
-    return ScanParams(
-        where=request.filter,
+def scan_from_pb(request: store_pb2.StoreScanRequest) -> ReadParams:
+    return ReadParams(
+        filter=request.filter,
         columns=list(request.columns),
         limit=request.limit,
         offset=request.offset,

@@ -17,6 +17,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from embedsearch.contract.values import ReadParams
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, gateway_pb2, store_pb2
 from gateway import clients, convert
@@ -305,7 +306,9 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "Search": [lambda: clients.vector_search_to_pb(SEARCH, "v", np.ones(3), True, "f1")],
     "TextSearch": [lambda: clients.text_search_to_pb(SEARCH, True, "f1")],
     "Scan": [lambda: clients.scan_to_pb(Scan("t", "id = 1", ["id"]))],
-    "Read": [lambda: clients.read_to_store_pb(Read("t", "id = 1", ["id"], 5, 2, 3, True))],
+    "Read": [
+        lambda: clients.read_to_store_pb(Read("t", ReadParams("id = 1", ["id"], 5, 2, 3, True)))
+    ],
     "CreateIndex": [
         lambda: clients.create_index_to_pb(
             CreateIndex("t", "v", "IVF_PQ", IndexParams(1, 2, 3, 4, 5, "dot", True), True, "i")

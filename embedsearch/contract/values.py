@@ -3,7 +3,7 @@ protobuf (each side converts them at its edge)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -20,3 +20,16 @@ class IndexInfo:
     progress: float = 0.0
     stage: str = ""
     num_deltas: int = 0
+
+
+@dataclass
+class ReadParams:
+    """Rows of a table in storage order (``gateway.proto`` ReadRequest, ``store.proto``
+    StoreScanRequest): a filter, columns (all when empty), a window, a version."""
+
+    filter: str = ""
+    columns: list[str] = field(default_factory=list)
+    limit: int = 0
+    offset: int = 0
+    version: int = 0
+    with_row_id: bool = False
