@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from embedder_service.batcher import Batcher, Runner
-from embedder_service.cache import LRU, Once
+from embedder_service.cache import Once
 from embedder_service.guards import (
     check_endpoint,
     check_function,
@@ -30,6 +30,7 @@ from embedsearch.contract.errors import EmbedsearchError, InvalidArgument, statu
 from embedsearch.contract.functions import EmbeddingFunction
 from embedsearch.contract.registry import EmbeddingFunctionRegistry
 from service_kit.deadline import remaining
+from service_kit.lru import LRU
 
 log = logging.getLogger("embedder_service")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,6 +57,7 @@ from gateway.values import (
     TableVersion,
     WriteResult,
 )
+from service_kit.lru import LRU
 
 if TYPE_CHECKING:
     from gateway.clients import EmbedderClient, StoreClient
@@ -84,24 +84,16 @@ class DescriptorCache:
     """
 
     def __init__(self, size: int = DESCRIPTORS) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[str, int], Descriptor] = OrderedDict()
+        self._items: LRU[tuple[str, int], Descriptor] = LRU(size)
 
     def get(self, name: str, version: int) -> Descriptor | None:
-        found = self._items.get((name, version))
-        if found is not None:
-            self._items.move_to_end((name, version))
-        return found
+        return self._items.get((name, version))
 
     def put(self, version: int, descriptor: Descriptor) -> None:
-        self._items[(descriptor.name, version)] = descriptor
-        self._items.move_to_end((descriptor.name, version))
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._items.put((descriptor.name, version), descriptor)
 
     def forget(self, name: str) -> None:
-        for key in [key for key in self._items if key[0] == name]:
-            del self._items[key]
+        self._items.drop(lambda key: key[0] == name)
 
 
 class GatewayCore:
@@ -154,7 +146,7 @@ class GatewayCore:
         store, changed it), or the request failed the gateway's own checks against a cached
         descriptor that the store's latest no longer matches."""
         cached = self.descriptors.get(name, version)
-        descriptor = cached or await self.descriptor(name, version)
+        descriptor = cached or self._remember(await self.store.describe(name, version), version)
         try:
             return await attempt(descriptor)
         except SchemaChanged:
