@@ -21,7 +21,11 @@ from embedsearch.contract.convert import CREATE_MODE_TO_PB, MODE_TO_PB, spec_to_
 from embedsearch.contract.errors import InvalidArgument, Unavailable
 from embedsearch.contract.registry import alias_of
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc, unpack_vectors
-from embedsearch.embeddings import EmbeddingFunction, RemoteEmbeddingFunction
+from embedsearch.embeddings import (
+    EmbeddingFunction,
+    EmbeddingFunctionConfig,
+    RemoteEmbeddingFunction,
+)
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
 from embedsearch.vectors import infer_vector_columns
 
@@ -145,6 +149,20 @@ class Connection:
         for name in self._names(None, None):
             self.drop_table(name, ignore_missing=True)
 
+    def rename_table(
+        self,
+        cur_name: str,
+        new_name: str,
+        cur_namespace_path: list[str] | None = None,
+        new_namespace_path: list[str] | None = None,
+    ) -> None:
+        """Rename a table; its versions, indexes and embedding functions go with it. (LanceDB
+        OSS refuses this; LanceDB Cloud and embedsearch do it.)"""
+        _root_namespace(cur_namespace_path)
+        _root_namespace(new_namespace_path)
+        request = gateway_pb2.RenameTableRequest(name=cur_name, new_name=new_name)
+        self.call("RenameTable", request)
+
     def drop_table(self, name: str, ignore_missing: bool = False) -> None:
         """Delete a table and all its versions."""
         self.call(
@@ -160,18 +178,33 @@ class Connection:
         exist_ok: bool = False,
         on_bad_vectors: str = "error",
         fill_value: float = 0.0,
+        embedding_functions: list[EmbeddingFunctionConfig] | None = None,
+        *,
+        namespace_path: list[str] | None = None,
+        storage_options: dict[str, str] | None = None,
     ) -> Table:
         """Create a table from a schema (a ``LanceModel`` or an Arrow schema) and/or data.
 
         Functions from the registry are applied by the server: rows are embedded on insert,
         text queries on search. Functions registered in this process with ``@register`` run
-        here, and the server stores what they produce.
+        here, and the server stores what they produce. ``embedding_functions`` binds columns
+        of an Arrow schema (or of the data) the way a ``LanceModel``'s fields do.
+
+        Storage is the store service's to configure, for every table alike
+        (``STORE_STORAGE_OPTIONS``): per-table ``storage_options`` are refused rather than
+        ignored.
         """
         from embedsearch.table import Table, bad_vectors_to_pb, embed_locally, to_arrow
 
+        _root_namespace(namespace_path)
+        if storage_options:
+            raise InvalidArgument(
+                "storage_options are configured on the store service for every table "
+                "(STORE_STORAGE_OPTIONS, or --storage-options); create_table takes none"
+            )
         if mode not in CREATE_MODE_TO_PB:
             raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODE_TO_PB)}, got {mode!r}")
-        arrow_schema, bindings = self._schema_and_bindings(schema)
+        arrow_schema, bindings = self._schema_and_bindings(schema, embedding_functions or [])
         request = gateway_pb2.CreateTableRequest(
             name=name,
             bindings=[binding for binding, _ in bindings],
@@ -194,16 +227,18 @@ class Connection:
         return Table(self, self.call("CreateTable", request))
 
     def _schema_and_bindings(
-        self, schema: Any
+        self, schema: Any, configs: list[EmbeddingFunctionConfig]
     ) -> tuple[pa.Schema | None, list[tuple[common_pb2.EmbeddingBinding, EmbeddingFunction]]]:
         from embedsearch.pydantic import LanceModel
 
-        if schema is None or isinstance(schema, pa.Schema):
-            return schema, []
-        if not (isinstance(schema, type) and issubclass(schema, LanceModel)):
+        triples = [(c.function, c.source_column, c.vector_column) for c in configs]
+        if isinstance(schema, type) and issubclass(schema, LanceModel):
+            triples = schema.embedding_bindings() + triples
+            schema = schema.to_arrow_schema()
+        elif schema is not None and not isinstance(schema, pa.Schema):
             raise InvalidArgument("schema must be a LanceModel subclass or a pyarrow.Schema")
         bindings = []
-        for func, source, vector in schema.embedding_bindings():
+        for func, source, vector in triples:
             binding = common_pb2.EmbeddingBinding(source_column=source, vector_column=vector)
             if isinstance(func, RemoteEmbeddingFunction):
                 func.bind(self)
@@ -213,7 +248,7 @@ class Connection:
                 binding.client_side = True
                 binding.ndims = func.ndims()
             bindings.append((binding, func))
-        return schema.to_arrow_schema(), bindings
+        return schema, bindings
 
     # -- functions ---------------------------------------------------------------------------
 

@@ -7,20 +7,21 @@ import datetime
 import io
 import json
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.convert import METRIC_TO_PB, args_from_pb
+from embedsearch.contract.convert import METRIC_TO_PB, args_from_pb, projections_to_pb
 from embedsearch.contract.errors import EmbedsearchError, FailedPrecondition, InvalidArgument
 from embedsearch.contract.schema import VectorFill, embeddable
 from embedsearch.contract.sql import sql_literal
 from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc
 from embedsearch.embeddings import EmbeddingFunction, get_registry
 from embedsearch.results import AddResult, DeleteResult, MergeResult, UpdateResult
+from embedsearch.table_indexes import IndexMethods
+from embedsearch.table_schema import SchemaMaintenance
 from embedsearch.v1 import common_pb2, gateway_pb2
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ BAD_VECTORS = {
     "fill": gateway_pb2.ON_BAD_VECTORS_FILL,
     "null": gateway_pb2.ON_BAD_VECTORS_NULL,
 }
+# The most rows a search returns in one reply; more are streamed (SearchStream).
+MAX_RANKED_K = 10_000
 QUERY_TYPES = {
     "auto": gateway_pb2.QUERY_TYPE_UNSPECIFIED,
     "vector": gateway_pb2.QUERY_TYPE_VECTOR,
@@ -145,7 +148,7 @@ def embed_locally(rows: pa.Table, schema: pa.Schema, functions: dict[str, Any]) 
     return rows
 
 
-class Table:
+class Table(IndexMethods, SchemaMaintenance):
     """A table behind a gateway. Writes embed missing vectors; searches embed the query.
 
     The handle keeps the table's descriptor (schema, bindings, version) from when it was
@@ -200,9 +203,10 @@ class Table:
         """The bindings, by vector column."""
         return {b.vector_column: b for b in self._info.bindings}
 
-    def checkout(self, version: int) -> None:
-        """Read ``version`` from now on (time travel); writes need :meth:`checkout_latest`."""
-        self._checked_out = version
+    def checkout(self, version: int | str) -> None:
+        """Read ``version`` (a number, or a tag's name) from now on (time travel); writes need
+        :meth:`checkout_latest`."""
+        self._checked_out = self.tags.get_version(version) if isinstance(version, str) else version
         self._refresh()
 
     def checkout_latest(self) -> None:
@@ -269,14 +273,19 @@ class Table:
         progress bar shows on a terminal.
         """
         self._writable()
-        if mode != "append":
-            raise InvalidArgument("add supports mode='append'; use create_table(mode='overwrite')")
+        if mode not in ("append", "overwrite"):
+            raise InvalidArgument(f"add mode must be 'append' or 'overwrite', got {mode!r}")
+        overwrite = mode == "overwrite"
         bad = bad_vectors_to_pb(on_bad_vectors)
         batches, rows = _batches(data)
         total = None if rows is None else rows.num_rows
         if rows is not None and rows.num_rows <= CHUNK_ROWS:
             request = gateway_pb2.AddRequest(
-                table=self.name, rows=self._rows(rows), on_bad_vectors=bad, fill_value=fill_value
+                table=self.name,
+                rows=self._rows(rows),
+                on_bad_vectors=bad,
+                fill_value=fill_value,
+                overwrite=overwrite,
             )
             return AddResult(self._write("Add", request).version)
 
@@ -292,6 +301,7 @@ class Table:
                             request.on_bad_vectors = bad
                             request.fill_value = fill_value
                             request.commit_per_chunk = commit_per_chunk
+                            request.overwrite = overwrite
                         yield request
                         bar.update(batch.num_rows)
             except BaseException as exc:  # gRPC would report it as a bare "iterating requests"
@@ -304,6 +314,24 @@ class Table:
             if failed:
                 raise failed[0] from None
             raise
+
+    def take_offsets(self, offsets: Iterable[int]) -> TakeQuery:
+        """The rows at these positions (0 is the first row in storage order), in ascending
+        order; positions past the end are skipped."""
+        return TakeQuery(self._conn, self._take_request(offsets=offsets))
+
+    def take_row_ids(self, row_ids: Iterable[int]) -> TakeQuery:
+        """The rows with these ``_rowid`` values, in ascending order."""
+        return TakeQuery(self._conn, self._take_request(row_ids=row_ids))
+
+    def _take_request(self, **ids: Iterable[int]) -> gateway_pb2.TakeRequest:
+        try:
+            wanted = {key: [int(i) for i in values] for key, values in ids.items()}
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"take needs integer offsets or row ids: {exc}") from None
+        if any(i < 0 for values in wanted.values() for i in values):
+            raise InvalidArgument("offsets and row ids are never negative")
+        return gateway_pb2.TakeRequest(table=self.name, version=self._checked_out, **wanted)
 
     def merge_insert(self, on: str | list[str]) -> MergeInsertBuilder:
         """Upsert on key columns: ``.when_matched_update_all().when_not_matched_insert_all()
@@ -353,99 +381,6 @@ class Table:
             raise InvalidArgument("restore() needs a version, or a checkout() first")
         self._conn.call("Restore", gateway_pb2.RestoreRequest(table=self.name, version=version))
         self.checkout_latest()
-
-    def create_index(
-        self,
-        metric: str = "l2",
-        num_partitions: int = 0,
-        num_sub_vectors: int = 0,
-        vector_column_name: str | None = None,
-        replace: bool = True,
-        index_type: str = "IVF_PQ",
-        num_bits: int = 0,
-        m: int = 0,
-        ef_construction: int = 0,
-        wait: bool = True,
-        name: str | None = None,
-    ) -> common_pb2.IndexInfo:
-        """Build a vector index (IVF_PQ, IVF_HNSW_SQ or IVF_FLAT) on a vector column."""
-        column = vector_column_name or self._only_vector_column()
-        params = common_pb2.IndexParams(
-            num_partitions=num_partitions,
-            num_sub_vectors=num_sub_vectors,
-            num_bits=num_bits,
-            m=m,
-            ef_construction=ef_construction,
-            metric=_metric_pb(metric),
-            replace=replace,
-        )
-        return self._index(column, index_type, params, wait, name)
-
-    def create_scalar_index(
-        self, column: str, index_type: str = "BTREE", replace: bool = True, wait: bool = True
-    ) -> common_pb2.IndexInfo:
-        """Build a BTREE or BITMAP index that speeds up filters on ``column``."""
-        return self._index(column, index_type, common_pb2.IndexParams(replace=replace), wait)
-
-    def create_fts_index(
-        self, field_names: str, replace: bool = True, wait: bool = True
-    ) -> common_pb2.IndexInfo:
-        """Build a full-text (INVERTED) index: enables "fts" and "hybrid" searches."""
-        params = common_pb2.IndexParams(replace=replace)
-        return self._index(field_names, "INVERTED", params, wait)
-
-    def _index(
-        self,
-        column: str,
-        index_type: str,
-        params: common_pb2.IndexParams,
-        wait: bool,
-        name: str | None = None,
-    ) -> common_pb2.IndexInfo:
-        self._writable()
-        try:
-            kind = common_pb2.IndexType.Value(f"INDEX_TYPE_{index_type.upper()}")
-        except ValueError:
-            raise InvalidArgument(f"unknown index type {index_type!r}") from None
-        watch = wait and sys.stderr.isatty()  # on a terminal, show the build's progress
-        request = gateway_pb2.CreateIndexRequest(
-            table=self.name,
-            column=column,
-            index_type=kind,
-            params=params,
-            wait=wait and not watch,
-            index_name=name or "",
-        )
-        info = self._conn.call("CreateIndex", request)
-        info = self._watch(info) if watch else info
-        self._refresh()  # a built index is a new version
-        return info
-
-    def _watch(self, info: common_pb2.IndexInfo) -> common_pb2.IndexInfo:
-        """Poll a building index, drawing its progress, until it is ready or failed."""
-        from tqdm import tqdm
-
-        with tqdm(total=1.0, desc=f"index {info.name}", bar_format="{l_bar}{bar}") as bar:
-            while info.status == "building":
-                time.sleep(0.5)
-                info = next(i for i in self.list_indices() if i.name == info.name)
-                bar.set_postfix_str(info.stage)
-                bar.n = info.progress
-                bar.refresh()
-        if info.status.startswith("failed"):
-            raise FailedPrecondition(f"index {info.name!r} on table {self.name!r} {info.status}")
-        return info
-
-    def list_indices(self) -> list[common_pb2.IndexInfo]:
-        """Indexes with their status, coverage and build progress."""
-        reply = self._conn.call("ListIndexes", gateway_pb2.ListIndexesRequest(table=self.name))
-        return list(reply.indexes)
-
-    def _only_vector_column(self) -> str:
-        vectors = [f.name for f in self.schema if pa.types.is_fixed_size_list(f.type)]
-        if len(vectors) != 1:
-            raise InvalidArgument(f"name the vector column: the table has {vectors}")
-        return vectors[0]
 
     def search(
         self, query: Any = None, vector_column_name: str | None = None, query_type: str = "auto"
@@ -503,6 +438,13 @@ def _metric_pb(metric: str) -> int:
     if metric not in METRIC_TO_PB:
         raise InvalidArgument(f"metric must be one of {sorted(METRIC_TO_PB)}, got {metric!r}")
     return METRIC_TO_PB[metric]
+
+
+def streamed_tables(connection: Connection, method: str, request: Any) -> Iterator[pa.Table]:
+    """A server-streaming call's record batches, one table each (an empty one keeps its
+    schema, which an empty list of batches would lose)."""
+    for reply in connection.stream(method, request):
+        yield ipc_to_table(reply.arrow_ipc, "rows")
 
 
 class MergeInsertBuilder:
@@ -590,11 +532,43 @@ class Query:
         self._request.postfilter = not prefilter
         return self
 
-    def select(self, columns: Iterable[str]) -> Query:
-        """Return only these columns (plus ``_distance``)."""
+    def select(self, columns: Iterable[str] | dict[str, str]) -> Query:
+        """Return only these columns (plus ``_distance``), or computed ones: a dict of output
+        name to SQL expression, e.g. ``{"double": "price * 2"}``."""
         del self._request.columns[:]
-        self._request.columns.extend(columns)
+        del self._request.projections[:]
+        if isinstance(columns, dict):
+            self._request.projections.extend(projections_to_pb(columns))
+        elif isinstance(columns, str):
+            raise InvalidArgument("select() takes a list of column names or a dict, not a str")
+        else:
+            self._request.columns.extend(columns)
         return self
+
+    def bypass_vector_index(self) -> Query:
+        """Search every row exactly, ignoring vector indexes (recall 1.0)."""
+        self._request.bypass_vector_index = True
+        return self
+
+    def distance_range(
+        self, lower_bound: float | None = None, upper_bound: float | None = None
+    ) -> Query:
+        """Keep results with ``lower_bound <= _distance < upper_bound``."""
+        self._request.ClearField("distance_lower_bound")
+        self._request.ClearField("distance_upper_bound")
+        if lower_bound is not None:
+            self._request.distance_lower_bound = lower_bound
+        if upper_bound is not None:
+            self._request.distance_upper_bound = upper_bound
+        return self
+
+    def explain_plan(self, verbose: bool = False) -> str:
+        """How the store would run this query (its physical plan), without running it."""
+        query = gateway_pb2.SearchRequest()
+        query.CopyFrom(self._request)
+        query.k = self._limit or 0
+        request = gateway_pb2.ExplainPlanRequest(query=query, verbose=verbose)
+        return self._conn.call("ExplainPlan", request).plan
 
     def metric(self, metric: str) -> Query:
         """Distance metric: "l2" (default), "cosine" or "dot"."""
@@ -624,41 +598,47 @@ class Query:
         return self
 
     def to_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
-        """The results batch by batch; a query-less read streams from the store, one batch in
-        memory at a time (``batch_size`` re-slices them)."""
-        if not self._reads():
+        """The results batch by batch; a query-less read, and a search for more than
+        MAX_RANKED_K rows, stream from the store, one batch in memory at a time
+        (``batch_size`` re-slices them)."""
+        if not self._streams():
             yield from self.to_arrow().to_batches(batch_size)
             return
-        request = gateway_pb2.ReadRequest(
-            table=self._request.table,
-            filter=self._request.filter,
-            columns=self._request.columns,
-            limit=self._limit or 0,
-            offset=self._request.offset,
-            version=self._request.version,
-            with_row_id=self._request.with_row_id,
-        )
-        for reply in self._conn.stream("Read", request):
-            yield from ipc_to_table(reply.arrow_ipc, "rows").to_batches(batch_size)
+        for table in self._streamed():
+            yield from table.to_batches(batch_size)
+
+    def _streams(self) -> bool:
+        return self._reads() or (self._limit or 0) > MAX_RANKED_K
+
+    def _streamed(self) -> Iterator[pa.Table]:
+        """The streamed results, one table per message; the store sends at least one, empty
+        when nothing matched, so its columns are known."""
+        if self._reads():
+            request: Any = gateway_pb2.ReadRequest(
+                table=self._request.table,
+                filter=self._request.filter,
+                columns=self._request.columns,
+                limit=self._limit or 0,
+                offset=self._request.offset,
+                version=self._request.version,
+                with_row_id=self._request.with_row_id,
+                projections=self._request.projections,
+            )
+            method = "Read"
+        else:
+            request, method = self._search_request(), "SearchStream"
+        return streamed_tables(self._conn, method, request)
+
+    def _search_request(self) -> gateway_pb2.SearchRequest:
+        self._request.k = self._limit or 0
+        return self._request
 
     def to_arrow(self) -> pa.Table:
         """Run the query; rows best first, with ``_distance`` (and scores for text search), or
         in storage order without a query."""
-        if self._reads():
-            batches = list(self.to_batches())
-            if batches:
-                return pa.Table.from_batches(batches)
-            reply = self._conn.call(
-                "DescribeTable",
-                gateway_pb2.DescribeTableRequest(
-                    name=self._request.table, version=self._request.version
-                ),
-            )
-            schema = ipc_to_schema(reply.arrow_schema)
-            columns = list(self._request.columns) or schema.names
-            return schema.empty_table().select(columns)
-        self._request.k = self._limit or 0
-        reply = self._conn.call("Search", self._request)
+        if self._streams():
+            return pa.concat_tables(self._streamed())
+        reply = self._conn.call("Search", self._search_request())
         return ipc_to_table(reply.rows.arrow_ipc, "search results")
 
     def to_polars(self) -> Any:
@@ -680,3 +660,45 @@ class Query:
 
     def __repr__(self) -> str:
         return f"Query({json.dumps(self._request.table)})"
+
+
+class TakeQuery:
+    """Rows by position or row id (LanceDB's take_offsets / take_row_ids): ``.select()``,
+    ``.with_row_id()``, then ``.to_arrow()`` and friends."""
+
+    def __init__(self, connection: Connection, request: gateway_pb2.TakeRequest) -> None:
+        self._conn = connection
+        self._request = request
+
+    def select(self, columns: Iterable[str] | dict[str, str]) -> TakeQuery:
+        """Return only these columns, or computed ones (a dict of name to SQL expression)."""
+        del self._request.columns[:]
+        del self._request.projections[:]
+        if isinstance(columns, dict):
+            self._request.projections.extend(projections_to_pb(columns))
+        else:
+            self._request.columns.extend(columns)
+        return self
+
+    def with_row_id(self, enabled: bool = True) -> TakeQuery:
+        """Also return ``_rowid``."""
+        self._request.with_row_id = enabled
+        return self
+
+    def to_batches(self, batch_size: int | None = None) -> Iterator[pa.RecordBatch]:
+        for table in streamed_tables(self._conn, "Take", self._request):
+            yield from table.to_batches(batch_size)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.concat_tables(streamed_tables(self._conn, "Take", self._request))
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        import polars
+
+        return polars.from_arrow(self.to_arrow())
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return self.to_arrow().to_pylist()

@@ -16,28 +16,16 @@ on the client, before anything is written, and so does the SDK, with the same ru
 
 from __future__ import annotations
 
-import math
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.schema import is_list_type
+from embedsearch.contract.vectors import modal_length, resolve_bad_vectors
 
 VECTOR_COLUMN = "vector"
 # Fixed-size lists of floats at least this long are vectors whatever their name (LanceDB's rule).
 LIKELY_VECTOR_DIMS = 10
-REMEDIES = (
-    "Set on_bad_vectors='drop' to remove them, set on_bad_vectors='fill' and "
-    "fill_value=<value> to replace them, or set on_bad_vectors='null' to replace them with null."
-)
-
-
-def _is_list(arrow_type: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(arrow_type)
-        or pa.types.is_large_list(arrow_type)
-        or pa.types.is_fixed_size_list(arrow_type)
-    )
 
 
 def _named_like_a_vector(name: str) -> bool:
@@ -46,63 +34,15 @@ def _named_like_a_vector(name: str) -> bool:
 
 
 def _checked_for_bad_vectors(field: pa.Field) -> bool:
-    if not _is_list(field.type) or not pa.types.is_floating(field.type.value_type):
+    if not is_list_type(field.type) or not pa.types.is_floating(field.type.value_type):
         return False
     if pa.types.is_fixed_size_list(field.type):
         return field.type.list_size >= LIKELY_VECTOR_DIMS
     return field.name == VECTOR_COLUMN
 
 
-def _modal_length(column: pa.ChunkedArray) -> int | None:
-    lengths = pc.list_value_length(column).drop_null()
-    if not len(lengths):
-        return None
-    return pc.mode(lengths)[0]["mode"].as_py()
-
-
-def _resolve_bad_vectors(
-    rows: pa.Table, name: str, on_bad_vectors: str, fill_value: float
-) -> pa.Table:
-    column = rows.column(name).combine_chunks()
-    dims = (
-        column.type.list_size if pa.types.is_fixed_size_list(column.type) else _modal_length(column)
-    )
-    if dims is None:
-        return rows
-    lengths = pc.list_value_length(column)
-    wrong_length = pc.not_equal(lengths, dims).fill_null(True)  # a missing vector too
-    nan_at = pc.is_nan(pc.list_flatten(column)).fill_null(False)
-    nan_rows = pc.unique(pc.filter(pc.list_parent_indices(column), nan_at))
-    has_nan = pc.is_in(pa.array(range(len(column)), nan_rows.type), value_set=nan_rows)
-    bad = pc.or_(wrong_length, has_nan)
-    if not pc.any(bad).as_py():
-        return rows
-    if on_bad_vectors == "error":
-        what = "variable length vectors" if pc.any(wrong_length).as_py() else "NaNs"
-        raise InvalidArgument(f"Vector column '{name}' has {what}. {REMEDIES}")
-    if on_bad_vectors == "drop":
-        return rows.filter(pc.invert(bad))
-    as_list = column.cast(pa.list_(column.type.value_type))
-    if on_bad_vectors == "null":
-        values = pc.if_else(bad, pa.scalar(None, as_list.type), as_list)
-    else:  # fill: cut or pad to the length, fill_value in every padded or NaN slot
-        replacements = [_filled(v, dims, fill_value) for v in as_list.filter(bad).to_pylist()]
-        # Row i's replacement is the (number of bad rows up to i) - 1'th.
-        which = pc.max_element_wise(pc.subtract(pc.cumulative_sum(bad.cast(pa.int64())), 1), 0)
-        spread = pa.array(replacements, as_list.type).take(which)
-        values = pc.if_else(bad, spread, as_list)
-    position = rows.schema.get_field_index(name)
-    return rows.set_column(position, rows.schema.field(name).with_type(values.type), values)
-
-
-def _filled(vector: list[float] | None, dims: int, fill_value: float) -> list[float]:
-    values = list(vector or [])[:dims]
-    values += [fill_value] * (dims - len(values))
-    return [fill_value if v is None or math.isnan(v) else v for v in values]
-
-
 def _target_type(column: pa.ChunkedArray) -> pa.DataType | None:
-    dims = _modal_length(column)
+    dims = modal_length(column)
     value_type = column.type.value_type
     if dims is None:
         return None
@@ -121,9 +61,9 @@ def infer_vector_columns(rows: pa.Table, on_bad_vectors: str, fill_value: float)
     table is created from data alone (see the module docstring)."""
     for field in rows.schema:
         if _checked_for_bad_vectors(field):
-            rows = _resolve_bad_vectors(rows, field.name, on_bad_vectors, fill_value)
+            rows = resolve_bad_vectors(rows, field.name, on_bad_vectors, fill_value)
     for index, field in enumerate(rows.schema):
-        if not (_named_like_a_vector(field.name) and _is_list(field.type)):
+        if not (_named_like_a_vector(field.name) and is_list_type(field.type)):
             continue
         if pa.types.is_fixed_size_list(field.type):
             continue

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import grpc
 import numpy as np
 import pyarrow as pa
+from google.protobuf.message import Message
 
 from embedsearch.contract.channels import (
     channel_credentials,
@@ -17,9 +18,9 @@ from embedsearch.contract.channels import (
     target_of,
     typed_errors,
 )
-from embedsearch.contract.convert import CREATE_MODE_TO_PB, spec_to_pb
+from embedsearch.contract.convert import CREATE_MODE_TO_PB, projections_to_pb, spec_to_pb
 from embedsearch.contract.errors import Internal
-from embedsearch.contract.values import IndexInfo
+from embedsearch.contract.values import IndexInfo, IndexStats
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
 from gateway.convert import (
@@ -27,6 +28,7 @@ from gateway.convert import (
     embedded_from_pb,
     index_from_pb,
     index_params_to_pb,
+    index_stats_from_pb,
     index_type_to_pb,
     metric_to_pb,
     provider_from_pb,
@@ -35,6 +37,7 @@ from gateway.convert import (
     version_from_pb,
     write_from_pb,
 )
+from gateway.convert_schema import SchemaMaintenanceStore
 from gateway.settings import GatewaySettings
 from gateway.values import (
     CreateIndex,
@@ -48,6 +51,7 @@ from gateway.values import (
     Search,
     StoreTable,
     TableVersion,
+    Take,
     WriteResult,
 )
 from service_kit.auth import PeerToken
@@ -114,6 +118,16 @@ class Peer:
                 raise
             return await call
 
+    async def replies(self, method: str, request: Any) -> AsyncIterator[Any]:
+        """A server-streaming call's replies. No default deadline: the caller reads for as
+        long as it keeps reading."""
+        call = getattr(self.stub, method)(
+            request, timeout=remaining(None), metadata=self._metadata()
+        )
+        with typed_errors(self.name):
+            async for reply in call:
+                yield reply
+
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return self.token.metadata() if self.token else ()
 
@@ -165,7 +179,7 @@ class EmbedderClient(Peer):
         return vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
 
 
-class StoreClient(Peer):
+class StoreClient(SchemaMaintenanceStore, Peer):
     """The store: each method builds one store request from typed values and reads the reply."""
 
     kind = "store"
@@ -187,17 +201,20 @@ class StoreClient(Peer):
     async def drop_table(self, name: str, ignore_missing: bool) -> None:
         await self.call("DropTable", drop_table_to_pb(name, ignore_missing))
 
-    async def add(self, name: str, rows: pa.Table, fingerprint: str) -> WriteResult:
-        return write_from_pb(await self.call("Add", add_to_pb(name, rows, fingerprint)))
+    async def add(
+        self, name: str, rows: pa.Table, fingerprint: str, overwrite: bool = False
+    ) -> WriteResult:
+        request = add_to_pb(name, rows, fingerprint, overwrite)
+        return write_from_pb(await self.call("Add", request))
 
     async def add_stream(
-        self, name: str, chunks: AsyncIterator[pa.Table], fingerprint: str
+        self, name: str, chunks: AsyncIterator[pa.Table], fingerprint: str, overwrite: bool
     ) -> WriteResult:
         """Stream the chunks into one commit; the first message names the table."""
 
         async def requests() -> AsyncIterator[store_pb2.StoreAddRequest]:
             async for rows in chunks:
-                yield add_to_pb(name, rows, fingerprint)
+                yield add_to_pb(name, rows, fingerprint, overwrite)
 
         return write_from_pb(await self.stream("AddStream", requests()))
 
@@ -229,14 +246,42 @@ class StoreClient(Peer):
         return (await self.call("TextSearch", request)).arrow_ipc
 
     async def read(self, read: Read) -> AsyncIterator[bytes]:
-        """The rows' record batches, each an Arrow IPC stream as the store sent it. No default
-        deadline: reading a large table takes as long as the caller keeps reading."""
-        call = self.stub.Read(
-            read_to_store_pb(read), timeout=remaining(None), metadata=self._metadata()
-        )
-        with typed_errors(self.name):
-            async for reply in call:
-                yield reply.arrow_ipc
+        """The rows' record batches, each an Arrow IPC stream as the store sent it."""
+        async for reply in self.replies("Read", read_to_store_pb(read)):
+            yield reply.arrow_ipc
+
+    async def take(self, take: Take) -> AsyncIterator[bytes]:
+        """The rows' record batches, each an Arrow IPC stream as the store sent it."""
+        async for reply in self.replies("Take", take_to_pb(take)):
+            yield reply.arrow_ipc
+
+    async def search_stream(
+        self, search: Search, column: str, vector: np.ndarray, fingerprint: str
+    ) -> AsyncIterator[bytes]:
+        """A vector search's record batches, each an Arrow IPC stream as the store sent it."""
+        request = vector_search_to_pb(search, column, vector, search.with_row_id, fingerprint)
+        async for reply in self.replies("SearchStream", request):
+            yield reply.arrow_ipc
+
+    async def explain_read(self, read: Read, verbose: bool) -> str:
+        return await self._explain(explain_to_pb(verbose, scan=read_to_store_pb(read)))
+
+    async def explain_search(
+        self, search: Search, column: str, vector: np.ndarray, fingerprint: str, verbose: bool
+    ) -> str:
+        query = vector_search_to_pb(search, column, vector, search.with_row_id, fingerprint)
+        return await self._explain(explain_to_pb(verbose, search=query))
+
+    async def explain_text_search(self, search: Search, fingerprint: str, verbose: bool) -> str:
+        query = text_search_to_pb(search, search.with_row_id, fingerprint)
+        return await self._explain(explain_to_pb(verbose, text_search=query))
+
+    async def _explain(self, request: store_pb2.StoreExplainPlanRequest) -> str:
+        return (await self.call("ExplainPlan", request)).plan
+
+    async def rename_table(self, name: str, new_name: str) -> StoreTable:
+        request = rename_table_to_pb(name, new_name)
+        return table_from_pb(await self.call("RenameTable", request))
 
     async def scan(self, scan: Scan) -> bytes:
         """The rows' Arrow IPC stream, as the store sent it."""
@@ -248,6 +293,13 @@ class StoreClient(Peer):
     async def list_indexes(self, name: str) -> list[IndexInfo]:
         reply = await self.call("ListIndexes", list_indexes_to_pb(name))
         return [index_from_pb(i) for i in reply.indexes]
+
+    async def drop_index(self, name: str, index_name: str) -> None:
+        await self.call("DropIndex", drop_index_to_pb(name, index_name))
+
+    async def index_stats(self, name: str, index_name: str) -> IndexStats:
+        reply = await self.call("IndexStats", index_stats_to_pb(name, index_name))
+        return index_stats_from_pb(reply)
 
     async def list_versions(self, name: str) -> list[TableVersion]:
         reply = await self.call("ListVersions", list_versions_to_pb(name))
@@ -275,7 +327,17 @@ def connect_peers(settings: GatewaySettings) -> tuple[EmbedderClient, StoreClien
 # Search fields the store's searches do not take: the public query and the reply's format.
 PUBLIC_ONLY = ("table", "query", "json_rows", "query_type", "fts_columns")
 # Search fields that tune the vector search only.
-VECTOR_ONLY = ("vector_column", "metric", "postfilter", "nprobes", "refine_factor", "ef")
+VECTOR_ONLY = (
+    "vector_column",
+    "metric",
+    "postfilter",
+    "nprobes",
+    "refine_factor",
+    "ef",
+    "bypass_vector_index",
+    "distance_lower_bound",
+    "distance_upper_bound",
+)
 
 
 def table_from_pb(info: store_pb2.StoreTableInfo) -> StoreTable:
@@ -286,6 +348,7 @@ def table_from_pb(info: store_pb2.StoreTableInfo) -> StoreTable:
         num_rows=info.num_rows,
         indexes=[index_from_pb(i) for i in info.indexes],
         fingerprint=info.schema_fingerprint,
+        uri=info.uri,
     )
 
 
@@ -321,6 +384,14 @@ def list_indexes_to_pb(name: str) -> store_pb2.StoreListIndexesRequest:
     return store_pb2.StoreListIndexesRequest(name=name)
 
 
+def drop_index_to_pb(name: str, index_name: str) -> store_pb2.StoreDropIndexRequest:
+    return store_pb2.StoreDropIndexRequest(name=name, index_name=index_name)
+
+
+def index_stats_to_pb(name: str, index_name: str) -> store_pb2.StoreIndexStatsRequest:
+    return store_pb2.StoreIndexStatsRequest(name=name, index_name=index_name)
+
+
 def list_versions_to_pb(name: str) -> store_pb2.StoreListVersionsRequest:
     return store_pb2.StoreListVersionsRequest(name=name)
 
@@ -340,9 +411,11 @@ def create_table_to_pb(
     )
 
 
-def add_to_pb(name: str, rows: pa.Table, fingerprint: str) -> store_pb2.StoreAddRequest:
+def add_to_pb(
+    name: str, rows: pa.Table, fingerprint: str, overwrite: bool
+) -> store_pb2.StoreAddRequest:
     return store_pb2.StoreAddRequest(
-        name=name, arrow_ipc=table_to_ipc(rows), schema_fingerprint=fingerprint
+        name=name, arrow_ipc=table_to_ipc(rows), schema_fingerprint=fingerprint, overwrite=overwrite
     )
 
 
@@ -372,6 +445,7 @@ def vector_search_to_pb(
         metric=metric_to_pb(search.metric),
         with_row_id=with_row_id,
         schema_fingerprint=fingerprint,
+        projections=projections_to_pb(search.projections),
     )
 
 
@@ -387,11 +461,35 @@ def text_search_to_pb(
         search_columns=search.fts_columns,
         with_row_id=with_row_id,
         schema_fingerprint=fingerprint,
+        projections=projections_to_pb(search.projections),
     )
 
 
 def read_to_store_pb(read: Read) -> store_pb2.StoreScanRequest:
-    return value_to_pb(read.params, store_pb2.StoreScanRequest, name=read.table)
+    return value_to_pb(
+        read.params,
+        store_pb2.StoreScanRequest,
+        name=read.table,
+        projections=projections_to_pb(read.params.projections),
+    )
+
+
+def explain_to_pb(verbose: bool, **query: Message) -> store_pb2.StoreExplainPlanRequest:
+    """An ExplainPlan request for one query: ``search=``, ``text_search=`` or ``scan=``."""
+    return store_pb2.StoreExplainPlanRequest(verbose=verbose, **query)
+
+
+def rename_table_to_pb(name: str, new_name: str) -> store_pb2.StoreRenameTableRequest:
+    return store_pb2.StoreRenameTableRequest(name=name, new_name=new_name)
+
+
+def take_to_pb(take: Take) -> store_pb2.StoreTakeRequest:
+    return value_to_pb(
+        take.params,
+        store_pb2.StoreTakeRequest,
+        name=take.table,
+        projections=projections_to_pb(take.params.projections),
+    )
 
 
 def scan_to_pb(scan: Scan) -> store_pb2.StoreScanRequest:

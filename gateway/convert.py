@@ -25,12 +25,13 @@ from embedsearch.contract.convert import (
     MODES,
     args_from_pb,
     metric_from_pb,
+    projections_from_pb,
     spec_from_pb,
     spec_to_pb,
 )
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.schema import parse_type, type_name
-from embedsearch.contract.values import IndexInfo, ReadParams
+from embedsearch.contract.values import IndexInfo, IndexStats, ReadParams, TakeParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -52,6 +53,7 @@ from gateway.values import (
     CreateTable,
     EmbedCall,
     Embedded,
+    Explain,
     IndexParams,
     MergeInsert,
     Provider,
@@ -62,6 +64,7 @@ from gateway.values import (
     Search,
     TableInfo,
     TableVersion,
+    Take,
     WriteResult,
 )
 
@@ -138,8 +141,19 @@ def index_type_to_pb(name: str) -> int:
     return common_pb2.IndexType.Value(INDEX_PREFIX + name) if name else 0
 
 
+# IndexParams fields whose absence means "LanceDB's default", not zero or false.
+_OPTIONAL_INDEX_PARAMS = (
+    "max_token_length",
+    "lower_case",
+    "stem",
+    "remove_stop_words",
+    "ascii_folding",
+)
+
+
 def index_params_from_pb(params: common_pb2.IndexParams) -> IndexParams:
-    return value_from_pb(params, IndexParams, metric=metric_from_pb(params.metric))
+    unset = {n: getattr(params, n) if params.HasField(n) else None for n in _OPTIONAL_INDEX_PARAMS}
+    return value_from_pb(params, IndexParams, metric=metric_from_pb(params.metric), **unset)
 
 
 def index_params_to_pb(params: IndexParams) -> common_pb2.IndexParams:
@@ -152,6 +166,32 @@ def metric_to_pb(metric: str | None) -> int:
 
 def index_from_pb(index: common_pb2.IndexInfo) -> IndexInfo:
     return value_from_pb(index, IndexInfo, index_type=index_type_from_pb(index.index_type))
+
+
+def index_stats_from_pb(stats: common_pb2.IndexStatistics) -> IndexStats:
+    return value_from_pb(
+        stats,
+        IndexStats,
+        index_type=index_type_from_pb(stats.index_type),
+        distance_type=metric_from_pb(stats.distance_type) or "",
+        loss=stats.loss if stats.HasField("loss") else None,
+    )
+
+
+def index_stats_to_pb(stats: IndexStats) -> common_pb2.IndexStatistics:
+    return value_to_pb(
+        stats,
+        common_pb2.IndexStatistics,
+        index_type=index_type_to_pb(stats.index_type),
+        distance_type=metric_to_pb(stats.distance_type or None),
+    )
+
+
+def index_name_of(
+    request: gateway_pb2.DropIndexRequest | gateway_pb2.IndexStatsRequest,
+) -> tuple[str, str]:
+    """The table and index a DropIndex or IndexStats request names."""
+    return request.table, request.index_name
 
 
 def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
@@ -251,7 +291,43 @@ def count_rows_from_pb(request: gateway_pb2.CountRowsRequest) -> tuple[str, str,
 
 
 def read_from_pb(request: gateway_pb2.ReadRequest) -> Read:
-    return value_from_pb(request, Read, params=value_from_pb(request, ReadParams))
+    params = value_from_pb(
+        request, ReadParams, projections=projections_from_pb(request.projections)
+    )
+    return value_from_pb(request, Read, params=params)
+
+
+def take_from_pb(request: gateway_pb2.TakeRequest) -> Take:
+    params = value_from_pb(
+        request, TakeParams, projections=projections_from_pb(request.projections)
+    )
+    return value_from_pb(request, Take, params=params)
+
+
+def rename_table_from_pb(request: gateway_pb2.RenameTableRequest) -> tuple[str, str]:
+    return request.name, request.new_name
+
+
+def explain_from_pb(request: gateway_pb2.ExplainPlanRequest) -> Explain:
+    """The plan of a search, or of a read when the query sets no text, vector or blob (its
+    k is then the read's limit, 0 for every row)."""
+    query = request.query
+    if query.WhichOneof("query") is not None:
+        return Explain(search=search_from_pb(query), read=None, verbose=request.verbose)
+    params = ReadParams(
+        filter=query.filter,
+        columns=list(query.columns),
+        limit=query.k,
+        offset=query.offset,
+        version=query.version,
+        with_row_id=query.with_row_id,
+        projections=projections_from_pb(query.projections),
+    )
+    return Explain(search=None, read=Read(query.table, params), verbose=request.verbose)
+
+
+def explain_to_pb(plan: str) -> gateway_pb2.ExplainPlanResponse:
+    return gateway_pb2.ExplainPlanResponse(plan=plan)
 
 
 def read_to_pb(batch: bytes) -> gateway_pb2.ReadResponse:
@@ -307,7 +383,15 @@ def search_from_pb(request: gateway_pb2.SearchRequest) -> Search:
         metric=metric_from_pb(request.metric),
         json_rows=request.result_format == common_pb2.ROW_FORMAT_JSON,
         query_type=_known(QUERY_TYPES, request.query_type, "query_type"),
+        projections=projections_from_pb(request.projections),
+        distance_lower_bound=_optional(request, "distance_lower_bound"),
+        distance_upper_bound=_optional(request, "distance_upper_bound"),
     )
+
+
+def _optional(message: Message, name: str) -> Any:
+    """An ``optional`` field's value, or None when it is unset."""
+    return getattr(message, name) if message.HasField(name) else None
 
 
 def create_index_from_pb(request: gateway_pb2.CreateIndexRequest) -> CreateIndex:
@@ -405,6 +489,7 @@ def table_info_to_pb(info: TableInfo) -> gateway_pb2.TableInfo:
             gateway_pb2.ColumnSpec(name=f.name, type=type_name(f.type), nullable=f.nullable)
             for f in table.schema
         ],
+        uri=table.uri,
     )
 
 

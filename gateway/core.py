@@ -18,9 +18,16 @@ from embedsearch.contract.errors import (
     InvalidSchema,
     SchemaChanged,
 )
-from embedsearch.contract.schema import VectorFill, embeddable, is_vector, vector_type
+from embedsearch.contract.schema import (
+    VectorFill,
+    embeddable,
+    is_list_type,
+    is_vector,
+    vector_type,
+)
 from embedsearch.contract.sql import keys_filter
-from embedsearch.contract.values import IndexInfo
+from embedsearch.contract.values import IndexInfo, IndexStats
+from embedsearch.contract.vectors import resolve_bad_vectors
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import (
     Binding,
@@ -29,6 +36,7 @@ from gateway.mapping import (
     pick_binding,
     schema_with_bindings,
 )
+from gateway.schema import SchemaMaintenanceCore
 from gateway.values import (
     DROP,
     ERROR,
@@ -44,6 +52,7 @@ from gateway.values import (
     Descriptor,
     EmbedCall,
     Embedded,
+    Explain,
     MergeInsert,
     Provider,
     Read,
@@ -55,6 +64,7 @@ from gateway.values import (
     StoreTable,
     TableInfo,
     TableVersion,
+    Take,
     WriteResult,
 )
 from service_kit.lru import LRU
@@ -96,7 +106,7 @@ class DescriptorCache:
         self._items.drop(lambda key: key[0] == name)
 
 
-class GatewayCore:
+class GatewayCore(SchemaMaintenanceCore):
     """Creates tables with bindings, embeds rows on add and queries on search; one store call
     per request where the table's descriptor is cached."""
 
@@ -108,15 +118,36 @@ class GatewayCore:
         self.settings = settings
         self.descriptors = DescriptorCache()
 
-    def _conform(self, rows: Rows, schema: pa.Schema) -> pa.Table:
-        """The rows of one request message, typed by the table's schema, within the row limit."""
+    def _conform(
+        self, rows: Rows, schema: pa.Schema, bindings: list[Binding], bad: BadVectors
+    ) -> pa.Table:
+        """The rows of one request message, typed by the table's schema, within the row limit,
+        with the vectors they bring checked by ``bad`` (LanceDB's on_bad_vectors): a NaN, or
+        a length other than the column's. A missing vector is bad too, unless a function
+        fills it."""
         limit = self.settings.max_rows_per_request
         if len(rows) > limit:
             raise InvalidArgument(
                 f"{len(rows)} rows in one message is over the limit of {limit} "
                 "(--max-rows-per-request): split them, or stream them with AddStream"
             )
-        return to_table(rows, schema)
+        table = to_table(rows, schema)
+        bound = {b.vector_column for b in bindings}
+        for field in schema:
+            given = (
+                table.schema.field(field.name).type if field.name in table.column_names else None
+            )
+            # A column that holds no lists at all is the store's to refuse, naming its type.
+            if is_vector(field) and given is not None and is_list_type(given):
+                table = resolve_bad_vectors(
+                    table,
+                    field.name,
+                    bad.policy,
+                    bad.fill_value,
+                    dims=field.type.list_size,
+                    missing_is_bad=field.name not in bound,
+                )
+        return table
 
     # -- descriptors -------------------------------------------------------------------------
 
@@ -171,6 +202,14 @@ class GatewayCore:
     async def list_tables(self, start_after: str, limit: int) -> list[str]:
         return await self.store.list_tables(start_after, limit)
 
+    async def rename_table(self, name: str, new_name: str) -> TableInfo:
+        try:
+            table = await self.store.rename_table(name, new_name)
+        finally:
+            self.descriptors.forget(name)
+            self.descriptors.forget(new_name)
+        return TableInfo(table, self._remember(table, 0).bindings)
+
     async def drop_table(self, name: str, ignore_missing: bool) -> None:
         try:
             await self.store.drop_table(name, ignore_missing)
@@ -189,7 +228,7 @@ class GatewayCore:
             schema = schema_with_bindings(schema, canonical)
         data = None
         if create.rows is not None:
-            rows = self._conform(create.rows, schema)
+            rows = self._conform(create.rows, schema, canonical, create.bad)
             data = await self.embed_rows(rows, schema, canonical, create.bad)
         self.descriptors.forget(create.name)
         table = await self.store.create_table(create.name, schema, create.mode, data)
@@ -243,9 +282,9 @@ class GatewayCore:
         """Embed the rows' missing vectors, then append them as one commit."""
 
         async def attempt(table: Descriptor) -> WriteResult:
-            rows = self._conform(chunk.rows, table.schema)
+            rows = self._conform(chunk.rows, table.schema, table.bindings, chunk.bad)
             data = await self.embed_rows(rows, table.schema, table.bindings, chunk.bad)
-            return await self.store.add(chunk.table, data, table.fingerprint)
+            return await self.store.add(chunk.table, data, table.fingerprint, chunk.overwrite)
 
         return await self._described(chunk.table, 0, attempt)
 
@@ -274,7 +313,7 @@ class GatewayCore:
                             f"an AddStream writes one table: message {index} names "
                             f"{chunk.table[:80]!r} after {first.table!r}"
                         )
-                    rows = self._conform(chunk.rows, table.schema)
+                    rows = self._conform(chunk.rows, table.schema, table.bindings, first.bad)
                     await embedded.put(
                         await self.embed_rows(rows, table.schema, table.bindings, first.bad)
                     )
@@ -294,10 +333,14 @@ class GatewayCore:
 
         async def write_all() -> WriteResult:
             if not first.commit_per_chunk:
-                return await self.store.add_stream(first.table, tables(), table.fingerprint)
+                return await self.store.add_stream(
+                    first.table, tables(), table.fingerprint, first.overwrite
+                )
             total = WriteResult()
             async for rows in tables():
-                result = await self.store.add(first.table, rows, table.fingerprint)
+                # With overwrite, the first chunk replaces the rows and the others append.
+                overwrite = first.overwrite and not total.version
+                result = await self.store.add(first.table, rows, table.fingerprint, overwrite)
                 total.version = result.version
                 total.rows_inserted += result.rows_inserted
             return total
@@ -316,7 +359,7 @@ class GatewayCore:
         rows when only inserting, none when only deleting."""
 
         async def attempt(table: Descriptor) -> WriteResult:
-            data = self._conform(merge.rows, table.schema)
+            data = self._conform(merge.rows, table.schema, table.bindings, merge.bad)
             written = await self._rows_written(merge, data)
             data = await self.embed_rows(data, table.schema, table.bindings, merge.bad, written)
             return await self.store.merge_insert(merge, data, table.fingerprint)
@@ -398,7 +441,8 @@ class GatewayCore:
         source = rows.column(binding.source_column).take(pa.array(todo)).to_pylist()
         ok = np.array([embeddable(value) for value in source], dtype=bool)
         if not ok.all():
-            _bad_rows(todo[~ok], binding, field, bad, drop, fill)
+            why = f"source column {binding.source_column!r} is null or empty"
+            _bad_rows(todo[~ok], why, field, bad, drop, fill)
         good = todo[ok]
         if not good.size:
             return fill
@@ -411,7 +455,10 @@ class GatewayCore:
                 f"{binding.provider} returns {vectors.shape[1]}-dimensional vectors but "
                 f"column {binding.vector_column!r} holds {field.type.list_size}"
             )
-        fill.set(good, vectors)
+        nan = np.isnan(vectors).any(axis=1)
+        if nan.any():
+            _bad_rows(good[nan], f"{binding.provider} returned NaN", field, bad, drop, fill)
+        fill.set(good[~nan], vectors[~nan])
         return fill
 
     # -- reads -------------------------------------------------------------------------------
@@ -423,6 +470,48 @@ class GatewayCore:
         """A table's rows as the store streams them, batch by batch, passed through: the
         gateway holds one batch at a time, and needs no descriptor."""
         return self.store.read(read)
+
+    def take(self, take: Take) -> AsyncIterator[bytes]:
+        """Rows by offset or row id, as the store streams them, passed through."""
+        return self.store.take(take)
+
+    async def search_stream(self, search: Search) -> AsyncIterator[bytes]:
+        """A vector search of any k up to the table's size, streamed from the store batch by
+        batch. Full-text and hybrid searches are ranked whole, so they are not streamed."""
+        table = await self.descriptor(search.table, search.version)
+        if (search.query_type or _default_query_type(table, search)) != VECTOR:
+            raise InvalidArgument(
+                "only vector searches stream: a full-text or hybrid search returns at most "
+                "10,000 rows; lower k"
+            )
+        column, vector = await self._vector_query(table, search)
+        async for batch in self.store.search_stream(search, column, vector, table.fingerprint):
+            yield batch
+
+    async def explain(self, explain: Explain) -> str:
+        """The store's plan for a search or a read; a text or image query is embedded first,
+        as the search would. A hybrid search has two plans, the vector one first."""
+        search, verbose = explain.search, explain.verbose
+        if search is None:
+            assert explain.read is not None
+            return await self.store.explain_read(explain.read, verbose)
+
+        async def attempt(table: Descriptor) -> str:
+            query_type = search.query_type or _default_query_type(table, search)
+            plans = []
+            if query_type in (VECTOR, HYBRID):
+                column, vector = await self._vector_query(table, search)
+                plans.append(
+                    self.store.explain_search(search, column, vector, table.fingerprint, verbose)
+                )
+            if query_type in (FTS, HYBRID):
+                plans.append(self.store.explain_text_search(search, table.fingerprint, verbose))
+            found = await asyncio.gather(*plans)
+            if len(found) == 1:
+                return found[0]
+            return f"Vector Search Plan:\n{found[0]}FTS Search Plan:\n{found[1]}"
+
+        return await self._described(search.table, search.version, attempt)
 
     async def search(self, search: Search) -> ResultRows:
         """Vector, full-text or hybrid search; text and images are embedded in query mode.
@@ -455,6 +544,11 @@ class GatewayCore:
         return await self._described(search.table, search.version, attempt)
 
     async def _vector_search(self, table: Descriptor, search: Search, with_row_id: bool) -> bytes:
+        column, vector = await self._vector_query(table, search)
+        return await self.store.search(search, column, vector, with_row_id, table.fingerprint)
+
+    async def _vector_query(self, table: Descriptor, search: Search) -> tuple[str, np.ndarray]:
+        """The vector column searched and the query vector, embedding a text or blob query."""
         binding = pick_binding(table.bindings, search.vector_column, search.table)
         column = search.vector_column or (binding.vector_column if binding else "")
         if not column:
@@ -471,7 +565,7 @@ class GatewayCore:
             if isinstance(query, np.ndarray)
             else await self._query_vector(search, binding, column)
         )
-        return await self.store.search(search, column, vector, with_row_id, table.fingerprint)
+        return column, vector
 
     async def _query_vector(
         self, search: Search, binding: Binding | None, column: str
@@ -506,6 +600,17 @@ class GatewayCore:
 
     async def list_indexes(self, name: str) -> list[IndexInfo]:
         return await self.store.list_indexes(name)
+
+    async def drop_index(self, name: str, index_name: str) -> None:
+        """Remove an index; dropping a full-text one changes how text queries are searched, so
+        the table's descriptor goes."""
+        try:
+            await self.store.drop_index(name, index_name)
+        finally:
+            self.descriptors.forget(name)
+
+    async def index_stats(self, name: str, index_name: str) -> IndexStats:
+        return await self.store.index_stats(name, index_name)
 
     async def list_versions(self, name: str) -> list[TableVersion]:
         return await self.store.list_versions(name)
@@ -564,14 +669,13 @@ def _replace(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
 
 def _bad_rows(
     rows: np.ndarray,
-    binding: Binding,
+    where: str,
     field: pa.Field,
     bad: BadVectors,
     drop: np.ndarray,
     fill: VectorFill,
 ) -> None:
-    """Apply on_bad_vectors to rows whose source value is null or empty."""
-    where = f"source column {binding.source_column!r} is null or empty"
+    """Apply on_bad_vectors to rows a function cannot give a vector (``where`` says why)."""
     if bad.policy == ERROR:
         raise InvalidArgument(
             f"row {int(rows[0])}: {where}; fix the row, or set on_bad_vectors to drop, fill or null"

@@ -25,6 +25,10 @@ from gateway.convert import (
     drop_table_from_pb,
     embed_call_from_pb,
     embedded_to_pb,
+    explain_from_pb,
+    explain_to_pb,
+    index_name_of,
+    index_stats_to_pb,
     index_to_pb,
     indexes_to_pb,
     list_tables_from_pb,
@@ -33,6 +37,7 @@ from gateway.convert import (
     providers_to_pb,
     read_from_pb,
     read_to_pb,
+    rename_table_from_pb,
     resolve_from_pb,
     resolved_to_pb,
     restore_from_pb,
@@ -41,11 +46,13 @@ from gateway.convert import (
     search_to_pb,
     table_info_to_pb,
     table_of,
+    take_from_pb,
     update_from_pb,
     versions_to_pb,
     write_to_pb,
 )
 from gateway.core import GatewayCore
+from gateway.server_schema import SchemaMaintenanceServicer
 from gateway.settings import GatewaySettings
 from gateway.values import Chunk
 from service_kit.server import RpcMetrics, new_server
@@ -54,7 +61,7 @@ SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 __all__ = ["GatewayServicer", "create_server", "rows_from_pb"]
 
 
-class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+class GatewayServicer(SchemaMaintenanceServicer, gateway_pb2_grpc.GatewayServicer):
     """The public API. Each method converts the request, calls the core, converts the reply."""
 
     def __init__(self, core: GatewayCore) -> None:
@@ -138,6 +145,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.ListIndexesResponse:
         return indexes_to_pb(await self.core.list_indexes(table_of(request)))
 
+    async def DropIndex(
+        self, request: gateway_pb2.DropIndexRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DropIndexResponse:
+        await self.core.drop_index(*index_name_of(request))
+        return gateway_pb2.DropIndexResponse()
+
+    async def IndexStats(
+        self, request: gateway_pb2.IndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.IndexStatistics:
+        return index_stats_to_pb(await self.core.index_stats(*index_name_of(request)))
+
     async def ListVersions(
         self, request: gateway_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListVersionsResponse:
@@ -158,6 +176,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.ReadResponse]:
         async for batch in self.core.read(read_from_pb(request)):
             yield read_to_pb(batch)
+
+    async def Take(
+        self, request: gateway_pb2.TakeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ReadResponse]:
+        async for batch in self.core.take(take_from_pb(request)):
+            yield read_to_pb(batch)
+
+    async def SearchStream(
+        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ReadResponse]:
+        async for batch in self.core.search_stream(search_from_pb(request)):
+            yield read_to_pb(batch)
+
+    async def ExplainPlan(
+        self, request: gateway_pb2.ExplainPlanRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ExplainPlanResponse:
+        return explain_to_pb(await self.core.explain(explain_from_pb(request)))
+
+    async def RenameTable(
+        self, request: gateway_pb2.RenameTableRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.TableInfo:
+        return table_info_to_pb(await self.core.rename_table(*rename_table_from_pb(request)))
 
     async def GenerateEmbeddings(
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext

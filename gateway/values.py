@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.values import IndexInfo, ReadParams
+from embedsearch.contract.values import IndexInfo, ReadParams, TakeParams
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import Binding
 
@@ -37,6 +37,24 @@ class IndexParams:
     ef_construction: int = 0
     metric: str | None = None
     replace: bool = False
+    max_iterations: int = 0
+    sample_rate: int = 0
+    target_partition_size: int = 0
+    # Full-text tokenizer options; None (for the optional ones) means "LanceDB's default".
+    with_position: bool = False
+    base_tokenizer: str = ""
+    language: str = ""
+    max_token_length: int | None = None
+    lower_case: bool | None = None
+    stem: bool | None = None
+    remove_stop_words: bool | None = None
+    ascii_folding: bool | None = None
+    custom_stop_words: list[str] = field(default_factory=list)
+    use_custom_stop_words: bool = False
+    ngram_min_length: int = 0
+    ngram_max_length: int = 0
+    prefix_only: bool = False
+    block_size: int = 0
 
 
 @dataclass
@@ -49,6 +67,7 @@ class StoreTable:
     num_rows: int
     indexes: list[IndexInfo]
     fingerprint: str = ""
+    uri: str = ""
 
 
 @dataclass
@@ -112,6 +131,7 @@ class Chunk:
     rows: Rows
     bad: BadVectors = field(default_factory=BadVectors)
     commit_per_chunk: bool = False
+    overwrite: bool = False
 
 
 @dataclass
@@ -162,6 +182,10 @@ class Search:
     version: int = 0
     query_type: str = ""  # "", VECTOR, FTS or HYBRID; "" picks one
     fts_columns: list[str] = field(default_factory=list)
+    projections: dict[str, str] = field(default_factory=dict)
+    bypass_vector_index: bool = False
+    distance_lower_bound: float | None = None
+    distance_upper_bound: float | None = None
 
 
 @dataclass
@@ -179,6 +203,23 @@ class Read:
 
     table: str
     params: ReadParams
+
+
+@dataclass
+class Take:
+    """Rows by offset or row id, streamed."""
+
+    table: str
+    params: TakeParams
+
+
+@dataclass
+class Explain:
+    """A query plan to describe: of a search, or (``search`` None) of ``read``."""
+
+    search: Search | None
+    read: Read | None
+    verbose: bool = False
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeVar
 
 import lance
@@ -25,6 +25,7 @@ from embedsearch.contract.errors import (
     AlreadyExists,
     CommitConflict,
     EmbedsearchError,
+    FailedPrecondition,
     InvalidArgument,
     InvalidSchema,
     NotFound,
@@ -34,10 +35,10 @@ from embedsearch.contract.errors import (
 )
 from embedsearch.contract.schema import conform, is_vector
 from embedsearch.contract.text import brief
-from embedsearch.contract.values import ReadParams
+from embedsearch.contract.values import ReadParams, TakeParams
 from store_service import exact, indexes
 from store_service.guards import TableGate, VersionHolds
-from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec
+from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec, IndexStats
 from store_service.settings import StoreSettings
 from store_service.storage import Root
 
@@ -51,6 +52,7 @@ _MAX_COLUMN_NAME = 256
 _FINGERPRINTS = 4096
 # The most bytes of rows in one message of a Read stream (under the 64 MiB message limit).
 READ_BATCH_BYTES = 16 * 1024 * 1024
+TAKE_CHUNK = 8192  # rows a take or a streamed exact search reads per Lance call
 
 __all__ = [
     "IndexInfo",
@@ -81,6 +83,7 @@ class TableInfo:
     num_rows: int
     indexes: list[IndexInfo] = field(default_factory=list)
     fingerprint: str = ""
+    uri: str = ""
 
 
 @dataclass
@@ -115,6 +118,7 @@ class SearchParams:
     bypass_vector_index: bool = False
     tag: str = ""
     schema_fingerprint: str = ""
+    projections: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +135,7 @@ class TextSearchParams:
     version: int = 0
     tag: str = ""
     schema_fingerprint: str = ""
+    projections: dict[str, str] = field(default_factory=dict)
 
 
 def schema_fingerprint(schema: pa.Schema, text_indexed: set[str]) -> str:
@@ -225,6 +230,7 @@ class TableCatalog:
         self.on_commit: Callable[[str, str], None] | None = None
 
     def uri(self, name: str) -> str:
+        """Where table ``name``'s data lives (a path under the data root, or a URI)."""
         return self.root.table_uri(check_name(name))
 
     @contextmanager
@@ -296,16 +302,22 @@ class TableCatalog:
             raise exc
         raise error from exc
 
-    def _check_window(self, k: int, offset: int, refine_factor: int = 0, ef: int = 0) -> None:
+    def _check_window(
+        self, k: int, offset: int, refine_factor: int = 0, ef: int = 0, streamed: bool = False
+    ) -> None:
         """Bounds on how many rows a search gathers: Lance allocates for all of them up front,
-        and `refine_factor=4294967295` asked it for 687 GB, aborting the process."""
+        and `refine_factor=4294967295` asked it for 687 GB, aborting the process. A streamed
+        search has its k bounded by the table's size instead of the search window."""
         window, settings = k + offset, self.settings
-        if window > settings.max_search_window:
+        if window > settings.max_search_window and not streamed:
             raise InvalidArgument(
                 f"k + offset is {window}, over --max-search-window (STORE_MAX_SEARCH_WINDOW) = "
                 f"{settings.max_search_window}: page with a filter instead of a deep offset"
             )
-        candidates = max(window * max(refine_factor, 1), ef)
+        # Lance gathers (k + offset) x refine_factor candidates, or ef for HNSW. A streamed
+        # search's window is the table's size at most: only a refine factor multiplies it.
+        refined = window * refine_factor if streamed else window * max(refine_factor, 1)
+        candidates = max(refined, ef)
         if candidates > settings.max_search_candidates:
             raise InvalidArgument(
                 f"(k + offset) x refine_factor and ef may be at most --max-search-candidates "
@@ -317,6 +329,27 @@ class TableCatalog:
         """A caller's filter for Lance: None when empty, InvalidArgument when it is not one
         whole expression within the expression limits."""
         return self.limits.check(sql, what) if sql.strip() else None
+
+    def _projection(
+        self, schema: pa.Schema, columns: list[str], projections: dict[str, str]
+    ) -> list[str] | dict[str, str] | None:
+        """Lance's ``columns`` argument: computed columns (each expression checked like a
+        filter), else the named columns (each must exist), else None for all of them."""
+        if projections:
+            for name, sql in projections.items():
+                if not name.strip() or not sql.strip():
+                    raise InvalidArgument(
+                        "a computed column needs a name and an SQL expression: "
+                        "select({'double': 'price * 2'})"
+                    )
+                self.limits.check(sql, f"select expression {name!r}")
+            return dict(projections)
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown column(s) {unknown} in select; the table has {schema.names}"
+            )
+        return list(columns) or None
 
     # -- handles -----------------------------------------------------------------------------
 
@@ -464,6 +497,7 @@ class TableCatalog:
             num_rows=dataset.count_rows(),
             indexes=self._indexes(name, dataset),
             fingerprint=self.fingerprint(name, dataset),
+            uri=self.uri(name),
         )
 
     def fingerprint(self, name: str, dataset: lance.LanceDataset) -> str:
@@ -516,6 +550,33 @@ class TableCatalog:
         if discarded:
             self.root.purge(discarded)
 
+    def rename_table(self, name: str, new_name: str) -> TableInfo:
+        """Rename a table at once for every caller, as :meth:`drop_table` drops one: its
+        writes finish first, later ones under the old name find no table."""
+        check_name(name)
+        check_name(new_name)
+        gate = self._gate(name)
+        try:
+            if self.root.exists(name):
+                gate.close()
+            with self._lock:
+                if not self.root.exists(name):
+                    raise TableNotFound(f"table {name!r} does not exist", table=name)
+                if self.root.exists(new_name):
+                    raise TableAlreadyExists(
+                        f"table {new_name!r} already exists; drop it first or pick another name",
+                        table=new_name,
+                    )
+                self._forget(name)
+                self._forget(new_name)
+                with self.root.refusals(f"renaming table {name!r}"):
+                    self.root.rename(name, new_name)
+        finally:
+            with self._gates_lock:
+                if self._gates.get(name) is gate:
+                    del self._gates[name]
+        return self.describe(new_name)
+
     def _forget(self, name: str) -> None:
         """Drop what this process remembers of a table (a new one may reuse its versions)."""
         self._handles.pop(name, None)
@@ -526,22 +587,41 @@ class TableCatalog:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def add(self, name: str, rows: pa.Table, fingerprint: str = "") -> WriteResult:
+    def add(
+        self, name: str, rows: pa.Table, fingerprint: str = "", overwrite: bool = False
+    ) -> WriteResult:
         """Append rows as one commit, after checking them against the schema (and the
-        caller's :meth:`fingerprint` of it, if given)."""
+        caller's :meth:`fingerprint` of it, if given); with ``overwrite``, the rows replace
+        the table's (its schema and metadata stay, as LanceDB's ``add(mode="overwrite")``)."""
         current = self.dataset(name)
         self.check_fingerprint(name, current, fingerprint)
-        if rows.num_rows == 0:
+        if rows.num_rows == 0 and not overwrite:
             return WriteResult(version=current.version)
         data = conform(rows, current.schema)
-        _, after = self.commit(name, "add", lambda ds: ds.insert(data))
+        if overwrite:
+            _, after = self.commit(
+                name,
+                "overwrite",
+                lambda ds: lance.write_dataset(
+                    data,
+                    ds,
+                    schema=ds.schema,
+                    mode="overwrite",
+                    storage_options=self.storage_options,
+                ),
+            )
+        else:
+            _, after = self.commit(name, "add", lambda ds: ds.insert(data))
         return WriteResult(version=after.version, rows_inserted=data.num_rows)
 
-    def begin_append(self, name: str, fingerprint: str = "") -> StagedAppend:
-        """Start an append that spans many messages and commits once (AddStream)."""
+    def begin_append(
+        self, name: str, fingerprint: str = "", overwrite: bool = False
+    ) -> StagedAppend:
+        """Start an append (or, with ``overwrite``, a replacement of every row) that spans
+        many messages and commits once (AddStream)."""
         current = self.dataset(name)
         self.check_fingerprint(name, current, fingerprint)
-        return StagedAppend(self, name, current)
+        return StagedAppend(self, name, current, overwrite)
 
     def merge_insert(
         self,
@@ -667,9 +747,21 @@ class TableCatalog:
         _, after = self.commit(name, "restore", restore)
         return WriteResult(version=after.version)
 
-    def cleanup(self, name: str, older_than_s: float) -> tuple[int, int]:
+    def cleanup(
+        self,
+        name: str,
+        older_than_s: float,
+        *,
+        delete_unverified: bool = False,
+        error_if_tagged: bool = False,
+    ) -> tuple[int, int]:
         """Remove untagged versions older than ``older_than_s`` and the files only they use;
         returns (versions, bytes) removed.
+
+        ``delete_unverified`` (the caller vouches that no other process works on the table)
+        also removes unreferenced recent files and skips the ``cleanup_min_age_s`` floor;
+        ``error_if_tagged`` refuses, removing nothing, when a tagged version is old enough to
+        go (LanceDB's behaviour; see :func:`tagged_old_versions`).
 
         A version goes only once nothing may still read it: it is below every version that
         this store's requests and writers hold, and its successor, which took over as the
@@ -680,9 +772,13 @@ class TableCatalog:
         with self._cleaning, self.writing(name, f"cleanup of table {name!r}"):
             dataset = self.dataset(name)  # the latest is published before holds are read
             held = self.holds.oldest(name)
-            tagged = {ref["version"] for ref in dataset.tags.list().values()}
+            tags = dataset.tags.list()
+            tagged = {ref["version"] for ref in tags.values()}
             versions = self._versions(name, dataset)
-            now, floor = time.time(), self.settings.cleanup_min_age_s
+            if error_if_tagged:
+                refuse_tagged_old_versions(name, tags, versions, older_than_s)
+            now = time.time()
+            floor = 0.0 if delete_unverified else self.settings.cleanup_min_age_s
             doomed = [
                 old["version"]
                 for old, successor in itertools.pairwise(versions)
@@ -694,9 +790,18 @@ class TableCatalog:
             if not doomed:
                 return 0, 0
             stats = dataset.cleanup_old_versions(
-                versions=doomed, error_if_tagged_old_versions=False
+                versions=doomed,
+                error_if_tagged_old_versions=False,
+                delete_unverified=delete_unverified,
             )
         return stats.old_versions, stats.bytes_removed
+
+    def check_cleanup(self, name: str, older_than_s: float) -> None:
+        """Refuse, as :meth:`cleanup` with ``error_if_tagged`` would, before other work."""
+        with self._cleaning:
+            dataset = self.dataset(name)
+            versions = self._versions(name, dataset)
+            refuse_tagged_old_versions(name, dataset.tags.list(), versions, older_than_s)
 
     def list_tags(self, name: str) -> dict[str, int]:
         return {tag: ref["version"] for tag, ref in self.dataset(name).tags.list().items()}
@@ -733,15 +838,59 @@ class TableCatalog:
         Exact queries on the latest version (no vector index on the column, or
         ``bypass_vector_index``) are answered from the in-memory matrix; the rest by Lance.
         """
+        dataset, snapshot = self._planned(name, params)
+        if snapshot is not None:
+            row_ids, distances = self._exact_hits(name, snapshot, params)
+            return self._exact_rows(name, snapshot, params, row_ids, distances)
+        return self._search_lance(name, dataset, params)
+
+    def search_stream(self, name: str, params: SearchParams) -> Iterator[pa.RecordBatch]:
+        """:meth:`search` for any k up to the table's size, batch by batch. An exact search
+        keeps only row ids and distances for all k results and reads the rows a batch at a
+        time; Lance's search streams what its top-k sort yields. At least one batch comes,
+        empty when nothing is found, so that callers learn the columns."""
+        available = self.dataset(name, params.version, params.tag).count_rows()
+        params = replace(params, k=max(1, min(params.k, available - params.offset)))
+        dataset, snapshot = self._planned(name, params, streamed=True)
+        if snapshot is None:
+            try:
+                reader = dataset.scanner(**self._nearest_args(dataset, params)).to_reader()
+            except (ValueError, OSError) as exc:
+                self.fail(name, "search failed", exc)
+            batches = self._bounded(name, params.filter, reader)
+            return _nonempty(_skip_rows(batches, params.offset), reader.schema)
+        row_ids, distances = self._exact_hits(name, snapshot, params)
+        columns = self._exact_rows(name, snapshot, params, row_ids[:0], distances[:0]).schema
+        return _nonempty(
+            (
+                batch
+                for start in range(0, len(row_ids), TAKE_CHUNK)
+                for batch in self._exact_rows(
+                    name,
+                    snapshot,
+                    params,
+                    row_ids[start : start + TAKE_CHUNK],
+                    distances[start : start + TAKE_CHUNK],
+                ).to_batches()
+                for batch in _sized(batch)
+            ),
+            columns,
+        )
+
+    def _planned(
+        self, name: str, params: SearchParams, streamed: bool = False
+    ) -> tuple[lance.LanceDataset, exact.Snapshot | None]:
+        """Check a search and choose how it runs: the dataset read, and the in-memory matrix
+        when the search is exact (no vector index on the column, or ``bypass_vector_index``)
+        on the latest version and the matrix fits the cache; None sends it to Lance."""
         dataset = self.dataset(name, params.version, params.tag)
         self.check_fingerprint(name, dataset, params.schema_fingerprint)
-        _check_search(name, dataset.schema, params)
-        self._check_window(params.k, params.offset, params.refine_factor, params.ef)
-        if self._exact_applies(name, dataset, params):
-            snapshot = self.exact.snapshot(name, dataset, params.vector_column)
-            if snapshot is not None:
-                return self._search_exact(name, snapshot, params)
-        return self._search_lance(name, dataset, params)
+        _check_search(name, dataset.schema, params, max_k=None if streamed else _MAX_K)
+        self._projection(dataset.schema, params.columns, params.projections)
+        self._check_window(params.k, params.offset, params.refine_factor, params.ef, streamed)
+        if not self._exact_applies(name, dataset, params):
+            return dataset, None
+        return dataset, self.exact.snapshot(name, dataset, params.vector_column)
 
     def _exact_applies(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> bool:
         if not self.exact.max_bytes or params.version or params.tag:
@@ -766,7 +915,10 @@ class TableCatalog:
             self._vector_indexed[key] = found
         return found
 
-    def _search_exact(self, name: str, snapshot: exact.Snapshot, params: SearchParams) -> pa.Table:
+    def _exact_hits(
+        self, name: str, snapshot: exact.Snapshot, params: SearchParams
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids and distances of an exact search's results, best first, offset skipped."""
         metric = params.metric or "l2"
         want = params.k + params.offset
         try:
@@ -787,12 +939,26 @@ class TableCatalog:
             keep = allowed[rows]
             rows, distances = rows[keep], distances[keep]
         rows, distances = rows[params.offset :], distances[params.offset :]
-        columns = params.columns or snapshot.dataset.schema.names
-        row_ids = snapshot.buffers.row_ids[rows]
-        if len(rows):
-            found = snapshot.dataset._take_rows(row_ids.tolist(), columns=columns)
-        else:
-            found = snapshot.dataset.schema.empty_table().select(columns)
+        return snapshot.buffers.row_ids[rows], distances
+
+    def _exact_rows(
+        self,
+        name: str,
+        snapshot: exact.Snapshot,
+        params: SearchParams,
+        row_ids: np.ndarray,
+        distances: np.ndarray,
+    ) -> pa.Table:
+        """The selected columns of exact results, with ``_distance`` (and ``_rowid``)."""
+        dataset = snapshot.dataset
+        columns = (
+            self._projection(dataset.schema, params.columns, params.projections)
+            or dataset.schema.names
+        )
+        try:
+            found = dataset._take_rows(row_ids.tolist(), columns=columns)
+        except (ValueError, OSError) as exc:
+            self.fail(name, "search failed", exc)
         found = found.append_column("_distance", pa.array(distances, pa.float32()))
         if params.with_row_id:
             found = found.append_column("_rowid", pa.array(row_ids, pa.uint64()))
@@ -801,6 +967,19 @@ class TableCatalog:
     def _search_lance(
         self, name: str, dataset: lance.LanceDataset, params: SearchParams
     ) -> pa.Table:
+        try:
+            result = dataset.to_table(**self._nearest_args(dataset, params))
+        except (ValueError, OSError) as exc:
+            what = (
+                f"search with filter {brief(params.filter)} failed"
+                if params.filter
+                else "search failed"
+            )
+            self.fail(name, what, exc)
+        return result.slice(params.offset) if params.offset else result
+
+    def _nearest_args(self, dataset: lance.LanceDataset, params: SearchParams) -> dict[str, Any]:
+        """Lance's scanner arguments for a vector search."""
         nearest: dict[str, Any] = {
             "column": params.vector_column,
             "q": params.vector,
@@ -817,23 +996,14 @@ class TableCatalog:
             nearest["ef"] = params.ef
         if params.distance_lower_bound is not None or params.distance_upper_bound is not None:
             nearest["distance_range"] = (params.distance_lower_bound, params.distance_upper_bound)
-        columns = [*params.columns, "_distance"] if params.columns else None
-        try:
-            result = dataset.to_table(
-                columns=columns,
-                filter=self._where(params.filter),
-                nearest=nearest,
-                prefilter=not params.postfilter,
-                with_row_id=params.with_row_id,
-            )
-        except (ValueError, OSError) as exc:
-            what = (
-                f"search with filter {brief(params.filter)} failed"
-                if params.filter
-                else "search failed"
-            )
-            self.fail(name, what, exc)
-        return result.slice(params.offset) if params.offset else result
+        columns = self._projection(dataset.schema, params.columns, params.projections)
+        return {
+            "columns": [*columns, "_distance"] if isinstance(columns, list) else columns,
+            "filter": self._where(params.filter),
+            "nearest": nearest,
+            "prefilter": not params.postfilter,
+            "with_row_id": params.with_row_id,
+        }
 
     def text_search(self, name: str, params: TextSearchParams) -> pa.Table:
         """Rows matching ``params.query`` by BM25 over INVERTED indexes, with ``_score``."""
@@ -850,21 +1020,22 @@ class TableCatalog:
             raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
         self._check_window(params.k, params.offset)
         schema = dataset.schema
-        unknown = [c for c in [*params.search_columns, *params.columns] if c not in schema.names]
+        unknown = [c for c in params.search_columns if c not in schema.names]
         if unknown:
             raise InvalidArgument(f"unknown column(s) {unknown}; the table has {schema.names}")
+        columns = self._projection(schema, params.columns, params.projections)
         indexed = text_indexed_columns(dataset)
-        columns = params.search_columns or sorted(indexed)
-        missing = sorted(set(columns) - indexed) or "a text column"
-        if not columns or set(columns) - indexed:
+        searched = params.search_columns or sorted(indexed)
+        missing = sorted(set(searched) - indexed) or "a text column"
+        if not searched or set(searched) - indexed:
             raise InvalidArgument(
                 f"text search needs an INVERTED index on {missing}; "
                 f"indexed text columns: {sorted(indexed)}"
             )
         try:
             result = dataset.to_table(
-                columns=[*params.columns, "_score"] if params.columns else None,
-                full_text_query={"columns": columns, "query": params.query},
+                columns=[*columns, "_score"] if isinstance(columns, list) else columns,
+                full_text_query={"columns": searched, "query": params.query},
                 filter=self._where(params.filter),
                 prefilter=True,
                 limit=params.k + params.offset,
@@ -883,12 +1054,13 @@ class TableCatalog:
 
     def read(self, name: str, params: ReadParams) -> Iterator[pa.RecordBatch]:
         """Rows matching the filter in storage order, batch by batch, each at most
-        READ_BATCH_BYTES (a wide row alone may be more). Callers hold the version."""
+        READ_BATCH_BYTES (a wide row alone may be more); one empty batch when none match, so
+        that callers learn the columns. Callers hold the version."""
         try:
             reader = self._scanner(name, params).to_reader()
         except (ValueError, OSError) as exc:
             self.fail(name, f"read with filter {brief(params.filter)} failed", exc)
-        return self._bounded(name, params.filter, reader)
+        return _nonempty(self._bounded(name, params.filter, reader), reader.schema)
 
     def _bounded(
         self, name: str, where: str, reader: pa.RecordBatchReader
@@ -900,20 +1072,102 @@ class TableCatalog:
                 return
             except (ValueError, OSError) as exc:
                 self.fail(name, f"read with filter {brief(where)} failed", exc)
-            rows = max(1, batch.num_rows * READ_BATCH_BYTES // max(batch.nbytes, 1))
-            for start in range(0, batch.num_rows, rows):
-                yield batch.slice(start, rows)
+            yield from _sized(batch)
+
+    def take(self, name: str, params: TakeParams) -> Iterator[pa.RecordBatch]:
+        """The rows at ``params.offsets`` (positions in storage order; those past the end are
+        skipped) or ``params.row_ids``, in ascending order as LanceDB returns them, read
+        TAKE_CHUNK at a time. Callers hold the version."""
+        if params.offsets and params.row_ids:
+            raise InvalidArgument("take reads offsets or row ids, not both")
+        dataset = self.dataset(name, params.version)
+        columns = (
+            self._projection(dataset.schema, params.columns, params.projections)
+            or dataset.schema.names
+        )
+        if params.with_row_id:
+            columns = (
+                {**columns, "_rowid": "_rowid"}
+                if isinstance(columns, dict)
+                else [*columns, "_rowid"]
+            )
+        if params.row_ids:
+            ids, read = np.unique(np.asarray(params.row_ids, np.uint64)), dataset._take_rows
+        else:
+            ids, read = np.unique(np.asarray(params.offsets, np.uint64)), dataset.take
+            ids = ids[ids < dataset.count_rows()]
+
+        def rows(chunk: np.ndarray) -> pa.Table:
+            try:
+                return read(chunk.tolist(), columns=columns)
+            except (ValueError, OSError) as exc:
+                self.fail(name, "take failed", exc)
+
+        batches = (
+            batch
+            for start in range(0, len(ids), TAKE_CHUNK)
+            for whole in rows(ids[start : start + TAKE_CHUNK]).to_batches()
+            for batch in _sized(whole)
+        )
+        return _nonempty(batches, rows(ids[:0]).schema)
+
+    def explain(
+        self, name: str, query: SearchParams | TextSearchParams | ReadParams, verbose: bool
+    ) -> str:
+        """How the query would run, without running it: Lance's physical plan, or this
+        store's own plan for an exact search answered from the in-memory matrix."""
+        if isinstance(query, SearchParams):
+            dataset, snapshot = self._planned(name, query)
+            if snapshot is not None:
+                if query.filter:  # planned, not run: a filter that does not parse fails here
+                    check = {
+                        "filter": self._where(query.filter),
+                        "columns": [],
+                        "with_row_id": True,
+                    }
+                    self._explained(name, self._scan(name, dataset, "explaining", check), False)
+                return _exact_plan(query, snapshot.used)
+            arguments = self._nearest_args(dataset, query)
+            scanner = self._scan(name, dataset, "explaining a search", arguments)
+        elif isinstance(query, TextSearchParams):
+            dataset = self.dataset(name, query.version, query.tag)
+            columns = self._projection(dataset.schema, query.columns, query.projections)
+            arguments = {
+                "columns": [*columns, "_score"] if isinstance(columns, list) else columns,
+                "full_text_query": {
+                    "columns": query.search_columns or sorted(text_indexed_columns(dataset)),
+                    "query": query.query,
+                },
+                "filter": self._where(query.filter),
+                "limit": query.k + query.offset,
+            }
+            scanner = self._scan(name, dataset, "explaining a text search", arguments)
+        else:
+            scanner = self._scanner(name, query)
+        return self._explained(name, scanner, verbose)
+
+    def _explained(self, name: str, scanner: lance.LanceScanner, verbose: bool) -> str:
+        """Lance's plan for ``scanner``, with the data root's path left out."""
+        try:
+            plan = scanner.explain_plan(verbose)
+        except (ValueError, OSError) as exc:
+            self.fail(name, "explaining the query failed", exc)
+        return plan.replace(self.root.uri.lstrip("/"), "<data root>")
+
+    def _scan(
+        self, name: str, dataset: lance.LanceDataset, what: str, arguments: dict[str, Any]
+    ) -> lance.LanceScanner:
+        try:
+            return dataset.scanner(**arguments)
+        except (ValueError, OSError) as exc:
+            self.fail(name, f"{what} failed", exc)
 
     def _scanner(self, name: str, params: ReadParams) -> lance.LanceScanner:
         dataset = self.dataset(name, params.version)
-        unknown = [c for c in params.columns if c not in dataset.schema.names]
-        if unknown:
-            raise InvalidArgument(
-                f"unknown column(s) {unknown}; the table has {dataset.schema.names}"
-            )
+        columns = self._projection(dataset.schema, params.columns, params.projections)
         try:
             return dataset.scanner(
-                columns=params.columns or None,
+                columns=columns,
                 filter=self._where(params.filter),
                 limit=params.limit or None,
                 offset=params.offset or None,
@@ -931,7 +1185,7 @@ class TableCatalog:
             infos[desc.name] = IndexInfo(
                 name=desc.name,
                 columns=list(desc.field_names),
-                index_type=str(desc.index_type),
+                index_type=indexes.index_type_name(desc.index_type),
                 num_indexed_rows=int(stats.get("num_indexed_rows", 0) or 0),
                 num_unindexed_rows=int(stats.get("num_unindexed_rows", 0) or 0),
                 num_deltas=int(stats.get("num_indices", len(desc.segments)) or 0),
@@ -967,6 +1221,14 @@ class TableCatalog:
             self.fail(spec.table, what, exc)
         return next(i for i in self.list_indexes(spec.table) if i.name == spec.name)
 
+    def index_stats(self, name: str, index_name: str) -> IndexStats:
+        """Statistics of the committed index ``index_name``; NotFound for one the table lacks
+        (or one still being built)."""
+        stats = indexes.statistics(self.dataset(name), index_name)
+        if stats is None:
+            raise NotFound(f"table {name!r} has no index {index_name!r}; see list_indices()")
+        return stats
+
     def drop_index(self, name: str, index_name: str, ignore_missing: bool = False) -> None:
         dataset = self.dataset(name)
         if index_name not in [d.name for d in dataset.describe_indices()]:
@@ -999,6 +1261,26 @@ class TableCatalog:
                 log.exception("could not warm table %s", name)
 
 
+def refuse_tagged_old_versions(
+    name: str, tags: dict[str, Any], versions: list[dict[str, Any]], older_than_s: float
+) -> None:
+    """FailedPrecondition naming the tags of versions (the latest excepted) older than
+    ``older_than_s``: LanceDB refuses such a cleanup rather than skip them silently."""
+    latest = max((v["version"] for v in versions), default=0)
+    now = time.time()
+    old = {
+        v["version"]
+        for v in versions
+        if v["version"] != latest and now - v["timestamp"].timestamp() >= older_than_s
+    }
+    blocking = {tag: ref["version"] for tag, ref in sorted(tags.items()) if ref["version"] in old}
+    if blocking:
+        raise FailedPrecondition(
+            f"table {name!r}: tagged version(s) {blocking} are older than the cleanup's age; "
+            "delete those tags (tags.delete) or clean up versions newer than them"
+        )
+
+
 class StagedAppend:
     """Rows written as data files as they arrive, committed as one version at the end.
 
@@ -1006,8 +1288,11 @@ class StagedAppend:
     leaves the table as it was, and cleanup (optimize, maintenance) removes the orphans.
     """
 
-    def __init__(self, catalog: TableCatalog, name: str, base: lance.LanceDataset) -> None:
+    def __init__(
+        self, catalog: TableCatalog, name: str, base: lance.LanceDataset, overwrite: bool = False
+    ) -> None:
         self.catalog, self.name, self.base = catalog, name, base
+        self.overwrite = overwrite
         self.fragments: list[Any] = []
         self.rows = 0
 
@@ -1028,9 +1313,13 @@ class StagedAppend:
 
     def commit(self) -> WriteResult:
         """Make every staged row visible in one new version."""
-        if not self.fragments:
+        if not self.fragments and not self.overwrite:
             return WriteResult(version=self.catalog.dataset(self.name).version)
-        append = lance.LanceOperation.Append(self.fragments)
+        append = (
+            lance.LanceOperation.Overwrite(self.base.schema, self.fragments)
+            if self.overwrite
+            else lance.LanceOperation.Append(self.fragments)
+        )
         # Committed through the handle, not its URI: the new version keeps the shared session.
         _, after = self.catalog.commit(
             self.name,
@@ -1069,7 +1358,57 @@ def _check_schema(schema: pa.Schema, max_columns: int) -> None:
         raise InvalidSchema(f"duplicate column names in {brief(str(schema.names))}")
 
 
-def _check_search(name: str, schema: pa.Schema, params: SearchParams) -> None:
+def _sized(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    """``batch`` in slices of about READ_BATCH_BYTES (a wide row alone may be more)."""
+    rows = max(1, batch.num_rows * READ_BATCH_BYTES // max(batch.nbytes, 1))
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows)
+
+
+def _nonempty(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """``batches``, or one empty batch of ``schema`` when there are none."""
+    empty = True
+    for batch in batches:
+        empty = False
+        yield batch
+    if empty:
+        yield pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _skip_rows(batches: Iterator[pa.RecordBatch], offset: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` without their first ``offset`` rows."""
+    for batch in batches:
+        if offset >= batch.num_rows:
+            offset -= batch.num_rows
+            continue
+        yield batch.slice(offset)
+        offset = 0
+
+
+def _exact_plan(params: SearchParams, rows: int) -> str:
+    """The plan of an exact search answered from the store's in-memory matrix."""
+    columns = list(params.projections.items()) or params.columns or "all"
+    steps = [
+        f"TakeRows: columns={columns}, with _distance{', _rowid' if params.with_row_id else ''}",
+        f"  Offset: skip={params.offset}",
+        f"    TopK: k={params.k + params.offset}, metric={params.metric or 'l2'}"
+        + (
+            f", distance_range=[{params.distance_lower_bound}, {params.distance_upper_bound})"
+            if params.distance_lower_bound is not None or params.distance_upper_bound is not None
+            else ""
+        ),
+        f"      ExactDistance: column={params.vector_column}, rows={rows}, in-memory matrix "
+        "(recall 1.0)",
+    ]
+    if params.filter:
+        where = "PostFilter" if params.postfilter else "PreFilter"
+        steps.append(f"        {where}: {params.filter}")
+    return "\n".join(steps) + "\n"
+
+
+def _check_search(
+    name: str, schema: pa.Schema, params: SearchParams, max_k: int | None = _MAX_K
+) -> None:
     column = schema.field(params.vector_column) if params.vector_column in schema.names else None
     if column is None or not is_vector(column):
         vectors = [f.name for f in schema if is_vector(f)]
@@ -1082,8 +1421,7 @@ def _check_search(name: str, schema: pa.Schema, params: SearchParams) -> None:
             f"query vector has {params.vector.size} dimensions, "
             f"column {params.vector_column!r} has {column.type.list_size}"
         )
-    if not 1 <= params.k <= _MAX_K:
-        raise InvalidArgument(f"k must be between 1 and {_MAX_K}, got {params.k}")
-    unknown = [c for c in params.columns if c not in schema.names]
-    if unknown:
-        raise InvalidArgument(f"unknown column(s) {unknown} in select")
+    if params.k < 1 or (max_k is not None and params.k > max_k):
+        raise InvalidArgument(
+            f"k must be between 1 and {max_k}, got {params.k}: stream larger results (SearchStream)"
+        )

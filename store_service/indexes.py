@@ -15,12 +15,28 @@ import pyarrow as pa
 
 from embedsearch.contract.errors import AlreadyExists, InvalidArgument
 from embedsearch.contract.schema import is_vector
-from embedsearch.contract.values import IndexInfo
+from embedsearch.contract.values import IndexInfo, IndexStats
 
 log = logging.getLogger("store_service.indexes")
 
-VECTOR_TYPES = ("IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT")
-SCALAR_TYPES = ("BTREE", "BITMAP", "INVERTED")
+VECTOR_TYPES = (
+    "IVF_PQ",
+    "IVF_HNSW_SQ",
+    "IVF_FLAT",
+    "IVF_HNSW_PQ",
+    "IVF_SQ",
+    "IVF_HNSW_FLAT",
+    "IVF_RQ",
+)
+SCALAR_TYPES = ("BTREE", "BITMAP", "LABEL_LIST", "INVERTED")
+# Lance's names for scalar index kinds (describe_indices, index_stats), by ours.
+_LANCE_SCALAR_NAMES = {
+    "BTREE": "BTREE",
+    "BITMAP": "BITMAP",
+    "LABELLIST": "LABEL_LIST",
+    "INVERTED": "INVERTED",
+    "FTS": "INVERTED",
+}
 # Far above any useful value, far below what fails an allocation: ef_construction=4294967295
 # made Lance ask for 34 GB and abort the process.
 _PARAMETER_BOUNDS = {
@@ -29,12 +45,58 @@ _PARAMETER_BOUNDS = {
     "num_bits": 8,
     "m": 256,
     "ef_construction": 10_000,
+    "max_iterations": 10_000,
+    "sample_rate": 1_000_000,
+    "target_partition_size": 1 << 32,
+    "ngram_min_length": 64,
+    "ngram_max_length": 64,
+}
+# Languages Lance's tokenizer stems and removes stop words for (LanceDB's lang_mapping).
+LANGUAGES = (
+    "Arabic",
+    "Danish",
+    "Dutch",
+    "English",
+    "Finnish",
+    "French",
+    "German",
+    "Greek",
+    "Hungarian",
+    "Italian",
+    "Norwegian",
+    "Portuguese",
+    "Romanian",
+    "Russian",
+    "Spanish",
+    "Swedish",
+    "Tamil",
+    "Turkish",
+)
+TOKENIZERS = ("simple", "whitespace", "raw", "ngram", "icu", "icu/split")
+# Model-backed tokenizers: "jieba/<model>", "lindera/<model>", loaded from Lance's model home.
+_MODEL_TOKENIZERS = ("jieba/", "lindera/")
+# Full-text options, and the value meaning "not set" for each.
+_TEXT_OPTIONS = {
+    "with_position": False,
+    "base_tokenizer": "",
+    "language": "",
+    "max_token_length": None,
+    "lower_case": None,
+    "stem": None,
+    "remove_stop_words": None,
+    "ascii_folding": None,
+    "custom_stop_words": [],
+    "use_custom_stop_words": False,
+    "ngram_min_length": 0,
+    "ngram_max_length": 0,
+    "prefix_only": False,
+    "block_size": 0,
 }
 
 
 @dataclass
 class IndexSpec:
-    """What to build. Zero numbers mean "choose as LanceDB would"."""
+    """What to build. Zero numbers and None mean "choose as LanceDB would"."""
 
     table: str
     column: str
@@ -47,10 +109,35 @@ class IndexSpec:
     m: int = 0
     ef_construction: int = 0
     replace: bool = False
+    max_iterations: int = 0
+    sample_rate: int = 0
+    target_partition_size: int = 0
+    # Full-text (INVERTED) tokenizer options, as in common.proto IndexParams.
+    with_position: bool = False
+    base_tokenizer: str = ""
+    language: str = ""
+    max_token_length: int | None = None
+    lower_case: bool | None = None
+    stem: bool | None = None
+    remove_stop_words: bool | None = None
+    ascii_folding: bool | None = None
+    custom_stop_words: list[str] = field(default_factory=list)
+    use_custom_stop_words: bool = False
+    ngram_min_length: int = 0
+    ngram_max_length: int = 0
+    prefix_only: bool = False
+    block_size: int = 0
 
     def __post_init__(self) -> None:
         self.index_type = self.index_type.upper()
         self.name = self.name or f"{self.column}_idx"
+
+
+def index_type_name(lance_type: str) -> str:
+    """Our name (``IVF_PQ``, ``BTREE``, ``LABEL_LIST``, ``INVERTED``, ...) of the kind Lance
+    reports (``IVF_PQ``, ``BTree``, ``LabelList``, ``Inverted``, ...)."""
+    upper = str(lance_type).upper()
+    return _LANCE_SCALAR_NAMES.get(upper.replace("_", ""), upper)
 
 
 @dataclass
@@ -92,6 +179,14 @@ def check_spec(spec: IndexSpec, schema: pa.Schema, existing: list[str]) -> None:
         pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type)
     ):
         raise InvalidArgument(f"INVERTED needs a text column; {spec.column!r} is {field_.type}")
+    listed = pa.types.is_list(field_.type) or pa.types.is_large_list(field_.type)
+    if spec.index_type == "LABEL_LIST" and not listed:
+        raise InvalidArgument(f"LABEL_LIST needs a list column; {spec.column!r} is {field_.type}")
+    if spec.index_type in ("BTREE", "BITMAP") and pa.types.is_nested(field_.type):
+        raise InvalidArgument(
+            f"{spec.index_type} needs a scalar column; {spec.column!r} is {field_.type} "
+            "(use LABEL_LIST for a list column)"
+        )
     for name, most in _PARAMETER_BOUNDS.items():
         if getattr(spec, name) > most:
             raise InvalidArgument(
@@ -100,24 +195,56 @@ def check_spec(spec: IndexSpec, schema: pa.Schema, existing: list[str]) -> None:
             )
     if spec.metric not in ("l2", "cosine", "dot"):
         raise InvalidArgument(f"unknown metric {spec.metric!r}; use l2, cosine or dot")
+    _check_text_options(spec)
     if spec.name in existing and not spec.replace:
         raise AlreadyExists(
             f"index {spec.name!r} exists on table {spec.table!r}; set replace to rebuild it"
         )
 
 
+def _check_text_options(spec: IndexSpec) -> None:
+    given = sorted(n for n, unset in _TEXT_OPTIONS.items() if getattr(spec, n) != unset)
+    if spec.index_type != "INVERTED":
+        if given:
+            raise InvalidArgument(
+                f"{given} are full-text tokenizer options; {spec.index_type} takes none"
+            )
+        return
+    tokenizer = spec.base_tokenizer
+    if tokenizer and tokenizer not in TOKENIZERS and not tokenizer.startswith(_MODEL_TOKENIZERS):
+        raise InvalidArgument(
+            f"unknown base_tokenizer {tokenizer!r}; use one of {list(TOKENIZERS)}, "
+            "'jieba/<model>' or 'lindera/<model>'"
+        )
+    if spec.language and spec.language not in LANGUAGES:
+        raise InvalidArgument(f"unknown language {spec.language!r}; use one of {list(LANGUAGES)}")
+    if spec.block_size not in (0, 128, 256):
+        raise InvalidArgument(f"block_size must be 128 or 256, not {spec.block_size}")
+    shortest, longest = spec.ngram_min_length or 3, spec.ngram_max_length or 3
+    if shortest > longest:
+        raise InvalidArgument(
+            f"ngram_min_length ({shortest}) may not exceed ngram_max_length ({longest})"
+        )
+    if spec.custom_stop_words and not spec.use_custom_stop_words:
+        raise InvalidArgument("custom_stop_words are used only with use_custom_stop_words set")
+
+
 def lance_arguments(spec: IndexSpec, num_rows: int, dims: int) -> dict[str, Any]:
     """Keyword arguments of ``create_index`` for a vector index, LanceDB's defaults filled in."""
-    arguments: dict[str, Any] = {
-        "metric": spec.metric,
-        "num_partitions": spec.num_partitions or max(1, int(math.sqrt(max(num_rows, 1)))),
-    }
-    if spec.index_type == "IVF_PQ":
+    arguments: dict[str, Any] = {"metric": spec.metric}
+    if spec.num_partitions or not spec.target_partition_size:
+        arguments["num_partitions"] = spec.num_partitions or max(
+            1, int(math.sqrt(max(num_rows, 1)))
+        )
+    for name in ("max_iterations", "sample_rate", "target_partition_size"):
+        if getattr(spec, name):
+            arguments[name] = getattr(spec, name)
+    if spec.index_type in ("IVF_PQ", "IVF_HNSW_PQ"):
         suggested = dims // 16 if dims % 16 == 0 else (dims // 8 if dims % 8 == 0 else 1)
         arguments["num_sub_vectors"] = spec.num_sub_vectors or suggested
-        if spec.num_bits:
-            arguments["num_bits"] = spec.num_bits
-    if spec.index_type == "IVF_HNSW_SQ":
+    if spec.index_type in ("IVF_PQ", "IVF_HNSW_PQ", "IVF_RQ") and spec.num_bits:
+        arguments["num_bits"] = spec.num_bits
+    if spec.index_type.startswith("IVF_HNSW"):
         if spec.m:
             arguments["m"] = spec.m
         if spec.ef_construction:
@@ -125,9 +252,63 @@ def lance_arguments(spec: IndexSpec, num_rows: int, dims: int) -> dict[str, Any]
     return arguments
 
 
+def text_arguments(spec: IndexSpec) -> dict[str, Any]:
+    """Keyword arguments of ``create_scalar_index(column, "INVERTED")``: LanceDB's tokenizer
+    options, unset ones left to Lance's defaults (which are LanceDB's)."""
+    arguments: dict[str, Any] = {
+        "with_position": spec.with_position,
+        "prefix_only": spec.prefix_only,
+    }
+    if spec.base_tokenizer:
+        arguments["base_tokenizer"] = spec.base_tokenizer
+    if spec.language:
+        arguments["language"] = spec.language
+    if spec.max_token_length is not None:
+        arguments["max_token_length"] = spec.max_token_length or None
+    for name in ("lower_case", "stem", "remove_stop_words", "ascii_folding"):
+        if getattr(spec, name) is not None:
+            arguments[name] = getattr(spec, name)
+    if spec.use_custom_stop_words:
+        arguments["custom_stop_words"] = list(spec.custom_stop_words)
+    if spec.ngram_min_length:
+        arguments["min_ngram_length"] = spec.ngram_min_length
+    if spec.ngram_max_length:
+        arguments["max_ngram_length"] = spec.ngram_max_length
+    if spec.block_size:
+        arguments["block_size"] = spec.block_size
+    return arguments
+
+
+def statistics(dataset: lance.LanceDataset, index_name: str) -> IndexStats | None:
+    """LanceDB's ``index_stats`` of a committed index; None when the dataset has none so named."""
+    found = next((d for d in dataset.describe_indices() if d.name == index_name), None)
+    if found is None:
+        return None
+    try:
+        stats = dataset.stats.index_stats(index_name)
+    except (ValueError, OSError, RuntimeError):
+        stats = {}
+    segments = stats.get("indices") or []
+    losses = [s["loss"] for s in segments if isinstance(s, dict) and s.get("loss") is not None]
+    metric = next((s.get("metric_type") for s in segments if isinstance(s, dict)), None)
+    kind = index_type_name(found.index_type)
+    return IndexStats(
+        name=index_name,
+        index_type=kind,
+        num_indexed_rows=int(stats.get("num_indexed_rows", 0) or 0),
+        num_unindexed_rows=int(stats.get("num_unindexed_rows", 0) or 0),
+        distance_type=str(metric).lower() if kind in VECTOR_TYPES and metric else "",
+        num_indices=int(stats.get("num_indices", len(found.segments)) or 0),
+        loss=float(sum(losses)) if losses else None,
+    )
+
+
 def build(dataset: lance.LanceDataset, spec: IndexSpec, on_progress: Callable[..., None]) -> None:
     """Build ``spec`` on ``dataset`` (a private handle) and commit it."""
     common = {"name": spec.name, "replace": spec.replace, "progress_callback": on_progress}
+    if spec.index_type == "INVERTED":
+        dataset.create_scalar_index(spec.column, "INVERTED", **common, **text_arguments(spec))
+        return
     if spec.index_type in SCALAR_TYPES:
         dataset.create_scalar_index(spec.column, spec.index_type, **common)
         return

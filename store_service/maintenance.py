@@ -8,13 +8,14 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import lance
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from embedsearch.contract.errors import EmbedsearchError
+from embedsearch.contract.errors import EmbedsearchError, InvalidArgument
 from store_service.catalog import TableCatalog, lance_message
 from store_service.settings import StoreSettings
 
@@ -25,6 +26,8 @@ OWN_COMMITS = frozenset({"compact", "optimize_indices"})
 # Passes woken by writes may take at most this share of the time: a table whose compaction
 # takes 2 s is compacted at most every 20 s, however fast writes arrive.
 MAX_DUTY = 0.1
+# Age of the versions cleanup_old_versions removes when not told (Lance's default: 14 days).
+LANCE_CLEANUP_AGE_S = 14 * 24 * 3600.0
 
 
 @dataclass
@@ -46,6 +49,17 @@ class TableStats:
     deleted_rows: int
     versions: int
     indexes: dict[str, IndexStats] = field(default_factory=dict)
+
+
+@dataclass
+class CompactionResult:
+    """What one compaction did (Lance's CompactionMetrics), and the version after it."""
+
+    fragments_removed: int
+    fragments_added: int
+    files_removed: int
+    files_added: int
+    version: int
 
 
 @dataclass
@@ -131,9 +145,25 @@ class Maintenance:
         return max(1, self.settings.compact_target_rows // 16)
 
     def optimize(
-        self, name: str, cleanup_older_than_s: float | None = None, *, only_if_needed: bool = False
+        self,
+        name: str,
+        cleanup_older_than_s: float | None = None,
+        *,
+        only_if_needed: bool = False,
+        delete_unverified: bool = False,
+        error_if_tagged: bool = False,
     ) -> OptimizeResult:
-        """Compact, add unindexed rows to indexes, and remove old versions, for one table."""
+        """Compact, add unindexed rows to indexes, and remove old versions, for one table.
+
+        ``error_if_tagged`` refuses before anything is done when a tagged version would be old
+        enough to go (LanceDB's optimize); ``delete_unverified`` as in
+        :meth:`TableCatalog.cleanup`.
+        """
+        older_than = (
+            self.settings.retention_s if cleanup_older_than_s is None else cleanup_older_than_s
+        )
+        if error_if_tagged:
+            self.catalog.check_cleanup(name, older_than)
         stats = self.measure(name)
         result = OptimizeResult(version=stats.version)
         if not only_if_needed or self._needs_compaction(stats):
@@ -150,14 +180,49 @@ class Maintenance:
         ):
             self.catalog.commit(name, "optimize_indices", lambda ds: ds.optimize.optimize_indices())
             self._count("optimize_indices")
-        older_than = (
-            self.settings.retention_s if cleanup_older_than_s is None else cleanup_older_than_s
+        result.versions_removed, result.bytes_removed = self.catalog.cleanup(
+            name, older_than, delete_unverified=delete_unverified
         )
-        result.versions_removed, result.bytes_removed = self.catalog.cleanup(name, older_than)
         if result.versions_removed:
             self._count("cleanup")
         result.version = self.measure(name).version
         return result
+
+    def compact_files(self, name: str, options: dict[str, Any]) -> CompactionResult:
+        """Compact ``name`` now with Lance's ``compact_files`` options (unset: its defaults)."""
+        metrics, after = self.catalog.commit(
+            name, "compact", lambda ds: ds.optimize.compact_files(**options)
+        )
+        self._count("compact")
+        self.measure(name)
+        return CompactionResult(
+            fragments_removed=metrics.fragments_removed,
+            fragments_added=metrics.fragments_added,
+            files_removed=metrics.files_removed,
+            files_added=metrics.files_added,
+            version=after.version,
+        )
+
+    def cleanup_old_versions(
+        self,
+        name: str,
+        older_than_s: float | None = None,
+        *,
+        delete_unverified: bool = False,
+        error_if_tagged: bool = False,
+    ) -> tuple[int, int]:
+        """Remove old versions of ``name`` now (default: older than Lance's 14 days); returns
+        (versions, bytes) removed."""
+        older_than = LANCE_CLEANUP_AGE_S if older_than_s is None else older_than_s
+        if older_than < 0:
+            raise InvalidArgument(f"older_than must not be negative, got {older_than} s")
+        removed = self.catalog.cleanup(
+            name, older_than, delete_unverified=delete_unverified, error_if_tagged=error_if_tagged
+        )
+        if removed[0]:
+            self._count("cleanup")
+        self.measure(name)
+        return removed
 
     def _needs_compaction(self, stats: TableStats) -> bool:
         deleted = stats.deleted_rows / max(stats.rows + stats.deleted_rows, 1)

@@ -6,17 +6,23 @@ import asyncio
 import dataclasses
 import functools
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+import pyarrow as pa
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from embedsearch.contract.convert import CREATE_MODES, metric_from_pb
+from embedsearch.contract.convert import (
+    CREATE_MODES,
+    METRIC_TO_PB,
+    metric_from_pb,
+    projections_from_pb,
+)
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.text import brief
-from embedsearch.contract.values import ReadParams
+from embedsearch.contract.values import ReadParams, TakeParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -26,6 +32,7 @@ from embedsearch.contract.wire import (
 )
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from service_kit.server import RpcMetrics, new_server
+from store_service import tags
 from store_service.catalog import (
     SearchParams,
     StagedAppend,
@@ -34,8 +41,9 @@ from store_service.catalog import (
     TextSearchParams,
     WriteResult,
 )
-from store_service.indexes import IndexInfo, IndexSpec
+from store_service.indexes import IndexInfo, IndexSpec, IndexStats
 from store_service.maintenance import Maintenance, OptimizeResult, register_metrics
+from store_service.server_schema import SchemaMaintenanceServicer, tag_to_pb
 from store_service.settings import StoreSettings
 from store_service.storage import storage_options_from_env
 
@@ -70,6 +78,18 @@ def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
     )
 
 
+def index_stats_to_pb(stats: IndexStats) -> common_pb2.IndexStatistics:
+    return common_pb2.IndexStatistics(
+        name=stats.name,
+        index_type=_INDEX_TYPES.get(stats.index_type.replace("_", ""), 0),
+        num_indexed_rows=stats.num_indexed_rows,
+        num_unindexed_rows=stats.num_unindexed_rows,
+        distance_type=METRIC_TO_PB.get(stats.distance_type, common_pb2.METRIC_UNSPECIFIED),
+        num_indices=stats.num_indices,
+        loss=stats.loss,
+    )
+
+
 def index_spec_from_pb(request: store_pb2.StoreCreateIndexRequest) -> IndexSpec:
     if request.index_type not in _INDEX_NAMES:
         raise InvalidArgument(f"index_type is required; use one of {sorted(_INDEX_NAMES.values())}")
@@ -92,6 +112,7 @@ def table_to_pb(info: TableInfo) -> store_pb2.StoreTableInfo:
         num_rows=info.num_rows,
         indexes=[index_to_pb(i) for i in info.indexes],
         schema_fingerprint=info.fingerprint,
+        uri=info.uri,
     )
 
 
@@ -131,11 +152,17 @@ def search_from_pb(request: store_pb2.StoreSearchRequest) -> SearchParams:
         vector=unpack_vector(request.vector),
         k=request.k or 10,
         metric=metric_from_pb(request.metric),
+        projections=projections_from_pb(request.projections),
     )
 
 
 def text_search_from_pb(request: store_pb2.StoreTextSearchRequest) -> TextSearchParams:
-    return params_from_pb(request, TextSearchParams, k=request.k or 10)
+    return params_from_pb(
+        request,
+        TextSearchParams,
+        k=request.k or 10,
+        projections=projections_from_pb(request.projections),
+    )
 
 
 def version_to_pb(version: dict[str, Any]) -> common_pb2.TableVersion:
@@ -158,17 +185,27 @@ def optimize_to_pb(result: OptimizeResult) -> store_pb2.StoreOptimizeResponse:
 
 
 def scan_from_pb(request: store_pb2.StoreScanRequest) -> ReadParams:
-    return ReadParams(
-        filter=request.filter,
-        columns=list(request.columns),
-        limit=request.limit,
-        offset=request.offset,
-        version=request.version,
-        with_row_id=request.with_row_id,
-    )
+    return params_from_pb(request, ReadParams, projections=projections_from_pb(request.projections))
 
 
-class StoreServicer(store_pb2_grpc.StoreServicer):
+def take_from_pb(request: store_pb2.StoreTakeRequest) -> TakeParams:
+    return params_from_pb(request, TakeParams, projections=projections_from_pb(request.projections))
+
+
+def explain_from_pb(
+    request: store_pb2.StoreExplainPlanRequest,
+) -> SearchParams | TextSearchParams | ReadParams:
+    kind = request.WhichOneof("query")
+    if kind == "search":
+        return search_from_pb(request.search)
+    if kind == "text_search":
+        return text_search_from_pb(request.text_search)
+    if kind == "scan":
+        return scan_from_pb(request.scan)
+    raise InvalidArgument("ExplainPlan needs a query: search, text_search or scan")
+
+
+class StoreServicer(SchemaMaintenanceServicer, store_pb2_grpc.StoreServicer):
     """Unpacks requests, runs the catalog in a worker thread, packs replies."""
 
     def __init__(self, catalog: TableCatalog, maintenance: Maintenance) -> None:
@@ -228,7 +265,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     ) -> common_pb2.WriteResult:
         rows = ipc_to_table(request.arrow_ipc)
         result = await self._run(
-            request, self.catalog.add, request.name, rows, request.schema_fingerprint
+            request,
+            self.catalog.add,
+            request.name,
+            rows,
+            request.schema_fingerprint,
+            request.overwrite,
         )
         return write_to_pb(result)
 
@@ -241,7 +283,11 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         async for request in request_iterator:
             if staged is None:
                 staged = await self._run(
-                    request, self.catalog.begin_append, request.name, request.schema_fingerprint
+                    request,
+                    self.catalog.begin_append,
+                    request.name,
+                    request.schema_fingerprint,
+                    request.overwrite,
                 )
             elif request.name not in ("", staged.name):
                 raise InvalidArgument(
@@ -339,16 +385,21 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     async def DeleteTag(
         self, request: store_pb2.StoreDeleteTagRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreDeleteTagResponse:
-        await self._run(request, self.catalog.delete_tag, request.name, request.tag)
+        await self._run(
+            request,
+            tags.delete_tag,
+            self.catalog,
+            request.name,
+            request.tag,
+            request.error_if_missing,
+        )
         return store_pb2.StoreDeleteTagResponse()
 
     async def ListTags(
         self, request: store_pb2.StoreListTagsRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreListTagsResponse:
-        tags = await self._run(request, self.catalog.list_tags, request.name)
-        return store_pb2.StoreListTagsResponse(
-            tags=[store_pb2.StoreTag(tag=t, version=v) for t, v in sorted(tags.items())]
-        )
+        refs = await self._run(request, tags.tag_refs, self.catalog, request.name)
+        return store_pb2.StoreListTagsResponse(tags=[tag_to_pb(ref) for ref in refs])
 
     async def Optimize(
         self, request: store_pb2.StoreOptimizeRequest, context: grpc.aio.ServicerContext
@@ -356,7 +407,15 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
         older_than = (
             request.cleanup_older_than_s if request.HasField("cleanup_older_than_s") else None
         )
-        result = await asyncio.to_thread(self.maintenance.optimize, request.name, older_than)
+        result = await asyncio.to_thread(
+            functools.partial(
+                self.maintenance.optimize,
+                request.name,
+                older_than,
+                delete_unverified=request.delete_unverified,
+                error_if_tagged=request.error_if_tagged_old_versions,
+            )
+        )
         return optimize_to_pb(result)
 
     async def CreateIndex(
@@ -364,6 +423,12 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     ) -> common_pb2.IndexInfo:
         spec = index_spec_from_pb(request)
         return index_to_pb(await self._run(request, self.catalog.create_index, spec, request.wait))
+
+    async def IndexStats(
+        self, request: store_pb2.StoreIndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.IndexStatistics:
+        stats = await self._run(request, self.catalog.index_stats, request.name, request.index_name)
+        return index_stats_to_pb(stats)
 
     async def DropIndex(
         self, request: store_pb2.StoreDropIndexRequest, context: grpc.aio.ServicerContext
@@ -386,15 +451,49 @@ class StoreServicer(store_pb2_grpc.StoreServicer):
     async def Read(
         self, request: store_pb2.StoreScanRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[store_pb2.StoreReadResponse]:
+        batches = functools.partial(self.catalog.read, request.name, scan_from_pb(request))
+        async for reply in self._stream(request, batches):
+            yield reply
+
+    async def Take(
+        self, request: store_pb2.StoreTakeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[store_pb2.StoreReadResponse]:
+        batches = functools.partial(self.catalog.take, request.name, take_from_pb(request))
+        async for reply in self._stream(request, batches):
+            yield reply
+
+    async def SearchStream(
+        self, request: store_pb2.StoreSearchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[store_pb2.StoreReadResponse]:
+        search = search_from_pb(request)
+        batches = functools.partial(self.catalog.search_stream, request.name, search)
+        async for reply in self._stream(request, batches):
+            yield reply
+
+    async def _stream(
+        self, request: Message, batches: Callable[[], Iterator[pa.RecordBatch]]
+    ) -> AsyncIterator[store_pb2.StoreReadResponse]:
         """Batches come one at a time from a worker thread, each sent before the next is read:
-        memory stays one batch deep whatever the table's size. The version read is held
+        memory stays one batch deep whatever the result's size. The version read is held
         against cleanup until the stream ends."""
-        with self.catalog.holding(request.name, request.version):
-            batches = await asyncio.to_thread(
-                self.catalog.read, request.name, scan_from_pb(request)
-            )
-            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        with self.catalog.holding(request.name, getattr(request, "version", 0)):
+            found = await asyncio.to_thread(batches)
+            while (batch := await asyncio.to_thread(next, found, None)) is not None:
                 yield store_pb2.StoreReadResponse(arrow_ipc=table_to_ipc(batch))
+
+    async def ExplainPlan(
+        self, request: store_pb2.StoreExplainPlanRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreExplainPlanResponse:
+        query = explain_from_pb(request)
+        name = getattr(request, str(request.WhichOneof("query"))).name
+        plan = await asyncio.to_thread(self.catalog.explain, name, query, request.verbose)
+        return store_pb2.StoreExplainPlanResponse(plan=plan)
+
+    async def RenameTable(
+        self, request: store_pb2.StoreRenameTableRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.StoreTableInfo:
+        info = await asyncio.to_thread(self.catalog.rename_table, request.name, request.new_name)
+        return table_to_pb(info)
 
     async def TextSearch(
         self, request: store_pb2.StoreTextSearchRequest, context: grpc.aio.ServicerContext

@@ -150,6 +150,18 @@ class Root:
         self._fs.move(self._path_of(name), discarded)
         return discarded
 
+    def rename(self, name: str, new_name: str) -> None:
+        """Move table ``name`` to ``new_name`` in one step (a directory rename; Lance's
+        manifests hold paths relative to the table). Object stores have no atomic rename: a
+        copy could be seen half done, so they refuse."""
+        if "://" in self.uri:
+            raise FailedPrecondition(
+                f"renaming a table needs a filesystem data root; {self.uri.split('://')[0]}:// "
+                "object stores have no atomic rename: create the table under the new name "
+                "from the old one's rows instead"
+            )
+        self._fs.move(self._path_of(name), self._path_of(new_name))
+
     def purge(self, path: str | None = None) -> None:
         """Delete a discarded table, or (no path) everything left in the trash, say by a
         store that stopped before its purge; failures are logged and retried next start."""

@@ -137,3 +137,70 @@ def test_an_unknown_scheme_names_the_ones_it_takes():
     with pytest.raises(errors.InvalidArgument, match="grpc://") as refused:
         embedsearch.connect("s3x://bucket/db")
     assert refused.value.reason == "INVALID_ARGUMENT"
+
+
+def test_rename_table_moves_rows_versions_and_functions(fresh_db):
+    from embedsearch.embeddings import get_registry
+    from embedsearch.pydantic import LanceModel, Vector
+
+    func = get_registry().get("sentence-transformers").create()
+
+    class Doc(LanceModel):
+        text: str = func.SourceField()
+        vector: Vector(func.ndims()) = func.VectorField()
+
+    old = fresh_db.create_table("old", schema=Doc)
+    old.add([{"text": "a cat"}, {"text": "a car"}])
+    fresh_db.rename_table("old", "new")
+    assert list(fresh_db.list_tables().tables) == ["new"]
+    moved = fresh_db.open_table("new")
+    assert moved.count_rows() == 2 and len(moved.list_versions()) == 2
+    assert moved.search("kitten").limit(1).to_list()[0]["text"] == "a cat"
+    with pytest.raises(errors.TableNotFound):
+        old.count_rows()
+    fresh_db.create_table("other", data=ROWS)
+    with pytest.raises(errors.TableAlreadyExists):
+        fresh_db.rename_table("new", "other")
+    with pytest.raises(errors.TableNotFound):
+        fresh_db.rename_table("missing", "x")
+    with pytest.raises(errors.InvalidArgument):
+        fresh_db.rename_table("new", "bad/name")
+    assert list(fresh_db.list_tables().tables) == ["new", "other"]
+
+
+def test_embedding_functions_bind_columns_as_lancedb(fresh_db, lance_db, model_path):
+    import pyarrow as pa
+
+    def search(db, func) -> tuple[list[str], str]:
+        from importlib import import_module
+
+        config = import_module(f"{type(db).__module__.split('.')[0]}.embeddings")
+        schema = pa.schema([("text", pa.string()), ("vector", pa.list_(pa.float32(), 384))])
+        table = db.create_table(
+            "t",
+            schema=schema,
+            embedding_functions=[
+                config.EmbeddingFunctionConfig(
+                    source_column="text", vector_column="vector", function=func
+                )
+            ],
+        )
+        table.add([{"text": "a cat sleeps"}, {"text": "stock markets fell"}])
+        found = table.search("kitten").limit(2).to_list()
+        return [row["text"] for row in found], table.schema.field("vector").type
+
+    from lancedb.embeddings import get_registry as lance_registry
+
+    from embedsearch.embeddings import get_registry
+
+    theirs = search(lance_db, lance_registry().get("sentence-transformers").create(name=model_path))
+    ours = search(fresh_db, get_registry().get("sentence-transformers").create())
+    assert ours == theirs
+
+
+def test_per_table_storage_options_are_refused_not_ignored(fresh_db):
+    with pytest.raises(errors.InvalidArgument, match="STORE_STORAGE_OPTIONS"):
+        fresh_db.create_table("t", data=ROWS, storage_options={"timeout": "30s"})
+    assert "t" not in fresh_db
+    fresh_db.create_table("t", data=ROWS, storage_options={})
+    assert "t" in fresh_db

@@ -17,11 +17,26 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from embedsearch.contract.values import ReadParams
+from embedsearch.contract.values import IndexStats, ReadParams, TakeParams
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, gateway_pb2, store_pb2
 from gateway import clients, convert
+from gateway import convert_schema as schema_edge
 from gateway.mapping import Binding
+from gateway.schema import (
+    Cleanup,
+    CleanupResult,
+    ColumnChange,
+    Compaction,
+    CompactionResult,
+    Lengths,
+    MetadataChange,
+    NewColumns,
+    Optimize,
+    OptimizeResult,
+    Statistics,
+    Tag,
+)
 from gateway.values import (
     BadVectors,
     CreateIndex,
@@ -39,6 +54,7 @@ from gateway.values import (
     StoreTable,
     TableInfo,
     TableVersion,
+    Take,
     WriteResult,
 )
 
@@ -66,11 +82,28 @@ FROM_PB: dict[str, Callable[[Any], Any]] = {
     "Search": convert.search_from_pb,
     "CreateIndex": convert.create_index_from_pb,
     "ListIndexes": convert.table_of,
+    "DropIndex": convert.index_name_of,
+    "IndexStats": convert.index_name_of,
     "ListVersions": convert.table_of,
     "Restore": convert.restore_from_pb,
     "ListProviders": lambda request: (),
     "ResolveFunction": convert.resolve_from_pb,
     "GenerateEmbeddings": convert.embed_call_from_pb,
+    "AddColumns": schema_edge.add_columns_from_pb,
+    "AlterColumns": schema_edge.alter_columns_from_pb,
+    "DropColumns": schema_edge.drop_columns_from_pb,
+    "Optimize": schema_edge.optimize_from_pb,
+    "CompactFiles": schema_edge.compact_files_from_pb,
+    "CleanupOldVersions": schema_edge.cleanup_from_pb,
+    "CreateTag": schema_edge.tag_request_from_pb,
+    "UpdateTag": schema_edge.tag_request_from_pb,
+    "DeleteTag": schema_edge.delete_tag_from_pb,
+    "ListTags": schema_edge.table_from_pb,
+    "TableStats": schema_edge.table_from_pb,
+    "RenameTable": convert.rename_table_from_pb,
+    "Take": convert.take_from_pb,
+    "ExplainPlan": convert.explain_from_pb,
+    "SearchStream": convert.search_from_pb,
 }
 # Values for fields whose bytes or strings must mean something, by field name; every other
 # field gets a non-default value of its type.
@@ -89,6 +122,8 @@ NOT_READ = {
     # The embedder sniffs an image's format from its bytes; query blobs go without it, as
     # a row's blobs do (their column holds no mime type either).
     ("Search", "blob.mime_type"): "the embedder reads the format from the bytes",
+    ("SearchStream", "blob.mime_type"): "the embedder reads the format from the bytes",
+    ("ExplainPlan", "query.blob.mime_type"): "the embedder reads the format from the bytes",
 }
 # Fields cleared in one more request of each kind: columns are read when arrow_schema is empty.
 ALSO_WITHOUT: dict[str, list[FieldPath]] = {"CreateTable": [("arrow_schema",)]}
@@ -100,7 +135,7 @@ def filled(descriptor: Descriptor, oneofs: dict[str, str]) -> Message:
     message = _message_class(descriptor)()
     for field in descriptor.fields:
         oneof = field.containing_oneof
-        if oneof is not None and oneofs.get(oneof.name) != field.name:
+        if oneof is not None and not _synthetic(oneof) and oneofs.get(oneof.name) != field.name:
             continue
         _fill(message, field, oneofs)
     return message
@@ -215,8 +250,13 @@ def requests_for(rpc: str, descriptor: Descriptor) -> list[Message]:
     return made + [cleared(m, path) for path in ALSO_WITHOUT.get(rpc, []) for m in made]
 
 
+def _synthetic(oneof: Any) -> bool:
+    """The oneof protoc makes for one ``optional`` field: not a choice between members."""
+    return len(oneof.fields) == 1 and oneof.name == f"_{oneof.fields[0].name}"
+
+
 def _oneofs(descriptor: Descriptor) -> set[str]:
-    found = {o.name for o in descriptor.oneofs}
+    found = {o.name for o in descriptor.oneofs if not _synthetic(o)}
     for field in descriptor.fields:
         if _nested(field):
             found |= _oneofs(field.message_type)
@@ -252,7 +292,7 @@ def test_every_request_field_is_read(rpc):
 INDEX = IndexInfo("text_idx", ["text"], "INVERTED", "ready", 1, 2, 0.5, "train_ivf", 1)
 BINDING = Binding("sentence-transformers", {"name": "x"}, "text", "vector", True, 3)
 PROVIDER = Provider("sentence-transformers", "all-MiniLM-L6-v2", ["text"], ["name"], "local")
-TABLE = StoreTable("t", SCHEMA, 3, 4, [INDEX], "f1")
+TABLE = StoreTable("t", SCHEMA, 3, 4, [INDEX], "f1", uri="/data/t.lance")
 BAD = BadVectors("fill", 0.5)
 
 # Each RPC's replies, built from values with every attribute set.
@@ -274,6 +314,10 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     ],
     "CreateIndex": [lambda: convert.index_to_pb(INDEX)],
     "ListIndexes": [lambda: convert.indexes_to_pb([INDEX])],
+    "DropIndex": [gateway_pb2.DropIndexResponse],
+    "IndexStats": [
+        lambda: convert.index_stats_to_pb(IndexStats("i", "IVF_PQ", 1, 2, "dot", 3, 0.5))
+    ],
     "ListVersions": [
         lambda: convert.versions_to_pb([TableVersion(2, 0.5, ["v2"], {"k": "v"})]),
     ],
@@ -285,20 +329,64 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "GenerateEmbeddings": [
         lambda: convert.embedded_to_pb(Embedded(np.ones((1, 3), np.float32), 3, "request-1"))
     ],
+    "RenameTable": [lambda: convert.table_info_to_pb(TableInfo(TABLE, [BINDING]))],
+    "AddColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
+    "AlterColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
+    "DropColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
+    "Optimize": [lambda: schema_edge.optimize_to_pb(OptimizeResult(1, 2, 3, 4, 5))],
+    "CompactFiles": [lambda: schema_edge.compaction_to_pb(CompactionResult(1, 2, 3, 4, 5))],
+    "CleanupOldVersions": [lambda: schema_edge.cleanup_to_pb(CleanupResult(1, 2))],
+    "CreateTag": [lambda: schema_edge.tag_to_pb(Tag("v1", 2, 3))],
+    "UpdateTag": [lambda: schema_edge.tag_to_pb(Tag("v1", 2, 3))],
+    "DeleteTag": [gateway_pb2.DeleteTagResponse],
+    "ListTags": [lambda: schema_edge.tags_to_pb([Tag("v1", 2, 3)])],
+    "TableStats": [
+        lambda: schema_edge.statistics_to_pb(
+            Statistics(1, 2, 3, 4, 5, Lengths(1, 2, 3, 4, 5, 6, 7))
+        )
+    ],
+    "Take": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],
+    "SearchStream": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],
+    "ExplainPlan": [lambda: convert.explain_to_pb("KNN")],
 }
 
 # The requests the gateway sends its peers, built from values with every attribute set.
-SEARCH = Search(
-    "t", "a cat", "v", 3, "dot", "f", True, ["id"], 1, 2, 3, 4, False, True, 5, "", ["t"]
+INDEX_PARAMS = IndexParams(
+    *(1, 2, 3, 4, 5, "dot", True, 6, 7, 8),
+    *(True, "ngram", "French", 9, False, False, False, False, ["a"], True, 2, 4, True, 256),
 )
+SEARCH = Search(
+    "t",
+    "a cat",
+    "v",
+    3,
+    "dot",
+    "f",
+    True,
+    ["id"],
+    1,
+    2,
+    3,
+    4,
+    False,
+    True,
+    5,
+    "",
+    ["t"],
+    {"double": "id * 2"},
+    True,
+    0.5,
+    2.5,
+)
+READ = Read("t", ReadParams("id = 1", ["id"], 5, 2, 3, True, {"double": "id * 2"}))
 MERGE = MergeInsert("t", ["id"], ROWS, True, "c1", True, True, "c2", BAD)
 PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "CreateTable": [lambda: clients.create_table_to_pb("t", SCHEMA, "overwrite", ROWS)],
     "DescribeTable": [lambda: clients.describe_to_pb("t", 3)],
     "ListTables": [lambda: clients.list_tables_to_pb("a", 3)],
     "DropTable": [lambda: clients.drop_table_to_pb("t", True)],
-    "Add": [lambda: clients.add_to_pb("t", ROWS, "f1")],
-    "AddStream": [lambda: clients.add_to_pb("t", ROWS, "f1")],
+    "Add": [lambda: clients.add_to_pb("t", ROWS, "f1", True)],
+    "AddStream": [lambda: clients.add_to_pb("t", ROWS, "f1", True)],
     "MergeInsert": [lambda: clients.merge_insert_to_pb(MERGE, ROWS, "f1")],
     "Delete": [lambda: clients.delete_to_pb("t", "id = 1")],
     "Update": [lambda: clients.update_to_pb("t", "id = 1", {"id": "2"})],
@@ -306,15 +394,66 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "Search": [lambda: clients.vector_search_to_pb(SEARCH, "v", np.ones(3), True, "f1")],
     "TextSearch": [lambda: clients.text_search_to_pb(SEARCH, True, "f1")],
     "Scan": [lambda: clients.scan_to_pb(Scan("t", "id = 1", ["id"]))],
-    "Read": [
-        lambda: clients.read_to_store_pb(Read("t", ReadParams("id = 1", ["id"], 5, 2, 3, True)))
+    "Read": [lambda: clients.read_to_store_pb(READ)],
+    "RenameTable": [lambda: clients.rename_table_to_pb("t", "u")],
+    "AddColumns": [
+        lambda: schema_edge.store_add_columns_to_pb(NewColumns("t", [("d", "id * 2")]), "f1"),
+        lambda: schema_edge.store_add_columns_to_pb(NewColumns("t", [], b"schema"), "f1"),
     ],
-    "CreateIndex": [
-        lambda: clients.create_index_to_pb(
-            CreateIndex("t", "v", "IVF_PQ", IndexParams(1, 2, 3, 4, 5, "dot", True), True, "i")
+    "AlterColumns": [
+        lambda: schema_edge.store_alter_columns_to_pb(
+            "t", [ColumnChange("a", "b", True, b"type")], MetadataChange({"k": "v"}, ["r"]), "f1"
         )
     ],
+    "DropColumns": [
+        lambda: schema_edge.store_drop_columns_to_pb(
+            "t", ["a"], MetadataChange({"k": "v"}, ["r"]), "f1"
+        )
+    ],
+    "Optimize": [lambda: schema_edge.store_optimize_to_pb(Optimize("t", 0.5, True))],
+    "CompactFiles": [
+        lambda: schema_edge.store_compact_to_pb(
+            Compaction(
+                "t",
+                {
+                    "target_rows_per_fragment": 1,
+                    "max_rows_per_group": 2,
+                    "max_bytes_per_file": 3,
+                    "materialize_deletions": True,
+                    "materialize_deletions_threshold": 0.5,
+                    "num_threads": 4,
+                    "batch_size": 5,
+                },
+            )
+        )
+    ],
+    "CleanupOldVersions": [lambda: schema_edge.store_cleanup_to_pb(Cleanup("t", 0.5, True))],
+    "CreateTag": [lambda: schema_edge.store_create_tag_to_pb("t", "v1", 2)],
+    "UpdateTag": [lambda: schema_edge.store_update_tag_to_pb("t", "v1", 2)],
+    "DeleteTag": [lambda: schema_edge.store_delete_tag_to_pb("t", "v1")],
+    "ListTags": [lambda: schema_edge.store_list_tags_to_pb("t")],
+    "TableStats": [lambda: schema_edge.store_stats_to_pb("t")],
+    "Take": [
+        lambda: clients.take_to_pb(
+            Take("t", TakeParams([1], [2], ["id"], {"double": "id * 2"}, True, 3))
+        )
+    ],
+    "SearchStream": [lambda: clients.vector_search_to_pb(SEARCH, "v", np.ones(3), True, "f1")],
+    "ExplainPlan": [
+        lambda: clients.explain_to_pb(True, scan=clients.read_to_store_pb(READ)),
+        lambda: clients.explain_to_pb(
+            True, search=clients.vector_search_to_pb(SEARCH, "v", np.ones(3), True, "f1")
+        ),
+        lambda: clients.explain_to_pb(
+            True, text_search=clients.text_search_to_pb(SEARCH, True, "f")
+        ),
+    ],
+    "CreateIndex": [
+        lambda: clients.create_index_to_pb(CreateIndex("t", "v", "IVF_PQ", INDEX_PARAMS, True, "i"))
+    ],
     "ListIndexes": [lambda: clients.list_indexes_to_pb("t")],
+    "DropIndex": [lambda: clients.drop_index_to_pb("t", "i")],
+    "IndexStats": [lambda: clients.index_stats_to_pb("t", "i")],
     "ListVersions": [lambda: clients.list_versions_to_pb("t")],
     "Restore": [lambda: clients.restore_to_pb("t", 3)],
     "ResolveFunction": [lambda: clients.resolve_to_pb("p", {"name": "x"})],
@@ -326,7 +465,7 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     ],
 }
 # Store RPCs the gateway does not call.
-NOT_CALLED = {"CreateTag", "DeleteTag", "ListTags", "Optimize", "DropIndex"}
+NOT_CALLED: set[str] = set()
 EMBEDDER = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"]
 NOT_CALLED_EMBEDDER = {"EmbedStream"}
 # Fields of the messages above left unset, and why. (rpc, dotted path)
@@ -337,15 +476,17 @@ NOT_SENT = {
     ("Search", "tag"): "no tags in the public API",
     ("TextSearch", "tag"): "no tags in the public API",
     ("Restore", "tag"): "no tags in the public API",
-    # Public searches have no distance range and no exhaustive-search switch yet.
-    ("Search", "distance_lower_bound"): "not in the public SearchRequest",
-    ("Search", "distance_upper_bound"): "not in the public SearchRequest",
-    ("Search", "bypass_vector_index"): "not in the public SearchRequest",
+    ("DropIndex", "ignore_missing"): "LanceDB's drop_index refuses an unknown index",
+    ("SearchStream", "tag"): "no tags in the public API",
+    ("ExplainPlan", "search.tag"): "no tags in the public API",
+    ("ExplainPlan", "text_search.tag"): "no tags in the public API",
     # Key lookups for merge_insert read every matching key of the latest version.
     ("Scan", "limit"): "key lookups read every match",
     ("Scan", "offset"): "key lookups read every match",
     ("Scan", "version"): "key lookups read the latest version",
     ("Scan", "with_row_id"): "key lookups need only the keys",
+    ("Scan", "projections.name"): "key lookups need only the keys",
+    ("Scan", "projections.expression"): "key lookups need only the keys",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -79,3 +80,17 @@ def metric_from_pb(metric: int) -> str | None:
     if metric not in METRICS:
         raise InvalidArgument(f"unknown metric {metric}; use L2, COSINE or DOT")
     return METRICS[metric]
+
+
+def projections_from_pb(projections: Iterable[common_pb2.Projection]) -> dict[str, str]:
+    """Computed columns, in order, refusing a name given twice."""
+    found: dict[str, str] = {}
+    for projection in projections:
+        if projection.name in found:
+            raise InvalidArgument(f"select names the column {projection.name!r} twice")
+        found[projection.name] = projection.expression
+    return found
+
+
+def projections_to_pb(projections: dict[str, str]) -> list[common_pb2.Projection]:
+    return [common_pb2.Projection(name=k, expression=v) for k, v in projections.items()]

@@ -18,6 +18,15 @@ def is_vector(field: pa.Field) -> bool:
     return pa.types.is_fixed_size_list(field.type) and pa.types.is_floating(field.type.value_type)
 
 
+def is_list_type(arrow_type: pa.DataType) -> bool:
+    """A list of any kind: variable, large or fixed-size."""
+    return (
+        pa.types.is_list(arrow_type)
+        or pa.types.is_large_list(arrow_type)
+        or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
 def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """Return ``rows`` cast to ``schema``: columns reordered, absent nullable columns filled with
     nulls. Raises InvalidSchema naming the column (and row) for anything that does not fit."""
@@ -54,6 +63,8 @@ def _cast(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
 
 def check_vector_lengths(column: pa.ChunkedArray, field: pa.Field) -> None:
     ndims = field.type.list_size
+    if pa.types.is_null(column.type):
+        return  # no vector in any row (a model's VectorField(default=None)): all missing
     if pa.types.is_fixed_size_list(column.type):
         if column.type.list_size != ndims:
             raise InvalidSchema(

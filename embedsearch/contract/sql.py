@@ -25,6 +25,10 @@ def sql_literal(value: Any) -> str:
         return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
     if isinstance(value, datetime.date):
         return f"DATE '{value.isoformat()}'"
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return sql_literal(value.tolist())
+    if isinstance(value, list | tuple):  # vectors and lists: an array literal
+        return "[" + ", ".join(sql_literal(v) for v in value) + "]"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 

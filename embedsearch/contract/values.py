@@ -23,9 +23,24 @@ class IndexInfo:
 
 
 @dataclass
+class IndexStats:
+    """One index's statistics (``common.proto`` IndexStatistics); ``index_type`` as in
+    :class:`IndexInfo`, ``distance_type`` "" for a scalar or full-text index."""
+
+    name: str
+    index_type: str
+    num_indexed_rows: int = 0
+    num_unindexed_rows: int = 0
+    distance_type: str = ""
+    num_indices: int = 0
+    loss: float | None = None
+
+
+@dataclass
 class ReadParams:
     """Rows of a table in storage order (``gateway.proto`` ReadRequest, ``store.proto``
-    StoreScanRequest): a filter, columns (all when empty), a window, a version."""
+    StoreScanRequest): a filter, columns (all when empty) or computed ``projections`` (name to
+    SQL, in order; they replace ``columns`` when given), a window, a version."""
 
     filter: str = ""
     columns: list[str] = field(default_factory=list)
@@ -33,3 +48,17 @@ class ReadParams:
     offset: int = 0
     version: int = 0
     with_row_id: bool = False
+    projections: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TakeParams:
+    """Rows by position (``offsets``) or by ``row_ids`` (``gateway.proto`` TakeRequest), in
+    ascending order, with the same projection choices as :class:`ReadParams`."""
+
+    offsets: list[int] = field(default_factory=list)
+    row_ids: list[int] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    projections: dict[str, str] = field(default_factory=dict)
+    with_row_id: bool = False
+    version: int = 0

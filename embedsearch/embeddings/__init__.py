@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
 from embedsearch.contract.functions import EmbeddingFunction, TextEmbeddingFunction
 from embedsearch.contract.registry import PROCESS_FUNCTIONS, EmbeddingFunctionRegistry
 from embedsearch.embeddings.remote import RemoteEmbeddingFunction, RemoteProvider
@@ -26,6 +28,17 @@ class ClientRegistry(EmbeddingFunctionRegistry):
         if name in self:
             return super().get(name)
         return RemoteProvider(name)
+
+
+class EmbeddingFunctionConfig(BaseModel):
+    """A function bound to a source and a vector column, for ``create_table(...,
+    embedding_functions=[...])`` (LanceDB's ``EmbeddingFunctionConfig``)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vector_column: str
+    source_column: str
+    function: EmbeddingFunction
 
 
 _REGISTRY = ClientRegistry(PROCESS_FUNCTIONS._functions)
@@ -47,6 +60,7 @@ def register(name: str | None = None) -> Callable[[F], F]:
 __all__ = [
     "ClientRegistry",
     "EmbeddingFunction",
+    "EmbeddingFunctionConfig",
     "EmbeddingFunctionRegistry",
     "RemoteEmbeddingFunction",
     "RemoteProvider",

@@ -1,0 +1,350 @@
+"""Edge of the gateway's schema evolution and maintenance: public requests to values (from_pb),
+values to public replies (to_pb), and the store's requests and replies (store_*)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import Message
+
+from embedsearch.v1 import common_pb2, gateway_pb2, store_pb2
+from gateway.schema import (
+    Cleanup,
+    CleanupResult,
+    ColumnChange,
+    Compaction,
+    CompactionResult,
+    Lengths,
+    MetadataChange,
+    NewColumns,
+    Optimize,
+    OptimizeResult,
+    Statistics,
+    Tag,
+)
+from gateway.values import WriteResult
+
+# CompactionOptions fields, each forwarded when set.
+COMPACTION_OPTIONS = tuple(f.name for f in common_pb2.CompactionOptions.DESCRIPTOR.fields)
+LENGTHS = ("min", "max", "mean", "p25", "p50", "p75", "p99")
+
+
+def _optional(message: Message, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+# -- public requests in ------------------------------------------------------------------------
+
+
+def add_columns_from_pb(request: gateway_pb2.AddColumnsRequest) -> NewColumns:
+    return NewColumns(
+        table=request.table,
+        expressions=[(p.name, p.expression) for p in request.expressions],
+        arrow_schema=request.arrow_schema,
+    )
+
+
+def column_change_from_pb(alteration: common_pb2.ColumnAlteration) -> ColumnChange:
+    return ColumnChange(
+        path=alteration.path,
+        rename=_optional(alteration, "rename"),
+        nullable=_optional(alteration, "nullable"),
+        data_type=alteration.data_type,
+    )
+
+
+def alter_columns_from_pb(
+    request: gateway_pb2.AlterColumnsRequest,
+) -> tuple[str, list[ColumnChange]]:
+    return request.table, [column_change_from_pb(a) for a in request.alterations]
+
+
+def drop_columns_from_pb(request: gateway_pb2.DropColumnsRequest) -> tuple[str, list[str]]:
+    return request.table, list(request.columns)
+
+
+def optimize_from_pb(request: gateway_pb2.OptimizeRequest) -> Optimize:
+    return Optimize(
+        table=request.table,
+        cleanup_older_than_s=_optional(request, "cleanup_older_than_s"),
+        delete_unverified=request.delete_unverified,
+    )
+
+
+def compaction_options_from_pb(options: common_pb2.CompactionOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in COMPACTION_OPTIONS if options.HasField(name)}
+
+
+def compact_files_from_pb(request: gateway_pb2.CompactFilesRequest) -> Compaction:
+    return Compaction(table=request.table, options=compaction_options_from_pb(request.options))
+
+
+def cleanup_from_pb(request: gateway_pb2.CleanupOldVersionsRequest) -> Cleanup:
+    return Cleanup(
+        table=request.table,
+        older_than_s=_optional(request, "older_than_s"),
+        delete_unverified=request.delete_unverified,
+    )
+
+
+def tag_request_from_pb(
+    request: gateway_pb2.CreateTagRequest | gateway_pb2.UpdateTagRequest,
+) -> tuple[str, str, int]:
+    return request.table, request.tag, request.version
+
+
+def delete_tag_from_pb(request: gateway_pb2.DeleteTagRequest) -> tuple[str, str]:
+    return request.table, request.tag
+
+
+def table_from_pb(request: gateway_pb2.ListTagsRequest | gateway_pb2.TableStatsRequest) -> str:
+    return request.table
+
+
+# -- public replies out ------------------------------------------------------------------------
+
+
+def optimize_to_pb(result: OptimizeResult) -> gateway_pb2.OptimizeResponse:
+    return gateway_pb2.OptimizeResponse(
+        fragments_removed=result.fragments_removed,
+        fragments_added=result.fragments_added,
+        versions_removed=result.versions_removed,
+        bytes_removed=result.bytes_removed,
+        version=result.version,
+    )
+
+
+def compaction_to_pb(result: CompactionResult) -> common_pb2.CompactionMetrics:
+    return common_pb2.CompactionMetrics(
+        fragments_removed=result.fragments_removed,
+        fragments_added=result.fragments_added,
+        files_removed=result.files_removed,
+        files_added=result.files_added,
+        version=result.version,
+    )
+
+
+def cleanup_to_pb(result: CleanupResult) -> common_pb2.CleanupStats:
+    return common_pb2.CleanupStats(
+        bytes_removed=result.bytes_removed, old_versions=result.old_versions
+    )
+
+
+def tag_to_pb(tag: Tag) -> gateway_pb2.TagInfo:
+    return gateway_pb2.TagInfo(tag=tag.tag, version=tag.version, manifest_size=tag.manifest_size)
+
+
+def tags_to_pb(tags: list[Tag]) -> gateway_pb2.ListTagsResponse:
+    return gateway_pb2.ListTagsResponse(tags=[tag_to_pb(t) for t in tags])
+
+
+def statistics_to_pb(stats: Statistics) -> common_pb2.TableStatistics:
+    return common_pb2.TableStatistics(
+        total_bytes=stats.total_bytes,
+        num_rows=stats.num_rows,
+        num_indices=stats.num_indices,
+        num_fragments=stats.num_fragments,
+        num_small_fragments=stats.num_small_fragments,
+        lengths=common_pb2.FragmentLengths(
+            **{name: getattr(stats.lengths, name) for name in LENGTHS}
+        ),
+    )
+
+
+# -- the store's requests and replies ----------------------------------------------------------
+
+
+def metadata_to_pb(change: MetadataChange) -> store_pb2.SchemaMetadataUpdate:
+    return store_pb2.SchemaMetadataUpdate(set=change.set, remove=change.remove)
+
+
+def column_change_to_pb(change: ColumnChange) -> common_pb2.ColumnAlteration:
+    alteration = common_pb2.ColumnAlteration(path=change.path, data_type=change.data_type)
+    if change.rename is not None:
+        alteration.rename = change.rename
+    if change.nullable is not None:
+        alteration.nullable = change.nullable
+    return alteration
+
+
+def store_add_columns_to_pb(new: NewColumns, fingerprint: str) -> store_pb2.StoreAddColumnsRequest:
+    return store_pb2.StoreAddColumnsRequest(
+        name=new.table,
+        expressions=[common_pb2.Projection(name=n, expression=e) for n, e in new.expressions],
+        arrow_schema=new.arrow_schema,
+        schema_fingerprint=fingerprint,
+    )
+
+
+def store_alter_columns_to_pb(
+    name: str, changes: list[ColumnChange], metadata: MetadataChange, fingerprint: str
+) -> store_pb2.StoreAlterColumnsRequest:
+    return store_pb2.StoreAlterColumnsRequest(
+        name=name,
+        alterations=[column_change_to_pb(c) for c in changes],
+        metadata=metadata_to_pb(metadata),
+        schema_fingerprint=fingerprint,
+    )
+
+
+def store_drop_columns_to_pb(
+    name: str, columns: list[str], metadata: MetadataChange, fingerprint: str
+) -> store_pb2.StoreDropColumnsRequest:
+    return store_pb2.StoreDropColumnsRequest(
+        name=name,
+        columns=columns,
+        metadata=metadata_to_pb(metadata),
+        schema_fingerprint=fingerprint,
+    )
+
+
+def store_optimize_to_pb(optimize: Optimize) -> store_pb2.StoreOptimizeRequest:
+    """Public optimizes refuse to pass tagged versions by, as LanceDB's do."""
+    request = store_pb2.StoreOptimizeRequest(
+        name=optimize.table,
+        delete_unverified=optimize.delete_unverified,
+        error_if_tagged_old_versions=True,
+    )
+    if optimize.cleanup_older_than_s is not None:
+        request.cleanup_older_than_s = optimize.cleanup_older_than_s
+    return request
+
+
+def store_optimize_from_pb(reply: store_pb2.StoreOptimizeResponse) -> OptimizeResult:
+    return OptimizeResult(
+        fragments_removed=reply.fragments_removed,
+        fragments_added=reply.fragments_added,
+        versions_removed=reply.versions_removed,
+        bytes_removed=reply.bytes_removed,
+        version=reply.version,
+    )
+
+
+def store_compact_to_pb(compaction: Compaction) -> store_pb2.StoreCompactFilesRequest:
+    return store_pb2.StoreCompactFilesRequest(
+        name=compaction.table, options=common_pb2.CompactionOptions(**compaction.options)
+    )
+
+
+def compaction_from_pb(reply: common_pb2.CompactionMetrics) -> CompactionResult:
+    return CompactionResult(
+        fragments_removed=reply.fragments_removed,
+        fragments_added=reply.fragments_added,
+        files_removed=reply.files_removed,
+        files_added=reply.files_added,
+        version=reply.version,
+    )
+
+
+def store_cleanup_to_pb(cleanup: Cleanup) -> store_pb2.StoreCleanupRequest:
+    """Public cleanups refuse to pass tagged versions by, as LanceDB's do."""
+    request = store_pb2.StoreCleanupRequest(
+        name=cleanup.table,
+        delete_unverified=cleanup.delete_unverified,
+        error_if_tagged_old_versions=True,
+    )
+    if cleanup.older_than_s is not None:
+        request.older_than_s = cleanup.older_than_s
+    return request
+
+
+def cleanup_stats_from_pb(reply: common_pb2.CleanupStats) -> CleanupResult:
+    return CleanupResult(bytes_removed=reply.bytes_removed, old_versions=reply.old_versions)
+
+
+def store_create_tag_to_pb(name: str, tag: str, version: int) -> store_pb2.StoreCreateTagRequest:
+    return store_pb2.StoreCreateTagRequest(name=name, tag=tag, version=version)
+
+
+def store_update_tag_to_pb(name: str, tag: str, version: int) -> store_pb2.StoreUpdateTagRequest:
+    return store_pb2.StoreUpdateTagRequest(name=name, tag=tag, version=version)
+
+
+def store_delete_tag_to_pb(name: str, tag: str) -> store_pb2.StoreDeleteTagRequest:
+    """Public deletes of a missing tag are NOT_FOUND, as in LanceDB."""
+    return store_pb2.StoreDeleteTagRequest(name=name, tag=tag, error_if_missing=True)
+
+
+def store_list_tags_to_pb(name: str) -> store_pb2.StoreListTagsRequest:
+    return store_pb2.StoreListTagsRequest(name=name)
+
+
+def store_tag_from_pb(reply: store_pb2.StoreTag) -> Tag:
+    return Tag(tag=reply.tag, version=reply.version, manifest_size=reply.manifest_size)
+
+
+def store_stats_to_pb(name: str) -> store_pb2.StoreTableStatsRequest:
+    return store_pb2.StoreTableStatsRequest(name=name)
+
+
+def statistics_from_pb(reply: common_pb2.TableStatistics) -> Statistics:
+    return Statistics(
+        total_bytes=reply.total_bytes,
+        num_rows=reply.num_rows,
+        num_indices=reply.num_indices,
+        num_fragments=reply.num_fragments,
+        num_small_fragments=reply.num_small_fragments,
+        lengths=Lengths(**{name: getattr(reply.lengths, name) for name in LENGTHS}),
+    )
+
+
+def write_version_from_pb(reply: common_pb2.WriteResult) -> WriteResult:
+    return WriteResult(
+        version=reply.version,
+        rows_inserted=reply.rows_inserted,
+        rows_updated=reply.rows_updated,
+        rows_deleted=reply.rows_deleted,
+    )
+
+
+class SchemaMaintenanceStore:
+    """StoreClient's calls for schema evolution and maintenance (mixed into it)."""
+
+    if TYPE_CHECKING:
+
+        async def call(self, method: str, request: Any) -> Any: ...  # Peer's
+
+    async def add_columns(self, new: NewColumns, fingerprint: str) -> WriteResult:
+        reply = await self.call("AddColumns", store_add_columns_to_pb(new, fingerprint))
+        return write_version_from_pb(reply)
+
+    async def alter_columns(
+        self, name: str, changes: list[ColumnChange], metadata: MetadataChange, fingerprint: str
+    ) -> WriteResult:
+        request = store_alter_columns_to_pb(name, changes, metadata, fingerprint)
+        return write_version_from_pb(await self.call("AlterColumns", request))
+
+    async def drop_columns(
+        self, name: str, columns: list[str], metadata: MetadataChange, fingerprint: str
+    ) -> WriteResult:
+        request = store_drop_columns_to_pb(name, columns, metadata, fingerprint)
+        return write_version_from_pb(await self.call("DropColumns", request))
+
+    async def optimize(self, optimize: Optimize) -> OptimizeResult:
+        return store_optimize_from_pb(await self.call("Optimize", store_optimize_to_pb(optimize)))
+
+    async def compact_files(self, compaction: Compaction) -> CompactionResult:
+        reply = await self.call("CompactFiles", store_compact_to_pb(compaction))
+        return compaction_from_pb(reply)
+
+    async def cleanup_old_versions(self, cleanup: Cleanup) -> CleanupResult:
+        reply = await self.call("CleanupOldVersions", store_cleanup_to_pb(cleanup))
+        return cleanup_stats_from_pb(reply)
+
+    async def create_tag(self, name: str, tag: str, version: int) -> Tag:
+        reply = await self.call("CreateTag", store_create_tag_to_pb(name, tag, version))
+        return store_tag_from_pb(reply)
+
+    async def update_tag(self, name: str, tag: str, version: int) -> Tag:
+        reply = await self.call("UpdateTag", store_update_tag_to_pb(name, tag, version))
+        return store_tag_from_pb(reply)
+
+    async def delete_tag(self, name: str, tag: str) -> None:
+        await self.call("DeleteTag", store_delete_tag_to_pb(name, tag))
+
+    async def list_tags(self, name: str) -> list[Tag]:
+        reply = await self.call("ListTags", store_list_tags_to_pb(name))
+        return [store_tag_from_pb(t) for t in reply.tags]
+
+    async def table_stats(self, name: str) -> Statistics:
+        return statistics_from_pb(await self.call("TableStats", store_stats_to_pb(name)))
