@@ -71,98 +71,86 @@ class FTS:
     document_granularity: DocumentGranularity | str = DocumentGranularity.ROW
 
 
+# LanceDB's vector index configs share groups of fields, each group in the same place. The
+# groups below are private dataclasses; a config inherits them with its bases listed last group
+# first, because a dataclass takes its bases' fields along the reversed MRO: ``IvfPq`` inherits
+# (_Placement, _Training, _ProductQuantized, _Partitioned) and so has LanceDB's field order
+# distance_type, num_partitions, num_sub_vectors, num_bits, max_iterations, sample_rate,
+# target_partition_size, accelerator (positional construction matches lancedb's).
+
+
 @dataclass
-class IvfPq:
+class _Partitioned:
+    distance_type: DistanceType = "l2"
+    num_partitions: int | None = None
+
+
+@dataclass
+class _ProductQuantized:
+    num_sub_vectors: int | None = None
+    num_bits: int = 8
+
+
+@dataclass
+class _Training:
+    max_iterations: int = 50
+    sample_rate: int = 256
+
+
+@dataclass
+class _Graph:
+    m: int = 20
+    ef_construction: int = 300
+
+
+@dataclass
+class _PartitionSize:
+    target_partition_size: int | None = None
+
+
+@dataclass
+class _Placement(_PartitionSize):
+    accelerator: str | None = None
+
+
+@dataclass
+class IvfPq(_Placement, _Training, _ProductQuantized, _Partitioned):
     """IVF partitions with product-quantized vectors: LanceDB's default vector index."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    num_sub_vectors: int | None = None
-    num_bits: int = 8
-    max_iterations: int = 50
-    sample_rate: int = 256
-    target_partition_size: int | None = None
-    accelerator: str | None = None
-
 
 @dataclass
-class IvfFlat:
+class IvfFlat(_Placement, _Training, _Partitioned):
     """IVF partitions with full-precision vectors."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    max_iterations: int = 50
-    sample_rate: int = 256
-    target_partition_size: int | None = None
-    accelerator: str | None = None
-
 
 @dataclass
-class IvfSq:
+class IvfSq(_Placement, _Training, _Partitioned):
     """IVF partitions with scalar-quantized vectors."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    max_iterations: int = 50
-    sample_rate: int = 256
-    target_partition_size: int | None = None
-    accelerator: str | None = None
+
+@dataclass
+class _RabitQuantized:
+    num_bits: int = 1
 
 
 @dataclass
-class IvfRq:
+class IvfRq(_Placement, _Training, _RabitQuantized, _Partitioned):
     """IVF partitions with RaBitQ-quantized vectors."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    num_bits: int = 1
-    max_iterations: int = 50
-    sample_rate: int = 256
-    target_partition_size: int | None = None
-    accelerator: str | None = None
-
 
 @dataclass
-class HnswPq:
+class HnswPq(_Placement, _Graph, _Training, _ProductQuantized, _Partitioned):
     """IVF partitions, each an HNSW graph over product-quantized vectors."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    num_sub_vectors: int | None = None
-    num_bits: int = 8
-    max_iterations: int = 50
-    sample_rate: int = 256
-    m: int = 20
-    ef_construction: int = 300
-    target_partition_size: int | None = None
-    accelerator: str | None = None
-
 
 @dataclass
-class HnswSq:
+class HnswSq(_Placement, _Graph, _Training, _Partitioned):
     """IVF partitions, each an HNSW graph over scalar-quantized vectors."""
 
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    max_iterations: int = 50
-    sample_rate: int = 256
-    m: int = 20
-    ef_construction: int = 300
-    target_partition_size: int | None = None
-    accelerator: str | None = None
-
 
 @dataclass
-class HnswFlat:
+class HnswFlat(_PartitionSize, _Graph, _Training, _Partitioned):
     """IVF partitions, each an HNSW graph over full-precision vectors."""
-
-    distance_type: DistanceType = "l2"
-    num_partitions: int | None = None
-    max_iterations: int = 50
-    sample_rate: int = 256
-    m: int = 20
-    ef_construction: int = 300
-    target_partition_size: int | None = None
 
 
 IvfHnswPq = HnswPq

@@ -16,16 +16,21 @@ from embedsearch.contract.functions import EmbeddingFunction
 
 
 class FixedSizeListMixin(list):
-    """A vector column: a list of exactly ``dim`` floats, stored as fixed_size_list<float32>."""
+    """A vector column: a list of exactly ``dim`` floats, stored as fixed_size_list<float32>.
+
+    ``None`` is accepted too (LanceDB's model refuses it): a row whose vector is None is
+    embedded when a function fills the column, and is a bad vector otherwise.
+    """
 
     dim: ClassVar[int] = 0
     value_arrow_type: ClassVar[pa.DataType] = pa.float32()
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
-        return core_schema.list_schema(
+        values = core_schema.list_schema(
             core_schema.float_schema(), min_length=cls.dim, max_length=cls.dim
         )
+        return core_schema.nullable_schema(values)
 
 
 def Vector(dim: int, value_type: pa.DataType | None = None) -> type[FixedSizeListMixin]:

@@ -16,6 +16,7 @@ from embedsearch.contract.errors import (
     NotFound,
     TableNotFound,
 )
+from embedsearch.contract.values import STEM_LANGUAGES
 from embedsearch.index import (
     FTS,
     LEGACY_VECTOR_CONFIGS,
@@ -34,27 +35,6 @@ if TYPE_CHECKING:
 
 # A first argument of create_index naming a metric marks LanceDB's legacy call.
 _LEGACY_METRICS = ("l2", "cosine", "dot", "hamming")
-# Languages of LanceDB's "<code>_stem" tokenizer names.
-_STEM_LANGUAGES = {
-    "ar": "Arabic",
-    "da": "Danish",
-    "du": "Dutch",
-    "en": "English",
-    "fi": "Finnish",
-    "fr": "French",
-    "de": "German",
-    "gr": "Greek",
-    "hu": "Hungarian",
-    "it": "Italian",
-    "no": "Norwegian",
-    "pt": "Portuguese",
-    "ro": "Romanian",
-    "ru": "Russian",
-    "es": "Spanish",
-    "sv": "Swedish",
-    "ta": "Tamil",
-    "tr": "Turkish",
-}
 _POLL_S = 0.2
 
 
@@ -367,15 +347,15 @@ def _named_tokenizer(tokenizer_name: str) -> dict[str, Any]:
     if tokenizer_name in ("raw", "whitespace"):
         return {**plain, "base_tokenizer": tokenizer_name, "max_token_length": None}
     code, _, suffix = tokenizer_name.partition("_")
-    if suffix != "stem" or code not in _STEM_LANGUAGES:
+    if suffix != "stem" or code not in STEM_LANGUAGES:
         raise InvalidArgument(
             f"unknown tokenizer_name {tokenizer_name!r}; use 'default', 'raw', 'whitespace' or "
-            f"'<code>_stem' with a code in {sorted(_STEM_LANGUAGES)}"
+            f"'<code>_stem' with a code in {sorted(STEM_LANGUAGES)}"
         )
     return {
         **plain,
         "base_tokenizer": "simple",
-        "language": _STEM_LANGUAGES[code],
+        "language": STEM_LANGUAGES[code],
         "max_token_length": 40,
         "lower_case": True,
         "stem": True,

@@ -18,7 +18,17 @@ from embedsearch.contract.channels import (
     target_of,
     typed_errors,
 )
-from embedsearch.contract.convert import CREATE_MODE_TO_PB, projections_to_pb, spec_to_pb
+from embedsearch.contract.convert import (
+    CREATE_MODE_TO_PB,
+    index_from_pb,
+    index_params_to_pb,
+    index_stats_from_pb,
+    index_type_to_pb,
+    metric_to_pb,
+    projections_to_pb,
+    spec_to_pb,
+    value_to_pb,
+)
 from embedsearch.contract.errors import Internal
 from embedsearch.contract.values import IndexInfo, IndexStats
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
@@ -26,14 +36,9 @@ from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2
 from gateway.convert import (
     embed_call_to_pb,
     embedded_from_pb,
-    index_from_pb,
-    index_params_to_pb,
-    index_stats_from_pb,
-    index_type_to_pb,
-    metric_to_pb,
     provider_from_pb,
     resolved_from_pb,
-    value_to_pb,
+    store_request_to_pb,
     version_from_pb,
     write_from_pb,
 )
@@ -422,11 +427,10 @@ def add_to_pb(
 def merge_insert_to_pb(
     merge: MergeInsert, rows: pa.Table, fingerprint: str
 ) -> store_pb2.StoreMergeInsertRequest:
-    return value_to_pb(
+    return store_request_to_pb(
         merge,
         store_pb2.StoreMergeInsertRequest,
-        omit=("table", "rows", "bad"),
-        name=merge.table,
+        omit=("rows", "bad"),
         arrow_ipc=table_to_ipc(rows),
         schema_fingerprint=fingerprint,
     )
@@ -435,11 +439,10 @@ def merge_insert_to_pb(
 def vector_search_to_pb(
     search: Search, column: str, vector: np.ndarray, with_row_id: bool, fingerprint: str
 ) -> store_pb2.StoreSearchRequest:
-    return value_to_pb(
+    return store_request_to_pb(
         search,
         store_pb2.StoreSearchRequest,
         omit=PUBLIC_ONLY,
-        name=search.table,
         vector_column=column,
         vector=np.ascontiguousarray(vector, dtype="<f4").tobytes(),
         metric=metric_to_pb(search.metric),
@@ -452,11 +455,10 @@ def vector_search_to_pb(
 def text_search_to_pb(
     search: Search, with_row_id: bool, fingerprint: str
 ) -> store_pb2.StoreTextSearchRequest:
-    return value_to_pb(
+    return store_request_to_pb(
         search,
         store_pb2.StoreTextSearchRequest,
         omit=(*PUBLIC_ONLY, *VECTOR_ONLY),
-        name=search.table,
         query=search.query,
         search_columns=search.fts_columns,
         with_row_id=with_row_id,
@@ -497,11 +499,9 @@ def scan_to_pb(scan: Scan) -> store_pb2.StoreScanRequest:
 
 
 def create_index_to_pb(index: CreateIndex) -> store_pb2.StoreCreateIndexRequest:
-    return value_to_pb(
+    return store_request_to_pb(
         index,
         store_pb2.StoreCreateIndexRequest,
-        omit=("table",),
-        name=index.table,
         index_type=index_type_to_pb(index.index_type),
         params=index_params_to_pb(index.params),
     )

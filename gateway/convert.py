@@ -18,20 +18,24 @@ from google.protobuf.message import Message
 
 from embedsearch.contract.convert import (
     CREATE_MODES,
-    METRIC_TO_PB,
     MODALITY_FROM_PB,
     MODALITY_TO_PB,
     MODE_TO_PB,
     MODES,
     args_from_pb,
+    index_params_from_pb,
+    index_to_pb,
+    index_type_from_pb,
     metric_from_pb,
+    params_from_pb,
     projections_from_pb,
     spec_from_pb,
     spec_to_pb,
+    value_to_pb,
 )
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.schema import parse_type, type_name
-from embedsearch.contract.values import IndexInfo, IndexStats, ReadParams, TakeParams
+from embedsearch.contract.values import IndexInfo, ReadParams, TakeParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -54,7 +58,6 @@ from gateway.values import (
     EmbedCall,
     Embedded,
     Explain,
-    IndexParams,
     MergeInsert,
     Provider,
     Read,
@@ -81,7 +84,6 @@ QUERY_TYPES = {
     gateway_pb2.QUERY_TYPE_FTS: FTS,
     gateway_pb2.QUERY_TYPE_HYBRID: HYBRID,
 }
-INDEX_PREFIX = "INDEX_TYPE_"
 V = TypeVar("V")
 M = TypeVar("M", bound=Message)
 WithBadVectors = (
@@ -90,34 +92,18 @@ WithBadVectors = (
 
 
 def value_from_pb(message: Message, cls: type[V], **computed: Any) -> V:
-    """A ``cls`` dataclass from the message's fields of the same names, ``computed`` giving the
-    others. A dataclass field the message lacks is a KeyError here; a message field no
-    dataclass reads fails tests/test_gateway_core.py."""
+    """:func:`params_from_pb`, strictly: a dataclass field the message lacks is a KeyError here;
+    a message field no dataclass reads fails tests/test_gateway_core.py."""
     fields = message.DESCRIPTOR.fields_by_name
-    values = dict(computed)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if field.name not in computed:
-            value = getattr(message, field.name)
-            pb_field = fields[field.name]
-            is_map = (
-                pb_field.message_type is not None and pb_field.message_type.GetOptions().map_entry
-            )
-            values[field.name] = (
-                dict(value) if is_map else list(value) if pb_field.is_repeated else value
-            )
-    return cls(**values)
+        if field.name not in computed and field.name not in fields:
+            raise KeyError(f"{message.DESCRIPTOR.full_name} has no field {field.name!r}")
+    return params_from_pb(message, cls, **computed)
 
 
-def value_to_pb(value: Any, cls: type[M], omit: tuple[str, ...] = (), **computed: Any) -> M:
-    """A ``cls`` message from the dataclass ``value``'s fields of the same names, ``computed``
-    giving the others; a field of ``value`` neither in the message nor in ``omit`` is an
-    error here (ValueError), and a message field left unset fails tests/test_gateway_core.py."""
-    same = {
-        field.name: getattr(value, field.name)
-        for field in dataclasses.fields(value)
-        if field.name not in computed and field.name not in omit
-    }
-    return cls(**same, **computed)
+def store_request_to_pb(value: Any, cls: type[M], omit: tuple[str, ...] = (), **computed: Any) -> M:
+    """:func:`value_to_pb` of a store request: the value's ``table`` is the request's ``name``."""
+    return value_to_pb(value, cls, omit=("table", *omit), name=value.table, **computed)
 
 
 def _known(table: dict[int, Any], value: int, what: str) -> Any:
@@ -127,75 +113,11 @@ def _known(table: dict[int, Any], value: int, what: str) -> Any:
     return table[value]
 
 
-# -- shared with the store-facing side -------------------------------------------------------
-
-
-def index_type_from_pb(value: int) -> str:
-    """``IVF_PQ``, ``INVERTED``, ...; "" for INDEX_TYPE_UNSPECIFIED (the store asks for one)."""
-    if value == common_pb2.INDEX_TYPE_UNSPECIFIED:
-        return ""
-    return common_pb2.IndexType.Name(value).removeprefix(INDEX_PREFIX)
-
-
-def index_type_to_pb(name: str) -> int:
-    return common_pb2.IndexType.Value(INDEX_PREFIX + name) if name else 0
-
-
-# IndexParams fields whose absence means "LanceDB's default", not zero or false.
-_OPTIONAL_INDEX_PARAMS = (
-    "max_token_length",
-    "lower_case",
-    "stem",
-    "remove_stop_words",
-    "ascii_folding",
-)
-
-
-def index_params_from_pb(params: common_pb2.IndexParams) -> IndexParams:
-    unset = {n: getattr(params, n) if params.HasField(n) else None for n in _OPTIONAL_INDEX_PARAMS}
-    return value_from_pb(params, IndexParams, metric=metric_from_pb(params.metric), **unset)
-
-
-def index_params_to_pb(params: IndexParams) -> common_pb2.IndexParams:
-    return value_to_pb(params, common_pb2.IndexParams, metric=metric_to_pb(params.metric))
-
-
-def metric_to_pb(metric: str | None) -> int:
-    return METRIC_TO_PB[metric] if metric else common_pb2.METRIC_UNSPECIFIED
-
-
-def index_from_pb(index: common_pb2.IndexInfo) -> IndexInfo:
-    return value_from_pb(index, IndexInfo, index_type=index_type_from_pb(index.index_type))
-
-
-def index_stats_from_pb(stats: common_pb2.IndexStatistics) -> IndexStats:
-    return value_from_pb(
-        stats,
-        IndexStats,
-        index_type=index_type_from_pb(stats.index_type),
-        distance_type=metric_from_pb(stats.distance_type) or "",
-        loss=stats.loss if stats.HasField("loss") else None,
-    )
-
-
-def index_stats_to_pb(stats: IndexStats) -> common_pb2.IndexStatistics:
-    return value_to_pb(
-        stats,
-        common_pb2.IndexStatistics,
-        index_type=index_type_to_pb(stats.index_type),
-        distance_type=metric_to_pb(stats.distance_type or None),
-    )
-
-
 def index_name_of(
     request: gateway_pb2.DropIndexRequest | gateway_pb2.IndexStatsRequest,
 ) -> tuple[str, str]:
     """The table and index a DropIndex or IndexStats request names."""
     return request.table, request.index_name
-
-
-def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
-    return value_to_pb(index, common_pb2.IndexInfo, index_type=index_type_to_pb(index.index_type))
 
 
 def write_from_pb(result: common_pb2.WriteResult) -> WriteResult:
@@ -384,14 +306,7 @@ def search_from_pb(request: gateway_pb2.SearchRequest) -> Search:
         json_rows=request.result_format == common_pb2.ROW_FORMAT_JSON,
         query_type=_known(QUERY_TYPES, request.query_type, "query_type"),
         projections=projections_from_pb(request.projections),
-        distance_lower_bound=_optional(request, "distance_lower_bound"),
-        distance_upper_bound=_optional(request, "distance_upper_bound"),
     )
-
-
-def _optional(message: Message, name: str) -> Any:
-    """An ``optional`` field's value, or None when it is unset."""
-    return getattr(message, name) if message.HasField(name) else None
 
 
 def create_index_from_pb(request: gateway_pb2.CreateIndexRequest) -> CreateIndex:

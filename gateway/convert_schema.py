@@ -5,33 +5,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import Message
-
+from embedsearch.contract.convert import (
+    compaction_from_pb,
+    compaction_options_from_pb,
+    params_from_pb,
+    statistics_from_pb,
+    value_to_pb,
+)
+from embedsearch.contract.values import (
+    CompactionResult,
+    OptimizeResult,
+    TableStatistics,
+    TagInfo,
+)
 from embedsearch.v1 import common_pb2, gateway_pb2, store_pb2
+from gateway.convert import store_request_to_pb, value_from_pb, write_from_pb
 from gateway.schema import (
     Cleanup,
     CleanupResult,
     ColumnChange,
     Compaction,
-    CompactionResult,
-    Lengths,
     MetadataChange,
     NewColumns,
     Optimize,
-    OptimizeResult,
-    Statistics,
-    Tag,
 )
 from gateway.values import WriteResult
-
-# CompactionOptions fields, each forwarded when set.
-COMPACTION_OPTIONS = tuple(f.name for f in common_pb2.CompactionOptions.DESCRIPTOR.fields)
-LENGTHS = ("min", "max", "mean", "p25", "p50", "p75", "p99")
-
-
-def _optional(message: Message, name: str) -> Any:
-    return getattr(message, name) if message.HasField(name) else None
-
 
 # -- public requests in ------------------------------------------------------------------------
 
@@ -45,12 +43,7 @@ def add_columns_from_pb(request: gateway_pb2.AddColumnsRequest) -> NewColumns:
 
 
 def column_change_from_pb(alteration: common_pb2.ColumnAlteration) -> ColumnChange:
-    return ColumnChange(
-        path=alteration.path,
-        rename=_optional(alteration, "rename"),
-        nullable=_optional(alteration, "nullable"),
-        data_type=alteration.data_type,
-    )
+    return value_from_pb(alteration, ColumnChange)
 
 
 def alter_columns_from_pb(
@@ -64,15 +57,7 @@ def drop_columns_from_pb(request: gateway_pb2.DropColumnsRequest) -> tuple[str, 
 
 
 def optimize_from_pb(request: gateway_pb2.OptimizeRequest) -> Optimize:
-    return Optimize(
-        table=request.table,
-        cleanup_older_than_s=_optional(request, "cleanup_older_than_s"),
-        delete_unverified=request.delete_unverified,
-    )
-
-
-def compaction_options_from_pb(options: common_pb2.CompactionOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in COMPACTION_OPTIONS if options.HasField(name)}
+    return value_from_pb(request, Optimize)
 
 
 def compact_files_from_pb(request: gateway_pb2.CompactFilesRequest) -> Compaction:
@@ -80,11 +65,7 @@ def compact_files_from_pb(request: gateway_pb2.CompactFilesRequest) -> Compactio
 
 
 def cleanup_from_pb(request: gateway_pb2.CleanupOldVersionsRequest) -> Cleanup:
-    return Cleanup(
-        table=request.table,
-        older_than_s=_optional(request, "older_than_s"),
-        delete_unverified=request.delete_unverified,
-    )
+    return value_from_pb(request, Cleanup)
 
 
 def tag_request_from_pb(
@@ -105,50 +86,19 @@ def table_from_pb(request: gateway_pb2.ListTagsRequest | gateway_pb2.TableStatsR
 
 
 def optimize_to_pb(result: OptimizeResult) -> gateway_pb2.OptimizeResponse:
-    return gateway_pb2.OptimizeResponse(
-        fragments_removed=result.fragments_removed,
-        fragments_added=result.fragments_added,
-        versions_removed=result.versions_removed,
-        bytes_removed=result.bytes_removed,
-        version=result.version,
-    )
-
-
-def compaction_to_pb(result: CompactionResult) -> common_pb2.CompactionMetrics:
-    return common_pb2.CompactionMetrics(
-        fragments_removed=result.fragments_removed,
-        fragments_added=result.fragments_added,
-        files_removed=result.files_removed,
-        files_added=result.files_added,
-        version=result.version,
-    )
+    return value_to_pb(result, gateway_pb2.OptimizeResponse)
 
 
 def cleanup_to_pb(result: CleanupResult) -> common_pb2.CleanupStats:
-    return common_pb2.CleanupStats(
-        bytes_removed=result.bytes_removed, old_versions=result.old_versions
-    )
+    return value_to_pb(result, common_pb2.CleanupStats)
 
 
-def tag_to_pb(tag: Tag) -> gateway_pb2.TagInfo:
-    return gateway_pb2.TagInfo(tag=tag.tag, version=tag.version, manifest_size=tag.manifest_size)
+def tag_to_pb(tag: TagInfo) -> gateway_pb2.TagInfo:
+    return value_to_pb(tag, gateway_pb2.TagInfo)
 
 
-def tags_to_pb(tags: list[Tag]) -> gateway_pb2.ListTagsResponse:
+def tags_to_pb(tags: list[TagInfo]) -> gateway_pb2.ListTagsResponse:
     return gateway_pb2.ListTagsResponse(tags=[tag_to_pb(t) for t in tags])
-
-
-def statistics_to_pb(stats: Statistics) -> common_pb2.TableStatistics:
-    return common_pb2.TableStatistics(
-        total_bytes=stats.total_bytes,
-        num_rows=stats.num_rows,
-        num_indices=stats.num_indices,
-        num_fragments=stats.num_fragments,
-        num_small_fragments=stats.num_small_fragments,
-        lengths=common_pb2.FragmentLengths(
-            **{name: getattr(stats.lengths, name) for name in LENGTHS}
-        ),
-    )
 
 
 # -- the store's requests and replies ----------------------------------------------------------
@@ -200,24 +150,13 @@ def store_drop_columns_to_pb(
 
 def store_optimize_to_pb(optimize: Optimize) -> store_pb2.StoreOptimizeRequest:
     """Public optimizes refuse to pass tagged versions by, as LanceDB's do."""
-    request = store_pb2.StoreOptimizeRequest(
-        name=optimize.table,
-        delete_unverified=optimize.delete_unverified,
-        error_if_tagged_old_versions=True,
+    return store_request_to_pb(
+        optimize, store_pb2.StoreOptimizeRequest, error_if_tagged_old_versions=True
     )
-    if optimize.cleanup_older_than_s is not None:
-        request.cleanup_older_than_s = optimize.cleanup_older_than_s
-    return request
 
 
 def store_optimize_from_pb(reply: store_pb2.StoreOptimizeResponse) -> OptimizeResult:
-    return OptimizeResult(
-        fragments_removed=reply.fragments_removed,
-        fragments_added=reply.fragments_added,
-        versions_removed=reply.versions_removed,
-        bytes_removed=reply.bytes_removed,
-        version=reply.version,
-    )
+    return params_from_pb(reply, OptimizeResult)
 
 
 def store_compact_to_pb(compaction: Compaction) -> store_pb2.StoreCompactFilesRequest:
@@ -226,30 +165,15 @@ def store_compact_to_pb(compaction: Compaction) -> store_pb2.StoreCompactFilesRe
     )
 
 
-def compaction_from_pb(reply: common_pb2.CompactionMetrics) -> CompactionResult:
-    return CompactionResult(
-        fragments_removed=reply.fragments_removed,
-        fragments_added=reply.fragments_added,
-        files_removed=reply.files_removed,
-        files_added=reply.files_added,
-        version=reply.version,
-    )
-
-
 def store_cleanup_to_pb(cleanup: Cleanup) -> store_pb2.StoreCleanupRequest:
     """Public cleanups refuse to pass tagged versions by, as LanceDB's do."""
-    request = store_pb2.StoreCleanupRequest(
-        name=cleanup.table,
-        delete_unverified=cleanup.delete_unverified,
-        error_if_tagged_old_versions=True,
+    return store_request_to_pb(
+        cleanup, store_pb2.StoreCleanupRequest, error_if_tagged_old_versions=True
     )
-    if cleanup.older_than_s is not None:
-        request.older_than_s = cleanup.older_than_s
-    return request
 
 
 def cleanup_stats_from_pb(reply: common_pb2.CleanupStats) -> CleanupResult:
-    return CleanupResult(bytes_removed=reply.bytes_removed, old_versions=reply.old_versions)
+    return params_from_pb(reply, CleanupResult)
 
 
 def store_create_tag_to_pb(name: str, tag: str, version: int) -> store_pb2.StoreCreateTagRequest:
@@ -269,32 +193,12 @@ def store_list_tags_to_pb(name: str) -> store_pb2.StoreListTagsRequest:
     return store_pb2.StoreListTagsRequest(name=name)
 
 
-def store_tag_from_pb(reply: store_pb2.StoreTag) -> Tag:
-    return Tag(tag=reply.tag, version=reply.version, manifest_size=reply.manifest_size)
+def store_tag_from_pb(reply: store_pb2.StoreTag) -> TagInfo:
+    return params_from_pb(reply, TagInfo)
 
 
 def store_stats_to_pb(name: str) -> store_pb2.StoreTableStatsRequest:
     return store_pb2.StoreTableStatsRequest(name=name)
-
-
-def statistics_from_pb(reply: common_pb2.TableStatistics) -> Statistics:
-    return Statistics(
-        total_bytes=reply.total_bytes,
-        num_rows=reply.num_rows,
-        num_indices=reply.num_indices,
-        num_fragments=reply.num_fragments,
-        num_small_fragments=reply.num_small_fragments,
-        lengths=Lengths(**{name: getattr(reply.lengths, name) for name in LENGTHS}),
-    )
-
-
-def write_version_from_pb(reply: common_pb2.WriteResult) -> WriteResult:
-    return WriteResult(
-        version=reply.version,
-        rows_inserted=reply.rows_inserted,
-        rows_updated=reply.rows_updated,
-        rows_deleted=reply.rows_deleted,
-    )
 
 
 class SchemaMaintenanceStore:
@@ -306,19 +210,19 @@ class SchemaMaintenanceStore:
 
     async def add_columns(self, new: NewColumns, fingerprint: str) -> WriteResult:
         reply = await self.call("AddColumns", store_add_columns_to_pb(new, fingerprint))
-        return write_version_from_pb(reply)
+        return write_from_pb(reply)
 
     async def alter_columns(
         self, name: str, changes: list[ColumnChange], metadata: MetadataChange, fingerprint: str
     ) -> WriteResult:
         request = store_alter_columns_to_pb(name, changes, metadata, fingerprint)
-        return write_version_from_pb(await self.call("AlterColumns", request))
+        return write_from_pb(await self.call("AlterColumns", request))
 
     async def drop_columns(
         self, name: str, columns: list[str], metadata: MetadataChange, fingerprint: str
     ) -> WriteResult:
         request = store_drop_columns_to_pb(name, columns, metadata, fingerprint)
-        return write_version_from_pb(await self.call("DropColumns", request))
+        return write_from_pb(await self.call("DropColumns", request))
 
     async def optimize(self, optimize: Optimize) -> OptimizeResult:
         return store_optimize_from_pb(await self.call("Optimize", store_optimize_to_pb(optimize)))
@@ -331,20 +235,20 @@ class SchemaMaintenanceStore:
         reply = await self.call("CleanupOldVersions", store_cleanup_to_pb(cleanup))
         return cleanup_stats_from_pb(reply)
 
-    async def create_tag(self, name: str, tag: str, version: int) -> Tag:
+    async def create_tag(self, name: str, tag: str, version: int) -> TagInfo:
         reply = await self.call("CreateTag", store_create_tag_to_pb(name, tag, version))
         return store_tag_from_pb(reply)
 
-    async def update_tag(self, name: str, tag: str, version: int) -> Tag:
+    async def update_tag(self, name: str, tag: str, version: int) -> TagInfo:
         reply = await self.call("UpdateTag", store_update_tag_to_pb(name, tag, version))
         return store_tag_from_pb(reply)
 
     async def delete_tag(self, name: str, tag: str) -> None:
         await self.call("DeleteTag", store_delete_tag_to_pb(name, tag))
 
-    async def list_tags(self, name: str) -> list[Tag]:
+    async def list_tags(self, name: str) -> list[TagInfo]:
         reply = await self.call("ListTags", store_list_tags_to_pb(name))
         return [store_tag_from_pb(t) for t in reply.tags]
 
-    async def table_stats(self, name: str) -> Statistics:
+    async def table_stats(self, name: str) -> TableStatistics:
         return statistics_from_pb(await self.call("TableStats", store_stats_to_pb(name)))

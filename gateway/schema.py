@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
+from embedsearch.contract.values import CompactionResult, OptimizeResult, TableStatistics, TagInfo
 from gateway.mapping import METADATA_KEY, Binding, schema_with_bindings
 
 if TYPE_CHECKING:
@@ -62,17 +63,6 @@ class Optimize:
 
 
 @dataclass
-class OptimizeResult:
-    """What an optimize did."""
-
-    fragments_removed: int = 0
-    fragments_added: int = 0
-    versions_removed: int = 0
-    bytes_removed: int = 0
-    version: int = 0
-
-
-@dataclass
 class Cleanup:
     """A cleanup of old versions; None means Lance's default age (14 days)."""
 
@@ -95,51 +85,6 @@ class Compaction:
 
     table: str
     options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class CompactionResult:
-    """What a compaction did (Lance's CompactionMetrics)."""
-
-    fragments_removed: int = 0
-    fragments_added: int = 0
-    files_removed: int = 0
-    files_added: int = 0
-    version: int = 0
-
-
-@dataclass
-class Tag:
-    """A tag naming one version of a table."""
-
-    tag: str
-    version: int = 0
-    manifest_size: int = 0
-
-
-@dataclass
-class Lengths:
-    """Rows per fragment (LanceDB's FragmentSummaryStats)."""
-
-    min: int = 0
-    max: int = 0
-    mean: int = 0
-    p25: int = 0
-    p50: int = 0
-    p75: int = 0
-    p99: int = 0
-
-
-@dataclass
-class Statistics:
-    """LanceDB's TableStatistics."""
-
-    total_bytes: int = 0
-    num_rows: int = 0
-    num_indices: int = 0
-    num_fragments: int = 0
-    num_small_fragments: int = 0
-    lengths: Lengths = field(default_factory=Lengths)
 
 
 def _bindings_metadata(schema: pa.Schema, bindings: list[Binding]) -> MetadataChange:
@@ -279,17 +224,17 @@ class SchemaMaintenanceCore:
             raise InvalidArgument(f"older_than must not be negative, got {cleanup.older_than_s}")
         return await self.store.cleanup_old_versions(cleanup)
 
-    async def create_tag(self, name: str, tag: str, version: int) -> Tag:
+    async def create_tag(self, name: str, tag: str, version: int) -> TagInfo:
         return await self.store.create_tag(name, tag, version)
 
-    async def update_tag(self, name: str, tag: str, version: int) -> Tag:
+    async def update_tag(self, name: str, tag: str, version: int) -> TagInfo:
         return await self.store.update_tag(name, tag, version)
 
     async def delete_tag(self, name: str, tag: str) -> None:
         await self.store.delete_tag(name, tag)
 
-    async def list_tags(self, name: str) -> list[Tag]:
+    async def list_tags(self, name: str) -> list[TagInfo]:
         return await self.store.list_tags(name)
 
-    async def table_stats(self, name: str) -> Statistics:
+    async def table_stats(self, name: str) -> TableStatistics:
         return await self.store.table_stats(name)

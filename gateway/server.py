@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from embedsearch.contract.convert import index_stats_to_pb
 from embedsearch.contract.text import brief
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc
 from gateway.clients import connect_peers
@@ -28,7 +29,6 @@ from gateway.convert import (
     explain_from_pb,
     explain_to_pb,
     index_name_of,
-    index_stats_to_pb,
     index_to_pb,
     indexes_to_pb,
     list_tables_from_pb,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from embedsearch.contract.convert import compaction_to_pb, statistics_to_pb
 from embedsearch.v1 import common_pb2, gateway_pb2
 from gateway.convert import write_to_pb
 from gateway.convert_schema import (
@@ -15,12 +16,10 @@ from gateway.convert_schema import (
     cleanup_from_pb,
     cleanup_to_pb,
     compact_files_from_pb,
-    compaction_to_pb,
     delete_tag_from_pb,
     drop_columns_from_pb,
     optimize_from_pb,
     optimize_to_pb,
-    statistics_to_pb,
     table_from_pb,
     tag_request_from_pb,
     tag_to_pb,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedsearch.contract.values import IndexInfo, ReadParams, TakeParams
+from embedsearch.contract.values import IndexInfo, IndexParams, ReadParams, TakeParams
 from embedsearch.contract.wire import ipc_to_table
 from gateway.mapping import Binding
 
@@ -24,37 +24,6 @@ class BadVectors:
 
     policy: str = ERROR
     fill_value: float = 0.0
-
-
-@dataclass
-class IndexParams:
-    """Parameters of an index build; zero means "let the store choose"."""
-
-    num_partitions: int = 0
-    num_sub_vectors: int = 0
-    num_bits: int = 0
-    m: int = 0
-    ef_construction: int = 0
-    metric: str | None = None
-    replace: bool = False
-    max_iterations: int = 0
-    sample_rate: int = 0
-    target_partition_size: int = 0
-    # Full-text tokenizer options; None (for the optional ones) means "LanceDB's default".
-    with_position: bool = False
-    base_tokenizer: str = ""
-    language: str = ""
-    max_token_length: int | None = None
-    lower_case: bool | None = None
-    stem: bool | None = None
-    remove_stop_words: bool | None = None
-    ascii_folding: bool | None = None
-    custom_stop_words: list[str] = field(default_factory=list)
-    use_custom_stop_words: bool = False
-    ngram_min_length: int = 0
-    ngram_max_length: int = 0
-    prefix_only: bool = False
-    block_size: int = 0
 
 
 @dataclass

@@ -51,7 +51,7 @@ _MAX_COLUMN_NAME = 256
 # Fingerprints remembered per (table, version) before the memo starts over.
 _FINGERPRINTS = 4096
 # The most bytes of rows in one message of a Read stream (under the 64 MiB message limit).
-READ_BATCH_BYTES = 16 * 1024 * 1024
+READ_BATCH_BYTES = 4 * 1024 * 1024
 TAKE_CHUNK = 8192  # rows a take or a streamed exact search reads per Lance call
 
 __all__ = [
@@ -531,22 +531,14 @@ class TableCatalog:
         first and later ones find no table, the name is free as soon as this returns, and
         the files are removed after (a directory is renamed away first, atomically)."""
         check_name(name)
-        gate = self._gate(name)
-        try:
-            if self.root.exists(name):
-                gate.close()
-            with self._lock:
-                if not self.root.exists(name):
-                    if ignore_missing:
-                        return
-                    raise TableNotFound(f"table {name!r} does not exist", table=name)
-                self._forget(name)
-                with self.root.refusals(f"dropping table {name!r}"):
-                    discarded = self.root.discard(name)
-        finally:
-            with self._gates_lock:
-                if self._gates.get(name) is gate:
-                    del self._gates[name]
+        with self._closed(name):
+            if not self.root.exists(name):
+                if ignore_missing:
+                    return
+                raise TableNotFound(f"table {name!r} does not exist", table=name)
+            self._forget(name)
+            with self.root.refusals(f"dropping table {name!r}"):
+                discarded = self.root.discard(name)
         if discarded:
             self.root.purge(discarded)
 
@@ -555,27 +547,34 @@ class TableCatalog:
         writes finish first, later ones under the old name find no table."""
         check_name(name)
         check_name(new_name)
+        with self._closed(name):
+            if not self.root.exists(name):
+                raise TableNotFound(f"table {name!r} does not exist", table=name)
+            if self.root.exists(new_name):
+                raise TableAlreadyExists(
+                    f"table {new_name!r} already exists; drop it first or pick another name",
+                    table=new_name,
+                )
+            self._forget(name)
+            self._forget(new_name)
+            with self.root.refusals(f"renaming table {name!r}"):
+                self.root.rename(name, new_name)
+        return self.describe(new_name)
+
+    @contextmanager
+    def _closed(self, name: str) -> Iterator[None]:
+        """Run the body under the catalog lock with table ``name`` closed to writers (those
+        under way finish first, later ones find it gone); its gate is forgotten after."""
         gate = self._gate(name)
         try:
             if self.root.exists(name):
                 gate.close()
             with self._lock:
-                if not self.root.exists(name):
-                    raise TableNotFound(f"table {name!r} does not exist", table=name)
-                if self.root.exists(new_name):
-                    raise TableAlreadyExists(
-                        f"table {new_name!r} already exists; drop it first or pick another name",
-                        table=new_name,
-                    )
-                self._forget(name)
-                self._forget(new_name)
-                with self.root.refusals(f"renaming table {name!r}"):
-                    self.root.rename(name, new_name)
+                yield
         finally:
             with self._gates_lock:
                 if self._gates.get(name) is gate:
                     del self._gates[name]
-        return self.describe(new_name)
 
     def _forget(self, name: str) -> None:
         """Drop what this process remembers of a table (a new one may reuse its versions)."""

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from embedsearch.contract.errors import AlreadyExists, InvalidArgument
 from embedsearch.contract.schema import is_vector
-from embedsearch.contract.values import IndexInfo, IndexStats
+from embedsearch.contract.values import STEM_LANGUAGES, IndexInfo, IndexParams, IndexStats
 
 log = logging.getLogger("store_service.indexes")
 
@@ -52,26 +52,7 @@ _PARAMETER_BOUNDS = {
     "ngram_max_length": 64,
 }
 # Languages Lance's tokenizer stems and removes stop words for (LanceDB's lang_mapping).
-LANGUAGES = (
-    "Arabic",
-    "Danish",
-    "Dutch",
-    "English",
-    "Finnish",
-    "French",
-    "German",
-    "Greek",
-    "Hungarian",
-    "Italian",
-    "Norwegian",
-    "Portuguese",
-    "Romanian",
-    "Russian",
-    "Spanish",
-    "Swedish",
-    "Tamil",
-    "Turkish",
-)
+LANGUAGES = tuple(STEM_LANGUAGES.values())
 TOKENIZERS = ("simple", "whitespace", "raw", "ngram", "icu", "icu/split")
 # Model-backed tokenizers: "jieba/<model>", "lindera/<model>", loaded from Lance's model home.
 _MODEL_TOKENIZERS = ("jieba/", "lindera/")
@@ -96,37 +77,14 @@ _TEXT_OPTIONS = {
 
 @dataclass
 class IndexSpec:
-    """What to build. Zero numbers and None mean "choose as LanceDB would"."""
+    """What to build: an index named ``name`` of ``index_type`` on ``column``, with ``params``
+    (zero numbers and None mean "choose as LanceDB would")."""
 
     table: str
     column: str
     index_type: str
     name: str = ""
-    metric: str = "l2"
-    num_partitions: int = 0
-    num_sub_vectors: int = 0
-    num_bits: int = 0
-    m: int = 0
-    ef_construction: int = 0
-    replace: bool = False
-    max_iterations: int = 0
-    sample_rate: int = 0
-    target_partition_size: int = 0
-    # Full-text (INVERTED) tokenizer options, as in common.proto IndexParams.
-    with_position: bool = False
-    base_tokenizer: str = ""
-    language: str = ""
-    max_token_length: int | None = None
-    lower_case: bool | None = None
-    stem: bool | None = None
-    remove_stop_words: bool | None = None
-    ascii_folding: bool | None = None
-    custom_stop_words: list[str] = field(default_factory=list)
-    use_custom_stop_words: bool = False
-    ngram_min_length: int = 0
-    ngram_max_length: int = 0
-    prefix_only: bool = False
-    block_size: int = 0
+    params: IndexParams = field(default_factory=lambda: IndexParams(metric="l2"))
 
     def __post_init__(self) -> None:
         self.index_type = self.index_type.upper()
@@ -188,94 +146,96 @@ def check_spec(spec: IndexSpec, schema: pa.Schema, existing: list[str]) -> None:
             "(use LABEL_LIST for a list column)"
         )
     for name, most in _PARAMETER_BOUNDS.items():
-        if getattr(spec, name) > most:
+        if getattr(spec.params, name) > most:
             raise InvalidArgument(
-                f"{name} may be at most {most}, not {getattr(spec, name)}: Lance allocates for "
-                "it up front"
+                f"{name} may be at most {most}, not {getattr(spec.params, name)}: Lance "
+                "allocates for it up front"
             )
-    if spec.metric not in ("l2", "cosine", "dot"):
-        raise InvalidArgument(f"unknown metric {spec.metric!r}; use l2, cosine or dot")
-    _check_text_options(spec)
-    if spec.name in existing and not spec.replace:
+    if spec.params.metric not in ("l2", "cosine", "dot"):
+        raise InvalidArgument(f"unknown metric {spec.params.metric!r}; use l2, cosine or dot")
+    _check_text_options(spec.index_type, spec.params)
+    if spec.name in existing and not spec.params.replace:
         raise AlreadyExists(
             f"index {spec.name!r} exists on table {spec.table!r}; set replace to rebuild it"
         )
 
 
-def _check_text_options(spec: IndexSpec) -> None:
-    given = sorted(n for n, unset in _TEXT_OPTIONS.items() if getattr(spec, n) != unset)
-    if spec.index_type != "INVERTED":
+def _check_text_options(index_type: str, params: IndexParams) -> None:
+    given = sorted(n for n, unset in _TEXT_OPTIONS.items() if getattr(params, n) != unset)
+    if index_type != "INVERTED":
         if given:
             raise InvalidArgument(
-                f"{given} are full-text tokenizer options; {spec.index_type} takes none"
+                f"{given} are full-text tokenizer options; {index_type} takes none"
             )
         return
-    tokenizer = spec.base_tokenizer
+    tokenizer = params.base_tokenizer
     if tokenizer and tokenizer not in TOKENIZERS and not tokenizer.startswith(_MODEL_TOKENIZERS):
         raise InvalidArgument(
             f"unknown base_tokenizer {tokenizer!r}; use one of {list(TOKENIZERS)}, "
             "'jieba/<model>' or 'lindera/<model>'"
         )
-    if spec.language and spec.language not in LANGUAGES:
-        raise InvalidArgument(f"unknown language {spec.language!r}; use one of {list(LANGUAGES)}")
-    if spec.block_size not in (0, 128, 256):
-        raise InvalidArgument(f"block_size must be 128 or 256, not {spec.block_size}")
-    shortest, longest = spec.ngram_min_length or 3, spec.ngram_max_length or 3
+    if params.language and params.language not in LANGUAGES:
+        raise InvalidArgument(f"unknown language {params.language!r}; use one of {list(LANGUAGES)}")
+    if params.block_size not in (0, 128, 256):
+        raise InvalidArgument(f"block_size must be 128 or 256, not {params.block_size}")
+    shortest, longest = params.ngram_min_length or 3, params.ngram_max_length or 3
     if shortest > longest:
         raise InvalidArgument(
             f"ngram_min_length ({shortest}) may not exceed ngram_max_length ({longest})"
         )
-    if spec.custom_stop_words and not spec.use_custom_stop_words:
+    if params.custom_stop_words and not params.use_custom_stop_words:
         raise InvalidArgument("custom_stop_words are used only with use_custom_stop_words set")
 
 
 def lance_arguments(spec: IndexSpec, num_rows: int, dims: int) -> dict[str, Any]:
     """Keyword arguments of ``create_index`` for a vector index, LanceDB's defaults filled in."""
-    arguments: dict[str, Any] = {"metric": spec.metric}
-    if spec.num_partitions or not spec.target_partition_size:
-        arguments["num_partitions"] = spec.num_partitions or max(
+    params = spec.params
+    arguments: dict[str, Any] = {"metric": params.metric}
+    if params.num_partitions or not params.target_partition_size:
+        arguments["num_partitions"] = params.num_partitions or max(
             1, int(math.sqrt(max(num_rows, 1)))
         )
     for name in ("max_iterations", "sample_rate", "target_partition_size"):
-        if getattr(spec, name):
-            arguments[name] = getattr(spec, name)
+        if getattr(params, name):
+            arguments[name] = getattr(params, name)
     if spec.index_type in ("IVF_PQ", "IVF_HNSW_PQ"):
         suggested = dims // 16 if dims % 16 == 0 else (dims // 8 if dims % 8 == 0 else 1)
-        arguments["num_sub_vectors"] = spec.num_sub_vectors or suggested
-    if spec.index_type in ("IVF_PQ", "IVF_HNSW_PQ", "IVF_RQ") and spec.num_bits:
-        arguments["num_bits"] = spec.num_bits
+        arguments["num_sub_vectors"] = params.num_sub_vectors or suggested
+    if spec.index_type in ("IVF_PQ", "IVF_HNSW_PQ", "IVF_RQ") and params.num_bits:
+        arguments["num_bits"] = params.num_bits
     if spec.index_type.startswith("IVF_HNSW"):
-        if spec.m:
-            arguments["m"] = spec.m
-        if spec.ef_construction:
-            arguments["ef_construction"] = spec.ef_construction
+        if params.m:
+            arguments["m"] = params.m
+        if params.ef_construction:
+            arguments["ef_construction"] = params.ef_construction
     return arguments
 
 
 def text_arguments(spec: IndexSpec) -> dict[str, Any]:
     """Keyword arguments of ``create_scalar_index(column, "INVERTED")``: LanceDB's tokenizer
     options, unset ones left to Lance's defaults (which are LanceDB's)."""
+    params = spec.params
     arguments: dict[str, Any] = {
-        "with_position": spec.with_position,
-        "prefix_only": spec.prefix_only,
+        "with_position": params.with_position,
+        "prefix_only": params.prefix_only,
     }
-    if spec.base_tokenizer:
-        arguments["base_tokenizer"] = spec.base_tokenizer
-    if spec.language:
-        arguments["language"] = spec.language
-    if spec.max_token_length is not None:
-        arguments["max_token_length"] = spec.max_token_length or None
+    if params.base_tokenizer:
+        arguments["base_tokenizer"] = params.base_tokenizer
+    if params.language:
+        arguments["language"] = params.language
+    if params.max_token_length is not None:
+        arguments["max_token_length"] = params.max_token_length or None
     for name in ("lower_case", "stem", "remove_stop_words", "ascii_folding"):
-        if getattr(spec, name) is not None:
-            arguments[name] = getattr(spec, name)
-    if spec.use_custom_stop_words:
-        arguments["custom_stop_words"] = list(spec.custom_stop_words)
-    if spec.ngram_min_length:
-        arguments["min_ngram_length"] = spec.ngram_min_length
-    if spec.ngram_max_length:
-        arguments["max_ngram_length"] = spec.ngram_max_length
-    if spec.block_size:
-        arguments["block_size"] = spec.block_size
+        if getattr(params, name) is not None:
+            arguments[name] = getattr(params, name)
+    if params.use_custom_stop_words:
+        arguments["custom_stop_words"] = list(params.custom_stop_words)
+    if params.ngram_min_length:
+        arguments["min_ngram_length"] = params.ngram_min_length
+    if params.ngram_max_length:
+        arguments["max_ngram_length"] = params.ngram_max_length
+    if params.block_size:
+        arguments["block_size"] = params.block_size
     return arguments
 
 
@@ -305,7 +265,7 @@ def statistics(dataset: lance.LanceDataset, index_name: str) -> IndexStats | Non
 
 def build(dataset: lance.LanceDataset, spec: IndexSpec, on_progress: Callable[..., None]) -> None:
     """Build ``spec`` on ``dataset`` (a private handle) and commit it."""
-    common = {"name": spec.name, "replace": spec.replace, "progress_callback": on_progress}
+    common = {"name": spec.name, "replace": spec.params.replace, "progress_callback": on_progress}
     if spec.index_type == "INVERTED":
         dataset.create_scalar_index(spec.column, "INVERTED", **common, **text_arguments(spec))
         return

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from embedsearch.contract.errors import EmbedsearchError, InvalidArgument
+from embedsearch.contract.values import CompactionResult, OptimizeResult
 from store_service.catalog import TableCatalog, lance_message
 from store_service.settings import StoreSettings
 
@@ -49,28 +50,6 @@ class TableStats:
     deleted_rows: int
     versions: int
     indexes: dict[str, IndexStats] = field(default_factory=dict)
-
-
-@dataclass
-class CompactionResult:
-    """What one compaction did (Lance's CompactionMetrics), and the version after it."""
-
-    fragments_removed: int
-    fragments_added: int
-    files_removed: int
-    files_added: int
-    version: int
-
-
-@dataclass
-class OptimizeResult:
-    """What one optimization did."""
-
-    version: int
-    fragments_removed: int = 0
-    fragments_added: int = 0
-    versions_removed: int = 0
-    bytes_removed: int = 0
 
 
 def table_stats(dataset: lance.LanceDataset, small_rows: int) -> TableStats:

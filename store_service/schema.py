@@ -3,6 +3,7 @@ APIs, and LanceDB's ``stats()``. Knows nothing of gRPC or of embeddings."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedsearch.contract.errors import InvalidArgument, InvalidSchema
+from embedsearch.contract.values import FragmentLengths, TableStatistics
 from store_service.catalog import TableCatalog, WriteResult, _check_schema
 
 # A fragment with fewer physical rows than this is "small" in LanceDB's stats().
@@ -38,31 +40,6 @@ class MetadataUpdate:
         return bool(self.set or self.remove)
 
 
-@dataclass
-class FragmentLengths:
-    """Rows per fragment: LanceDB's FragmentSummaryStats."""
-
-    min: int = 0
-    max: int = 0
-    mean: int = 0
-    p25: int = 0
-    p50: int = 0
-    p75: int = 0
-    p99: int = 0
-
-
-@dataclass
-class TableStatistics:
-    """LanceDB's TableStatistics, flattened one level."""
-
-    total_bytes: int
-    num_rows: int
-    num_indices: int
-    num_fragments: int
-    num_small_fragments: int
-    lengths: FragmentLengths
-
-
 def _field_at(schema: pa.Schema, path: str) -> pa.Field | None:
     """The field at a dot-separated path ("a.b" inside struct "a"), or None."""
     parts = path.split(".")
@@ -83,16 +60,38 @@ def _changed(catalog: TableCatalog, name: str, what: str, action: Any) -> WriteR
     return WriteResult(version=after.version)
 
 
-def _with_metadata(
-    dataset: lance.LanceDataset, change: Any, metadata: MetadataUpdate
-) -> lance.LanceDataset:
-    """Run ``change(dataset)``, then update the schema metadata on the same handle."""
-    change(dataset)
-    if metadata:
-        values: dict[str, str | None] = {key: None for key in metadata.remove}
-        values.update(metadata.set)
-        dataset.update_schema_metadata(values)
-    return dataset
+def _changed_with_metadata(
+    catalog: TableCatalog,
+    name: str,
+    what: str,
+    change: Callable[[lance.LanceDataset], Any],
+    metadata: MetadataUpdate | None,
+) -> WriteResult:
+    """:func:`_changed` of ``change(dataset)`` and then, on the same handle, of the schema
+    metadata update."""
+
+    def action(dataset: lance.LanceDataset) -> lance.LanceDataset:
+        change(dataset)
+        if metadata:
+            values: dict[str, str | None] = {key: None for key in metadata.remove}
+            values.update(metadata.set)
+            dataset.update_schema_metadata(values)
+        return dataset
+
+    return _changed(catalog, name, what, action)
+
+
+def _check_known(schema: pa.Schema, paths: list[str]) -> None:
+    unknown = [path for path in paths if _field_at(schema, path) is None]
+    if unknown:
+        raise InvalidSchema(f"unknown column(s) {unknown}; the table has {schema.names}")
+
+
+def _current(catalog: TableCatalog, name: str, fingerprint: str) -> lance.LanceDataset:
+    """Table ``name`` at its latest version, checked against the caller's fingerprint."""
+    current = catalog.dataset(name)
+    catalog.check_fingerprint(name, current, fingerprint)
+    return current
 
 
 def add_columns(
@@ -106,8 +105,7 @@ def add_columns(
 
     >>> add_columns(catalog, "docs", [("doubled", "price * 2")], None)  # doctest: +SKIP
     """
-    current = catalog.dataset(name)
-    catalog.check_fingerprint(name, current, fingerprint)
+    current = _current(catalog, name, fingerprint)
     if bool(expressions) == bool(schema is not None and len(schema)):
         raise InvalidArgument(
             "add_columns needs new columns: a dict of name -> SQL expression, or an Arrow "
@@ -147,15 +145,12 @@ def alter_columns(
     fingerprint: str = "",
 ) -> WriteResult:
     """Rename columns, change their nullability or type, as one change (then ``metadata``)."""
-    current = catalog.dataset(name)
-    catalog.check_fingerprint(name, current, fingerprint)
+    current = _current(catalog, name, fingerprint)
     if not alterations:
         raise InvalidArgument("alter_columns needs at least one alteration")
     schema = current.schema
-    unknown = [a.path for a in alterations if _field_at(schema, a.path) is None]
-    if unknown:
-        raise InvalidSchema(f"unknown column(s) {unknown}; the table has {schema.names}")
     paths = [a.path for a in alterations]
+    _check_known(schema, paths)
     if len(set(paths)) != len(paths):
         raise InvalidArgument(f"a column is altered twice in {paths}: merge its alterations")
     renamed_away = {a.path for a in alterations if a.rename is not None and "." not in a.path}
@@ -182,12 +177,8 @@ def alter_columns(
         if alteration.data_type is not None:
             change["data_type"] = alteration.data_type
         lance_alterations.append(change)
-    update = metadata or MetadataUpdate()
-    return _changed(
-        catalog,
-        name,
-        "alter_columns",
-        lambda ds: _with_metadata(ds, lambda d: d.alter_columns(*lance_alterations), update),
+    return _changed_with_metadata(
+        catalog, name, "alter_columns", lambda ds: ds.alter_columns(*lance_alterations), metadata
     )
 
 
@@ -199,21 +190,14 @@ def drop_columns(
     fingerprint: str = "",
 ) -> WriteResult:
     """Remove columns (their data goes at the next compaction), then apply ``metadata``."""
-    current = catalog.dataset(name)
-    catalog.check_fingerprint(name, current, fingerprint)
+    current = _current(catalog, name, fingerprint)
     if not columns:
         raise InvalidArgument("drop_columns needs at least one column")
-    unknown = [c for c in columns if _field_at(current.schema, c) is None]
-    if unknown:
-        raise InvalidSchema(f"unknown column(s) {unknown}; the table has {current.schema.names}")
+    _check_known(current.schema, columns)
     if set(current.schema.names) <= set(columns):
         raise InvalidSchema(f"cannot drop every column of table {name!r}: drop the table instead")
-    update = metadata or MetadataUpdate()
-    return _changed(
-        catalog,
-        name,
-        "drop_columns",
-        lambda ds: _with_metadata(ds, lambda d: d.drop_columns(list(columns)), update),
+    return _changed_with_metadata(
+        catalog, name, "drop_columns", lambda ds: ds.drop_columns(list(columns)), metadata
     )
 
 

@@ -16,13 +16,19 @@ from prometheus_client import CollectorRegistry
 
 from embedsearch.contract.convert import (
     CREATE_MODES,
-    METRIC_TO_PB,
+    INDEX_TYPES,
+    index_params_from_pb,
+    index_stats_to_pb,
+    index_to_pb,
+    index_type_from_pb,
     metric_from_pb,
+    params_from_pb,
     projections_from_pb,
+    value_to_pb,
 )
 from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.text import brief
-from embedsearch.contract.values import ReadParams, TakeParams
+from embedsearch.contract.values import OptimizeResult, ReadParams, TakeParams
 from embedsearch.contract.wire import (
     ipc_to_schema,
     ipc_to_table,
@@ -39,68 +45,29 @@ from store_service.catalog import (
     TableCatalog,
     TableInfo,
     TextSearchParams,
-    WriteResult,
 )
-from store_service.indexes import IndexInfo, IndexSpec, IndexStats
-from store_service.maintenance import Maintenance, OptimizeResult, register_metrics
-from store_service.server_schema import SchemaMaintenanceServicer, tag_to_pb
+from store_service.indexes import IndexSpec
+from store_service.maintenance import Maintenance, register_metrics
+from store_service.server_schema import SchemaMaintenanceServicer, tag_to_pb, write_to_pb
 from store_service.settings import StoreSettings
 from store_service.storage import storage_options_from_env
 
 SERVICE = store_pb2.DESCRIPTOR.services_by_name["Store"].full_name
 T = TypeVar("T")
-P = TypeVar("P")
-
-_INDEX_TYPES = {
-    name.removeprefix("INDEX_TYPE_").replace("_", ""): value
-    for name, value in common_pb2.IndexType.items()
-}
-_INDEX_NAMES = {
-    value: name.removeprefix("INDEX_TYPE_")
-    for name, value in common_pb2.IndexType.items()
-    if value != common_pb2.INDEX_TYPE_UNSPECIFIED
-}
-
-
-def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
-    kind = index.index_type.upper().replace("_", "")
-    kind = "INVERTED" if kind == "FTS" else kind
-    return common_pb2.IndexInfo(
-        name=index.name,
-        columns=index.columns,
-        index_type=_INDEX_TYPES.get(kind, common_pb2.INDEX_TYPE_UNSPECIFIED),
-        status=index.status,
-        num_indexed_rows=index.num_indexed_rows,
-        num_unindexed_rows=index.num_unindexed_rows,
-        progress=index.progress,
-        stage=index.stage,
-        num_deltas=index.num_deltas,
-    )
-
-
-def index_stats_to_pb(stats: IndexStats) -> common_pb2.IndexStatistics:
-    return common_pb2.IndexStatistics(
-        name=stats.name,
-        index_type=_INDEX_TYPES.get(stats.index_type.replace("_", ""), 0),
-        num_indexed_rows=stats.num_indexed_rows,
-        num_unindexed_rows=stats.num_unindexed_rows,
-        distance_type=METRIC_TO_PB.get(stats.distance_type, common_pb2.METRIC_UNSPECIFIED),
-        num_indices=stats.num_indices,
-        loss=stats.loss,
-    )
 
 
 def index_spec_from_pb(request: store_pb2.StoreCreateIndexRequest) -> IndexSpec:
-    if request.index_type not in _INDEX_NAMES:
-        raise InvalidArgument(f"index_type is required; use one of {sorted(_INDEX_NAMES.values())}")
-    return params_from_pb(
-        request.params,
-        IndexSpec,
+    if request.index_type == common_pb2.INDEX_TYPE_UNSPECIFIED or (
+        request.index_type not in common_pb2.IndexType.values()
+    ):
+        raise InvalidArgument(f"index_type is required; use one of {sorted(INDEX_TYPES)}")
+    params = index_params_from_pb(request.params)
+    return IndexSpec(
         table=request.name,
         column=request.column,
-        index_type=_INDEX_NAMES[request.index_type],
+        index_type=index_type_from_pb(request.index_type),
         name=request.index_name,
-        metric=metric_from_pb(request.params.metric) or "l2",
+        params=dataclasses.replace(params, metric=params.metric or "l2"),
     )
 
 
@@ -114,35 +81,6 @@ def table_to_pb(info: TableInfo) -> store_pb2.StoreTableInfo:
         schema_fingerprint=info.fingerprint,
         uri=info.uri,
     )
-
-
-def write_to_pb(result: WriteResult) -> common_pb2.WriteResult:
-    return common_pb2.WriteResult(
-        version=result.version,
-        rows_inserted=result.rows_inserted,
-        rows_updated=result.rows_updated,
-        rows_deleted=result.rows_deleted,
-    )
-
-
-def params_from_pb(request: Message, cls: type[P], **computed: Any) -> P:
-    """A parameters dataclass from the request's fields of the same names; ``computed`` win.
-
-    Repeated fields become lists, and an unset ``optional`` field becomes None.
-    """
-    by_name = request.DESCRIPTOR.fields_by_name
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        pb_field = by_name.get(field.name)
-        if field.name in computed or pb_field is None:
-            continue
-        if pb_field.is_repeated:
-            values[field.name] = list(getattr(request, field.name))
-        elif pb_field.has_presence and not request.HasField(field.name):
-            values[field.name] = None
-        else:
-            values[field.name] = getattr(request, field.name)
-    return cls(**values, **computed)
 
 
 def search_from_pb(request: store_pb2.StoreSearchRequest) -> SearchParams:
@@ -175,13 +113,7 @@ def version_to_pb(version: dict[str, Any]) -> common_pb2.TableVersion:
 
 
 def optimize_to_pb(result: OptimizeResult) -> store_pb2.StoreOptimizeResponse:
-    return store_pb2.StoreOptimizeResponse(
-        fragments_removed=result.fragments_removed,
-        fragments_added=result.fragments_added,
-        versions_removed=result.versions_removed,
-        bytes_removed=result.bytes_removed,
-        version=result.version,
-    )
+    return value_to_pb(result, store_pb2.StoreOptimizeResponse)
 
 
 def scan_from_pb(request: store_pb2.StoreScanRequest) -> ReadParams:

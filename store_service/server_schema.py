@@ -11,20 +11,32 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from embedsearch.contract.convert import (
+    compaction_options_from_pb,
+    compaction_to_pb,
+    optional,
+    params_from_pb,
+    statistics_to_pb,
+    value_to_pb,
+)
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.values import TagInfo
 from embedsearch.contract.wire import ipc_to_schema
 from embedsearch.v1 import common_pb2, store_pb2
 from store_service import schema, tags
-from store_service.maintenance import CompactionResult
-from store_service.schema import Alteration, MetadataUpdate, TableStatistics
+from store_service.catalog import WriteResult
+from store_service.schema import Alteration, MetadataUpdate
 
 if TYPE_CHECKING:
     from store_service.catalog import TableCatalog
     from store_service.maintenance import Maintenance
 
 T = TypeVar("T")
-# CompactionOptions fields, each passed to Lance's compact_files when set.
-COMPACTION_OPTIONS = tuple(f.name for f in common_pb2.CompactionOptions.DESCRIPTOR.fields)
+SchemaRequest = (
+    store_pb2.StoreAddColumnsRequest
+    | store_pb2.StoreAlterColumnsRequest
+    | store_pb2.StoreDropColumnsRequest
+)
 
 
 def data_type_from_pb(data: bytes, path: str) -> Any:
@@ -40,58 +52,23 @@ def data_type_from_pb(data: bytes, path: str) -> Any:
 
 
 def alteration_from_pb(alteration: common_pb2.ColumnAlteration) -> Alteration:
-    return Alteration(
-        path=alteration.path,
-        rename=alteration.rename if alteration.HasField("rename") else None,
-        nullable=alteration.nullable if alteration.HasField("nullable") else None,
+    return params_from_pb(
+        alteration,
+        Alteration,
         data_type=data_type_from_pb(alteration.data_type, alteration.path),
     )
 
 
 def metadata_from_pb(update: store_pb2.SchemaMetadataUpdate) -> MetadataUpdate:
-    return MetadataUpdate(set=dict(update.set), remove=list(update.remove))
+    return params_from_pb(update, MetadataUpdate)
 
 
-def compaction_options_from_pb(options: common_pb2.CompactionOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in COMPACTION_OPTIONS if options.HasField(name)}
+def tag_to_pb(ref: TagInfo) -> store_pb2.StoreTag:
+    return value_to_pb(ref, store_pb2.StoreTag)
 
 
-def compaction_to_pb(result: CompactionResult) -> common_pb2.CompactionMetrics:
-    return common_pb2.CompactionMetrics(
-        fragments_removed=result.fragments_removed,
-        fragments_added=result.fragments_added,
-        files_removed=result.files_removed,
-        files_added=result.files_added,
-        version=result.version,
-    )
-
-
-def statistics_to_pb(stats: TableStatistics) -> common_pb2.TableStatistics:
-    lengths = stats.lengths
-    return common_pb2.TableStatistics(
-        total_bytes=stats.total_bytes,
-        num_rows=stats.num_rows,
-        num_indices=stats.num_indices,
-        num_fragments=stats.num_fragments,
-        num_small_fragments=stats.num_small_fragments,
-        lengths=common_pb2.FragmentLengths(
-            min=lengths.min,
-            max=lengths.max,
-            mean=lengths.mean,
-            p25=lengths.p25,
-            p50=lengths.p50,
-            p75=lengths.p75,
-            p99=lengths.p99,
-        ),
-    )
-
-
-def tag_to_pb(ref: tags.TagRef) -> store_pb2.StoreTag:
-    return store_pb2.StoreTag(tag=ref.tag, version=ref.version, manifest_size=ref.manifest_size)
-
-
-def _write(version: int) -> common_pb2.WriteResult:
-    return common_pb2.WriteResult(version=version)
+def write_to_pb(result: WriteResult) -> common_pb2.WriteResult:
+    return value_to_pb(result, common_pb2.WriteResult)
 
 
 class SchemaMaintenanceServicer:
@@ -111,50 +88,34 @@ class SchemaMaintenanceServicer:
         cleanup), as the Optimize RPC does."""
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
+    async def _schema_change(
+        self, request: SchemaRequest, change: Callable[..., WriteResult], *args: Any
+    ) -> common_pb2.WriteResult:
+        """``change(catalog, name, *args, fingerprint)``: one of store_service.schema's."""
+        result = await self._run(
+            request, change, self.catalog, request.name, *args, request.schema_fingerprint
+        )
+        return write_to_pb(result)
+
     async def AddColumns(
         self, request: store_pb2.StoreAddColumnsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         expressions = [(p.name, p.expression) for p in request.expressions]
         new_schema = ipc_to_schema(request.arrow_schema) if request.arrow_schema else None
-        result = await self._run(
-            request,
-            schema.add_columns,
-            self.catalog,
-            request.name,
-            expressions,
-            new_schema,
-            request.schema_fingerprint,
-        )
-        return _write(result.version)
+        return await self._schema_change(request, schema.add_columns, expressions, new_schema)
 
     async def AlterColumns(
         self, request: store_pb2.StoreAlterColumnsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
         alterations = [alteration_from_pb(a) for a in request.alterations]
-        result = await self._run(
-            request,
-            schema.alter_columns,
-            self.catalog,
-            request.name,
-            alterations,
-            metadata_from_pb(request.metadata),
-            request.schema_fingerprint,
-        )
-        return _write(result.version)
+        metadata = metadata_from_pb(request.metadata)
+        return await self._schema_change(request, schema.alter_columns, alterations, metadata)
 
     async def DropColumns(
         self, request: store_pb2.StoreDropColumnsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.WriteResult:
-        result = await self._run(
-            request,
-            schema.drop_columns,
-            self.catalog,
-            request.name,
-            list(request.columns),
-            metadata_from_pb(request.metadata),
-            request.schema_fingerprint,
-        )
-        return _write(result.version)
+        columns, metadata = list(request.columns), metadata_from_pb(request.metadata)
+        return await self._schema_change(request, schema.drop_columns, columns, metadata)
 
     async def CompactFiles(
         self, request: store_pb2.StoreCompactFilesRequest, context: grpc.aio.ServicerContext
@@ -166,11 +127,10 @@ class SchemaMaintenanceServicer:
     async def CleanupOldVersions(
         self, request: store_pb2.StoreCleanupRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.CleanupStats:
-        older_than = request.older_than_s if request.HasField("older_than_s") else None
         versions, removed = await self._unheld(
             self.maintenance.cleanup_old_versions,
             request.name,
-            older_than,
+            optional(request, "older_than_s"),
             delete_unverified=request.delete_unverified,
             error_if_tagged=request.error_if_tagged_old_versions,
         )

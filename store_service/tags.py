@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from embedsearch.contract.errors import NotFound
+from embedsearch.contract.values import TagInfo
 from store_service.catalog import TableCatalog, check_name
 
 
-@dataclass
-class TagRef:
-    """A tag, the version it names, and the size of that version's manifest."""
-
-    tag: str
-    version: int
-    manifest_size: int = 0
-
-
-def tag_refs(catalog: TableCatalog, name: str) -> list[TagRef]:
+def tag_refs(catalog: TableCatalog, name: str) -> list[TagInfo]:
     """Table ``name``'s tags, sorted by name."""
     tags = catalog.dataset(name).tags.list()
     return [
-        TagRef(tag, int(ref["version"]), int(ref.get("manifest_size") or 0))
+        TagInfo(tag, int(ref["version"]), int(ref.get("manifest_size") or 0))
         for tag, ref in sorted(tags.items())
     ]
 
 
-def tag_ref(catalog: TableCatalog, name: str, tag: str) -> TagRef:
+def tag_ref(catalog: TableCatalog, name: str, tag: str) -> TagInfo:
     """One tag of table ``name``; NotFound when it has no such tag."""
     for ref in tag_refs(catalog, name):
         if ref.tag == tag:
@@ -34,7 +24,7 @@ def tag_ref(catalog: TableCatalog, name: str, tag: str) -> TagRef:
     raise NotFound(f"table {name!r} has no tag {tag!r}")
 
 
-def update_tag(catalog: TableCatalog, name: str, tag: str, version: int = 0) -> TagRef:
+def update_tag(catalog: TableCatalog, name: str, tag: str, version: int = 0) -> TagInfo:
     """Point an existing tag at ``version`` (0: the latest)."""
     check_name(tag, "tag")
     dataset = catalog.dataset(name)

@@ -119,6 +119,6 @@ def test_a_model_without_vectors_is_embedded(fresh_db):
         vector: Vector(func.ndims()) = func.VectorField(default=None)
 
     table = fresh_db.create_table("docs", schema=Doc)
-    table.add([Doc(text="hello"), Doc(text="world")])
+    table.add([Doc(text="hello"), Doc(text="world", vector=None)])
     vectors = table.to_arrow()["vector"]
     assert vectors.null_count == 0 and len(vectors) == 2

@@ -17,7 +17,17 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from embedsearch.contract.values import IndexStats, ReadParams, TakeParams
+from embedsearch.contract import convert as contract_convert
+from embedsearch.contract.values import (
+    CompactionResult,
+    FragmentLengths,
+    IndexStats,
+    OptimizeResult,
+    ReadParams,
+    TableStatistics,
+    TagInfo,
+    TakeParams,
+)
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, gateway_pb2, store_pb2
 from gateway import clients, convert
@@ -28,14 +38,9 @@ from gateway.schema import (
     CleanupResult,
     ColumnChange,
     Compaction,
-    CompactionResult,
-    Lengths,
     MetadataChange,
     NewColumns,
     Optimize,
-    OptimizeResult,
-    Statistics,
-    Tag,
 )
 from gateway.values import (
     BadVectors,
@@ -316,7 +321,7 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "ListIndexes": [lambda: convert.indexes_to_pb([INDEX])],
     "DropIndex": [gateway_pb2.DropIndexResponse],
     "IndexStats": [
-        lambda: convert.index_stats_to_pb(IndexStats("i", "IVF_PQ", 1, 2, "dot", 3, 0.5))
+        lambda: contract_convert.index_stats_to_pb(IndexStats("i", "IVF_PQ", 1, 2, "dot", 3, 0.5))
     ],
     "ListVersions": [
         lambda: convert.versions_to_pb([TableVersion(2, 0.5, ["v2"], {"k": "v"})]),
@@ -334,15 +339,15 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "AlterColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
     "DropColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
     "Optimize": [lambda: schema_edge.optimize_to_pb(OptimizeResult(1, 2, 3, 4, 5))],
-    "CompactFiles": [lambda: schema_edge.compaction_to_pb(CompactionResult(1, 2, 3, 4, 5))],
+    "CompactFiles": [lambda: contract_convert.compaction_to_pb(CompactionResult(1, 2, 3, 4, 5))],
     "CleanupOldVersions": [lambda: schema_edge.cleanup_to_pb(CleanupResult(1, 2))],
-    "CreateTag": [lambda: schema_edge.tag_to_pb(Tag("v1", 2, 3))],
-    "UpdateTag": [lambda: schema_edge.tag_to_pb(Tag("v1", 2, 3))],
+    "CreateTag": [lambda: schema_edge.tag_to_pb(TagInfo("v1", 2, 3))],
+    "UpdateTag": [lambda: schema_edge.tag_to_pb(TagInfo("v1", 2, 3))],
     "DeleteTag": [gateway_pb2.DeleteTagResponse],
-    "ListTags": [lambda: schema_edge.tags_to_pb([Tag("v1", 2, 3)])],
+    "ListTags": [lambda: schema_edge.tags_to_pb([TagInfo("v1", 2, 3)])],
     "TableStats": [
-        lambda: schema_edge.statistics_to_pb(
-            Statistics(1, 2, 3, 4, 5, Lengths(1, 2, 3, 4, 5, 6, 7))
+        lambda: contract_convert.statistics_to_pb(
+            TableStatistics(1, 2, 3, 4, 5, FragmentLengths(1, 2, 3, 4, 5, 6, 7))
         )
     ],
     "Take": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],

@@ -62,3 +62,119 @@ class TakeParams:
     projections: dict[str, str] = field(default_factory=dict)
     with_row_id: bool = False
     version: int = 0
+
+
+# Languages a full-text index stems and removes stop words for (IndexParams.language), by their
+# code in LanceDB's "<code>_stem" tokenizer names.
+STEM_LANGUAGES = {
+    "ar": "Arabic",
+    "da": "Danish",
+    "du": "Dutch",
+    "en": "English",
+    "fi": "Finnish",
+    "fr": "French",
+    "de": "German",
+    "gr": "Greek",
+    "hu": "Hungarian",
+    "it": "Italian",
+    "no": "Norwegian",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "es": "Spanish",
+    "sv": "Swedish",
+    "ta": "Tamil",
+    "tr": "Turkish",
+}
+
+
+@dataclass
+class IndexParams:
+    """Parameters of an index build (``common.proto`` IndexParams): what the gateway forwards
+    and the store builds with. Zero means "let the store choose" (as LanceDB would); ``metric``
+    None is the default metric."""
+
+    num_partitions: int = 0
+    num_sub_vectors: int = 0
+    num_bits: int = 0
+    m: int = 0
+    ef_construction: int = 0
+    metric: str | None = None
+    replace: bool = False
+    max_iterations: int = 0
+    sample_rate: int = 0
+    target_partition_size: int = 0
+    # Full-text tokenizer options; None (for the optional ones) means "LanceDB's default".
+    with_position: bool = False
+    base_tokenizer: str = ""
+    language: str = ""
+    max_token_length: int | None = None
+    lower_case: bool | None = None
+    stem: bool | None = None
+    remove_stop_words: bool | None = None
+    ascii_folding: bool | None = None
+    custom_stop_words: list[str] = field(default_factory=list)
+    use_custom_stop_words: bool = False
+    ngram_min_length: int = 0
+    ngram_max_length: int = 0
+    prefix_only: bool = False
+    block_size: int = 0
+
+
+@dataclass
+class FragmentLengths:
+    """Rows per fragment (``common.proto`` FragmentLengths, LanceDB's FragmentSummaryStats)."""
+
+    min: int = 0
+    max: int = 0
+    mean: int = 0
+    p25: int = 0
+    p50: int = 0
+    p75: int = 0
+    p99: int = 0
+
+
+@dataclass
+class TableStatistics:
+    """LanceDB's TableStatistics (``common.proto`` TableStatistics)."""
+
+    total_bytes: int = 0
+    num_rows: int = 0
+    num_indices: int = 0
+    num_fragments: int = 0
+    num_small_fragments: int = 0
+    lengths: FragmentLengths = field(default_factory=FragmentLengths)
+
+
+@dataclass
+class CompactionResult:
+    """What a compaction did (``common.proto`` CompactionMetrics, Lance's CompactionMetrics),
+    and the version after it."""
+
+    fragments_removed: int = 0
+    fragments_added: int = 0
+    files_removed: int = 0
+    files_added: int = 0
+    version: int = 0
+
+
+@dataclass
+class OptimizeResult:
+    """What an optimize did (``gateway.proto`` OptimizeResponse, ``store.proto``
+    StoreOptimizeResponse), and the version after it."""
+
+    fragments_removed: int = 0
+    fragments_added: int = 0
+    versions_removed: int = 0
+    bytes_removed: int = 0
+    version: int = 0
+
+
+@dataclass
+class TagInfo:
+    """A tag, the version it names, and the size of that version's manifest (``gateway.proto``
+    TagInfo, ``store.proto`` StoreTag)."""
+
+    tag: str
+    version: int = 0
+    manifest_size: int = 0
