@@ -35,7 +35,8 @@ class Runner(Protocol):
         ...
 
     def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
-        """Vectors for a batch of payloads; runs on an inference thread."""
+        """Vectors for a batch of payloads; runs on an inference thread. A multi-vector
+        function returns a list of (vectors, ndims) arrays, one per payload."""
         ...
 
 
@@ -80,7 +81,7 @@ class BatchLimits(BaseModel):
 class _Request:
     mode: str
     size: int
-    vectors: np.ndarray | None
+    vectors: np.ndarray | list[np.ndarray] | None  # a list for a multi-vector function
     remaining: int
     future: asyncio.Future[np.ndarray]
     enqueued: float
@@ -315,7 +316,11 @@ class Batcher:
             if request.future.done():
                 continue
             if request.vectors is None:
-                request.vectors = np.empty((request.size, vectors.shape[1]), dtype=np.float32)
+                request.vectors = (
+                    [vectors[0]] * request.size  # each input's (vectors, ndims), placed below
+                    if isinstance(vectors, list)
+                    else np.empty((request.size, vectors.shape[1]), dtype=np.float32)
+                )
             request.vectors[item.index] = vectors[firsts[item.key]]
             request.remaining -= 1
             if request.remaining == 0:

@@ -26,8 +26,13 @@ from embedder_service.guards import (
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.secrets import resolve_all
 from embedder_service.settings import EmbedderSettings
-from embedsearch.contract.errors import EmbedsearchError, InvalidArgument, status_code_name
-from embedsearch.contract.functions import EmbeddingFunction
+from embedsearch.contract.errors import (
+    EmbedsearchError,
+    FailedPrecondition,
+    InvalidArgument,
+    status_code_name,
+)
+from embedsearch.contract.functions import EmbeddingFunction, is_reference
 from embedsearch.contract.registry import EmbeddingFunctionRegistry
 from service_kit.deadline import remaining
 from service_kit.lru import LRU
@@ -66,12 +71,16 @@ class LoadedFunction:
     ndims: int
     modalities: tuple[str, ...]
     batcher: Batcher
+    # Several vectors per input (the provider's ``multi_vector`` ClassVar): embed() then
+    # returns a list of (vectors, ndims) arrays.
+    multi_vector: bool = False
 
 
 def canonical_args(func: EmbeddingFunction) -> dict[str, Any]:
     """The persistable arguments: the caller's, secrets left out, with the model name filled in."""
     canonical = func.safe_model_dump()
-    if "name" in type(func).model_fields:
+    # A $var: reference stays one: the table keeps it, as LanceDB's metadata does.
+    if "name" in type(func).model_fields and not is_reference(canonical.get("name")):
         canonical = {**canonical, "name": func.name}  # type: ignore[attr-defined]
     return canonical
 
@@ -225,16 +234,18 @@ class EmbedderCore:
             ndims=int(ndims),
             modalities=tuple(getattr(type(func), "modalities", ("text",))),
             batcher=batcher,
+            multi_vector=bool(getattr(type(func), "multi_vector", False)),
         )
 
     async def embed(
         self, provider: str, args: dict[str, Any], mode: str, inputs: list[Any]
-    ) -> tuple[LoadedFunction, np.ndarray]:
-        """Embed ``inputs`` as source documents or queries, batched with other callers'."""
+    ) -> tuple[LoadedFunction, np.ndarray | list[np.ndarray]]:
+        """Embed ``inputs`` as source documents or queries, batched with other callers'.
+        A multi-vector function gives a list of (vectors, ndims) arrays, one per input."""
         try:
             check_inputs(inputs, self.request_limits)
             loaded = await self.resolve(provider, args)
-            vectors = await self._embed(loaded, mode, inputs)
+            vectors = _checked(loaded, await self._embed(loaded, mode, inputs))
         except EmbedsearchError as exc:
             self._count(provider, status_code_name(exc))
             raise
@@ -246,11 +257,13 @@ class EmbedderCore:
             self.metrics.inputs.labels(provider, mode).inc(len(inputs))
         return loaded, vectors
 
-    async def _embed(self, loaded: LoadedFunction, mode: str, inputs: list[Any]) -> np.ndarray:
+    async def _embed(
+        self, loaded: LoadedFunction, mode: str, inputs: list[Any]
+    ) -> np.ndarray | list[np.ndarray]:
         _check_modalities(loaded, inputs)
         keys = [input_key(value) for value in inputs]
         if not inputs:
-            return np.zeros((0, loaded.ndims), dtype=np.float32)
+            return [] if loaded.multi_vector else np.zeros((0, loaded.ndims), dtype=np.float32)
         # The caller's deadline travels with the inputs, down to the provider's API calls.
         left = remaining()
         deadline = None if left is None else time.monotonic() + left
@@ -268,6 +281,8 @@ class EmbedderCore:
             for i, vector in zip(missing, fresh, strict=True):
                 self.cache.put((loaded.key, keys[i]), vector)
                 cached[i] = vector
+        if loaded.multi_vector:
+            return cached  # type: ignore[return-value]
         return np.stack(cached).astype(np.float32, copy=False)
 
     def _count(self, provider: str, code: str) -> None:
@@ -280,6 +295,24 @@ class EmbedderCore:
         """Stop the worker threads."""
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _checked(
+    loaded: LoadedFunction, vectors: np.ndarray | list[np.ndarray]
+) -> np.ndarray | list[np.ndarray]:
+    """``vectors``, refused if their length is not the function's: an API server answering
+    another model's vectors would otherwise write them into a column of another size."""
+    if isinstance(vectors, np.ndarray):
+        lengths = {vectors.shape[1]} if len(vectors) else set()
+    else:
+        lengths = {v.shape[-1] for v in vectors if v.size}
+    wrong = lengths - {loaded.ndims}
+    if wrong:
+        raise FailedPrecondition(
+            f"{loaded.provider} returned {wrong.pop()}-dimensional vectors, but the function "
+            f"declares {loaded.ndims}: check its model and dimension arguments"
+        )
+    return vectors
 
 
 def _check_modalities(loaded: LoadedFunction, inputs: list[Any]) -> None:

@@ -173,27 +173,35 @@ def check_path_args(path_keys: Iterable[str], args: dict[str, Any], roots: Seque
             check_model_path(key, value, roots)
 
 
+# create() arguments that name where a provider sends its requests, and so its credentials:
+# base_url (openai, cohere, gemini-text, jina, voyageai), host (ollama), url and auth_url
+# (watsonx), endpoint_url (bedrock-text, signed with the embedder's AWS credentials).
+ENDPOINT_KEYS = ("base_url", "host", "url", "auth_url", "endpoint_url")
+
+
 def check_endpoint(args: dict[str, Any], allowed: Sequence[str]) -> None:
     """Refuse to send a key this embedder holds to an endpoint its operator did not allow.
 
     An API provider's key comes from a ``$env:``/``$var:`` reference, or, with none given,
     from the environment the client library reads (``OPENAI_API_KEY``). A caller naming their
-    own ``base_url`` would otherwise receive that key, or any variable of the embedder's, in
-    the request's authorization header. Their own literal ``api_key`` may go anywhere; the
-    provider's own endpoint (no ``base_url``) and ``allowed`` ones (``--allowed-base-urls``:
-    scheme and host, a port if given, a path prefix if given; ``*`` for any) get held keys.
+    own ``base_url`` (or ``host``, ``url``, ...: :data:`ENDPOINT_KEYS`) would otherwise receive
+    that key, or any variable of the embedder's, in the request's authorization header. Their
+    own literal ``api_key`` may go anywhere; the provider's own endpoint (no ``base_url``) and
+    ``allowed`` ones (``--allowed-base-urls``: scheme and host, a port if given, a path prefix
+    if given; ``*`` for any) get held keys.
     """
-    base_url = args.get("base_url")
-    if not base_url or not isinstance(base_url, str) or _allowed(base_url, allowed):
-        return
     key = args.get("api_key")
     if isinstance(key, str) and key and not key.startswith(("$env:", "$var:")):
         return
-    raise PermissionDenied(
-        f"base_url={brief(base_url)} is not among the embedder's --allowed-base-urls "
-        "(EMBEDDER_ALLOWED_BASE_URLS): keys the embedder holds go only to the provider's own "
-        "endpoint or an allowed one; pass your own api_key to use this endpoint"
-    )
+    for name in ENDPOINT_KEYS:
+        url = args.get(name)
+        if not url or not isinstance(url, str) or _allowed(url, allowed):
+            continue
+        raise PermissionDenied(
+            f"{name}={brief(url)} is not among the embedder's --allowed-base-urls "
+            "(EMBEDDER_ALLOWED_BASE_URLS): keys the embedder holds go only to the provider's "
+            "own endpoint or an allowed one; pass your own api_key to use this endpoint"
+        )
 
 
 def _allowed(url: str, allowed: Sequence[str]) -> bool:

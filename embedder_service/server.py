@@ -14,16 +14,28 @@ from embedder_service.metrics import EmbedderMetrics
 from embedder_service.plugins import load_plugins
 from embedder_service.providers import (  # noqa: F401 - importing them registers them
     BUILTIN,
+    bedrock,
     cohere,
+    cohere_rerank,
+    colbert,
+    cross_encoder,
+    gemini_text,
     huggingface,
+    instructor,
+    jina,
+    ollama,
     open_clip,
     openai,
     sentence_transformers,
+    voyageai,
+    watsonx,
 )
 from embedder_service.providers.sentence_transformers import bundled_model_path
+from embedder_service.rerank import RerankCore
 from embedder_service.settings import EmbedderSettings
 from embedsearch.contract.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.wire import pack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from service_kit.server import RpcMetrics, new_server
@@ -36,6 +48,7 @@ def resolved_to_pb(loaded: LoadedFunction) -> embedder_pb2.ResolveFunctionRespon
         canonical=spec_to_pb(loaded.provider, loaded.canonical_args),
         ndims=loaded.ndims,
         modalities=[MODALITY_TO_PB[m] for m in loaded.modalities],
+        multi_vector=loaded.multi_vector,
     )
 
 
@@ -60,8 +73,11 @@ def mode_from_pb(mode: int) -> str:
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     """Unpacks requests, calls the core, packs replies. Errors are mapped by the interceptor."""
 
-    def __init__(self, core: EmbedderCore) -> None:
+    def __init__(self, core: EmbedderCore, reranking: RerankCore | None = None) -> None:
         self.core = core
+        self.reranking = reranking or RerankCore(
+            core.settings, core.model_roots, core._tokenizers, core.metrics
+        )
 
     async def ListProviders(
         self, request: embedder_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
@@ -74,6 +90,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                     modalities=[MODALITY_TO_PB[m] for m in getattr(cls, "modalities", ("text",))],
                     arguments=sorted(cls.model_fields),
                     kind=getattr(cls, "kind", "local"),
+                    multi_vector=bool(getattr(cls, "multi_vector", False)),
                 )
                 for name, cls in self.core.registry.items()
             ]
@@ -90,6 +107,15 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         provider, args = spec_from_pb(request.function)
         inputs = inputs_from_pb(request)
         loaded, vectors = await self.core.embed(provider, args, mode_from_pb(request.mode), inputs)
+        if isinstance(vectors, list):  # a multi-vector function: each input's vectors in turn
+            multi = MultiVectors.from_groups(vectors, loaded.ndims)
+            return embedder_pb2.EmbedResponse(
+                ndims=loaded.ndims,
+                count=len(multi.vectors),
+                vectors=pack_vectors(multi.vectors),
+                request_id=request.request_id,
+                vectors_per_input=multi.counts.tolist(),
+            )
         return embedder_pb2.EmbedResponse(
             ndims=loaded.ndims,
             count=len(vectors),
@@ -128,6 +154,14 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                 yield reply
         finally:
             reader.cancel()
+
+    async def Rerank(
+        self, request: embedder_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.RerankResponse:
+        kind, args = spec_from_pb(request.reranker)
+        documents = list(request.documents)
+        scores = await self.reranking.rerank(kind, args, request.query, documents)
+        return embedder_pb2.RerankResponse(scores=scores.tolist())
 
 
 async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, int]:

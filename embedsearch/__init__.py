@@ -3,8 +3,9 @@
 >>> import embedsearch  # doctest: +SKIP
 >>> db = embedsearch.connect("grpc://127.0.0.1:50050")  # doctest: +SKIP
 
-``connect`` and ``Connection`` load on first use, so that the services, which stand on
-:mod:`embedsearch.contract` and :mod:`embedsearch.v1`, never load the client side.
+``connect``, ``connect_async`` and their classes load on first use, so that the services,
+which stand on :mod:`embedsearch.contract` and :mod:`embedsearch.v1`, never load the client
+side.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,15 @@ from embedsearch.contract.errors import (
 )
 
 if TYPE_CHECKING:
+    from embedsearch.aio import AsyncConnection, AsyncTable, connect_async
     from embedsearch.db import Connection, connect
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "AsyncConnection",
+    "AsyncTable",
     "Connection",
     "EmbedsearchError",
     "InvalidArgument",
@@ -35,6 +39,7 @@ __all__ = [
     "Unavailable",
     "__version__",
     "connect",
+    "connect_async",
 ]
 
 
@@ -43,4 +48,8 @@ def __getattr__(name: str) -> Any:
         from embedsearch import db
 
         return getattr(db, name)
+    if name in ("connect_async", "AsyncConnection", "AsyncTable"):
+        from embedsearch import aio
+
+        return getattr(aio, name)
     raise AttributeError(f"module 'embedsearch' has no attribute {name!r}")

@@ -86,10 +86,7 @@ class Connection:
 
     def _names(self, start_after: str | None, limit: int | None) -> list[str]:
         """Sorted names after ``start_after``, at most ``limit`` of them (None: all)."""
-        if limit is not None and limit < 0:
-            raise InvalidArgument(f"limit must be positive or None, got {limit}")
-        request = gateway_pb2.ListTablesRequest(start_after=start_after or "", limit=limit or 0)
-        return list(self.call("ListTables", request).names)
+        return list(self.call("ListTables", list_tables_request(start_after, limit)).names)
 
     def list_tables(
         self,
@@ -194,7 +191,38 @@ class Connection:
         (``STORE_STORAGE_OPTIONS``): per-table ``storage_options`` are refused rather than
         ignored.
         """
-        from embedsearch.table import Table, bad_vectors_to_pb, embed_locally, to_arrow
+        from embedsearch.table import Table
+
+        request = self._create_request(
+            name,
+            data,
+            schema,
+            mode,
+            exist_ok,
+            on_bad_vectors,
+            fill_value,
+            embedding_functions or [],
+            namespace_path,
+            storage_options,
+        )
+        return Table(self, self.call("CreateTable", request))
+
+    def _create_request(
+        self,
+        name: str,
+        data: Any,
+        schema: Any,
+        mode: str,
+        exist_ok: bool,
+        on_bad_vectors: str,
+        fill_value: float,
+        configs: list[EmbeddingFunctionConfig],
+        namespace_path: list[str] | None,
+        storage_options: dict[str, str] | None,
+    ) -> gateway_pb2.CreateTableRequest:
+        """The CreateTable request of :meth:`create_table`: rows converted to Arrow, vector
+        columns inferred, and embedded here for the functions this process runs. No call."""
+        from embedsearch.table import bad_vectors_to_pb, embed_locally, to_arrow
 
         _root_namespace(namespace_path)
         if storage_options:
@@ -204,7 +232,7 @@ class Connection:
             )
         if mode not in CREATE_MODE_TO_PB:
             raise InvalidArgument(f"mode must be one of {sorted(CREATE_MODE_TO_PB)}, got {mode!r}")
-        arrow_schema, bindings = self._schema_and_bindings(schema, embedding_functions or [])
+        arrow_schema, bindings = self._schema_and_bindings(schema, configs)
         request = gateway_pb2.CreateTableRequest(
             name=name,
             bindings=[binding for binding, _ in bindings],
@@ -216,7 +244,11 @@ class Connection:
             rows = to_arrow(data)
             if arrow_schema is None:
                 rows = infer_vector_columns(rows, on_bad_vectors, fill_value)
-            local = {b.vector_column: (b, func) for b, func in bindings if b.client_side}
+            local = {
+                b.vector_column: (b, func)
+                for b, func in bindings
+                if b.client_side or _client_variables(func)
+            }
             if local and arrow_schema is not None:
                 rows = embed_locally(rows, arrow_schema, local)
             request.rows.arrow_ipc = table_to_ipc(rows)
@@ -224,7 +256,7 @@ class Connection:
         if arrow_schema is None:
             raise InvalidArgument("create_table needs data or a schema")
         request.arrow_schema = schema_to_ipc(arrow_schema)
-        return Table(self, self.call("CreateTable", request))
+        return request
 
     def _schema_and_bindings(
         self, schema: Any, configs: list[EmbeddingFunctionConfig]
@@ -284,6 +316,20 @@ class ListTablesResponse:
     page_token: str | None = None
 
 
+def list_tables_request(
+    start_after: str | None, limit: int | None
+) -> gateway_pb2.ListTablesRequest:
+    """Sorted names after ``start_after``, at most ``limit`` of them (None: all)."""
+    if limit is not None and limit < 0:
+        raise InvalidArgument(f"limit must be positive or None, got {limit}")
+    return gateway_pb2.ListTablesRequest(start_after=start_after or "", limit=limit or 0)
+
+
+def _client_variables(func: EmbeddingFunction) -> bool:
+    """A server-hosted function whose ``$var:`` values this process holds: the SDK embeds."""
+    return isinstance(func, RemoteEmbeddingFunction) and func.uses_client_variables()
+
+
 def _root_namespace(namespace_path: list[str] | None) -> None:
     """Tables live in one flat namespace: name no other."""
     if namespace_path:
@@ -312,6 +358,23 @@ def _scratch_dir() -> str:
     return path
 
 
+def gateway_of(
+    uri: str, tls_ca_file: str | None = None
+) -> tuple[str, grpc.ChannelCredentials | None]:
+    """The gateway target of a connect URI, and the channel's credentials (None: plaintext).
+    A local path or ``memory://`` starts the in-process stack, which can take a while."""
+    scheme, _, address = uri.partition("://")
+    if uri == MEMORY_URI:
+        return local_stack(_scratch_dir()).gateway_target, None
+    if scheme in ("grpc", "grpcs") and address:
+        return address, channel_credentials(tls_ca_file or "", use_tls=scheme == "grpcs")
+    if "://" in uri:
+        raise InvalidArgument(
+            f"unsupported URI {uri!r}: use grpc://host:port, grpcs://host:port or a local path"
+        )
+    return local_stack(uri).gateway_target, None
+
+
 def connect(
     uri: str | os.PathLike[str],
     api_key: str | None = None,
@@ -329,21 +392,17 @@ def connect(
     >>> db = connect("./mydb")  # doctest: +SKIP
     """
     uri = os.fspath(uri)
-    scheme, _, address = uri.partition("://")
-    if uri == MEMORY_URI:
-        connection = Connection(local_stack(_scratch_dir()).gateway_target, uri, api_key, timeout)
-    elif scheme in ("grpc", "grpcs") and address:
-        credentials = channel_credentials(tls_ca_file or "", use_tls=scheme == "grpcs")
-        connection = Connection(address, uri, api_key, timeout, credentials)
-    elif "://" in uri:
-        raise InvalidArgument(
-            f"unsupported URI {uri!r}: use grpc://host:port, grpcs://host:port or a local path"
-        )
-    else:
-        connection = Connection(local_stack(uri).gateway_target, uri, api_key, timeout)
+    target, credentials = gateway_of(uri, tls_ca_file)
+    connection = Connection(target, uri, api_key, timeout, credentials)
     with _LATEST_LOCK:
         _LATEST[:] = [connection]
     return connection
+
+
+def latest_connection() -> Connection | None:
+    """The process's latest :func:`connect`, if any; none is made."""
+    with _LATEST_LOCK:
+        return _LATEST[0] if _LATEST else None
 
 
 def default_connection() -> Connection:

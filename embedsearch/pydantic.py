@@ -1,4 +1,4 @@
-"""Pydantic schemas for tables: ``LanceModel`` and ``Vector(ndims)``, as in LanceDB."""
+"""Pydantic schemas for tables: ``LanceModel``, ``Vector`` and ``MultiVector``, as in LanceDB."""
 
 from __future__ import annotations
 
@@ -48,6 +48,42 @@ def Vector(dim: int, value_type: pa.DataType | None = None) -> type[FixedSizeLis
     )
 
 
+class MultiVectorMixin(list):
+    """A multi-vector column: a list of vectors of ``dim`` values each (one per token for
+    ColBERT), stored as list<fixed_size_list<float32, dim>>. None is accepted, as for
+    :class:`FixedSizeListMixin`."""
+
+    dim: ClassVar[int] = 0
+    value_arrow_type: ClassVar[pa.DataType] = pa.float32()
+
+    @staticmethod
+    def is_multi_vector() -> bool:
+        return True
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        vector = core_schema.list_schema(
+            core_schema.float_schema(), min_length=cls.dim, max_length=cls.dim
+        )
+        return core_schema.nullable_schema(core_schema.list_schema(vector))
+
+
+def MultiVector(dim: int, value_type: pa.DataType | None = None) -> type[MultiVectorMixin]:
+    """The type of a multi-vector column of ``dim``-long vectors (LanceDB's name); a function
+    such as ``colbert`` fills it, and a search scores it by late interaction (MaxSim).
+
+    >>> class Doc(LanceModel):
+    ...     vectors: MultiVector(128)
+    """
+    if not isinstance(dim, int) or dim <= 0:
+        raise InvalidSchema(f"MultiVector() needs a positive int dimension, got {dim!r}")
+    return type(
+        f"MultiVector{dim}",
+        (MultiVectorMixin,),
+        {"dim": dim, "value_arrow_type": value_type or pa.float32()},
+    )
+
+
 _SCALARS: dict[Any, pa.DataType] = {
     str: pa.string(),
     int: pa.int64(),
@@ -68,6 +104,8 @@ def _arrow_type(annotation: Any, name: str) -> tuple[pa.DataType, bool]:
             return _arrow_type(args[0], name)[0], True
     if isinstance(annotation, type) and issubclass(annotation, FixedSizeListMixin):
         return pa.list_(annotation.value_arrow_type, annotation.dim), True
+    if isinstance(annotation, type) and issubclass(annotation, MultiVectorMixin):
+        return pa.list_(pa.list_(annotation.value_arrow_type, annotation.dim)), True
     if annotation in _SCALARS:
         return _SCALARS[annotation], False
     if origin is list:

@@ -18,7 +18,19 @@ from embedsearch.contract.errors import EmbedsearchError, FailedPrecondition, In
 from embedsearch.contract.schema import VectorFill, embeddable
 from embedsearch.contract.sql import sql_literal
 from embedsearch.contract.wire import ipc_to_schema, ipc_to_table, table_to_ipc
-from embedsearch.embeddings import EmbeddingFunction, get_registry
+from embedsearch.embeddings import (
+    EmbeddingFunction,
+    EmbeddingFunctionConfig,
+    functions_of_bindings,
+    get_registry,
+)
+from embedsearch.rerankers import (
+    Reranker,
+    RRFReranker,
+    rerank_here,
+    reranker_to_pb,
+    runs_on_server,
+)
 from embedsearch.results import AddResult, DeleteResult, MergeResult, UpdateResult
 from embedsearch.table_indexes import IndexMethods
 from embedsearch.table_schema import SchemaMaintenance
@@ -87,6 +99,16 @@ def _batches(data: Any) -> tuple[Iterator[pa.Table], pa.Table | None]:
     return _slices(rows), rows
 
 
+def add_request(
+    head: gateway_pb2.AddRequest | None, rows: common_pb2.RowData
+) -> gateway_pb2.AddRequest:
+    """A message of an add: a chunk's rows, with the options (``head``) on the first."""
+    request = gateway_pb2.AddRequest(rows=rows)
+    if head is not None:
+        request.MergeFrom(head)
+    return request
+
+
 def _slices(rows: pa.Table) -> Iterator[pa.Table]:
     for start in range(0, max(rows.num_rows, 1), CHUNK_ROWS):
         yield rows.slice(start, CHUNK_ROWS)
@@ -100,14 +122,19 @@ def progress_bar(total: int | None, what: str) -> Any:
 
 
 def local_functions(
-    bindings: Iterable[common_pb2.EmbeddingBinding],
+    bindings: Iterable[common_pb2.EmbeddingBinding], connection: Connection | None = None
 ) -> dict[str, tuple[common_pb2.EmbeddingBinding, EmbeddingFunction | None]]:
-    """The client-side bindings, by vector column, each with its function if this process
-    registered it (``None`` otherwise: using the table then fails with a clear message)."""
+    """The bindings this SDK embeds for, by vector column: client-side ones, each with its
+    function if this process registered it (``None`` otherwise: using the table then fails
+    with a clear message), and server-hosted ones whose ``$var:`` references name variables
+    set in this process (see ``embedsearch.embeddings.remote``)."""
     registry = get_registry()
     found: dict[str, tuple[common_pb2.EmbeddingBinding, EmbeddingFunction | None]] = {}
     for binding in bindings:
         if not binding.client_side:
+            remote = client_variable_function(binding, connection)
+            if remote is not None:
+                found[binding.vector_column] = (binding, remote)
             continue
         name = binding.function.provider
         func = (
@@ -142,10 +169,36 @@ def embed_locally(rows: pa.Table, schema: pa.Schema, functions: dict[str, Any]) 
         good = [i for i, value in zip(todo, source, strict=True) if embeddable(value)]
         if good:
             values = [source[list(todo).index(i)] for i in good]
-            vectors = _require(binding, func).compute_source_embeddings(values)
-            fill.set(np.asarray(good), np.asarray(vectors, dtype=np.float32))
+            vectors = _require(binding, func).compute_source_embeddings_with_retry(values)
+            # A None (or a vector of another length) stays null, and NaN stays NaN: the
+            # gateway applies on_bad_vectors to both, as LanceDB does.
+            ndims = fill.field.type.list_size
+            given = [(i, v) for i, v in zip(good, vectors, strict=True) if _whole(v, ndims)]
+            if given:
+                matrix = np.asarray([v for _, v in given], dtype=np.float32)
+                fill.set(np.asarray([i for i, _ in given]), matrix)
             rows = fill.apply(rows)
     return rows
+
+
+def _whole(vector: Any, ndims: int) -> bool:
+    return vector is not None and len(vector) == ndims
+
+
+def client_variable_function(
+    binding: common_pb2.EmbeddingBinding, connection: Connection | None
+) -> EmbeddingFunction | None:
+    """The server-hosted function of ``binding`` when its arguments refer to variables set
+    in this process (``set_var``): the SDK then embeds through it, sending the values."""
+    args = args_from_pb(binding.function.args)
+    if connection is None or not any(str(v).startswith("$var:") for v in args.values()):
+        return None
+    from embedsearch.embeddings import RemoteProvider, providers_of
+
+    info = providers_of(connection).get(binding.function.provider)
+    func = RemoteProvider(binding.function.provider, info).create(**args)
+    func.bind(connection)
+    return func if func.uses_client_variables() else None
 
 
 class Table(IndexMethods, SchemaMaintenance):
@@ -169,7 +222,7 @@ class Table(IndexMethods, SchemaMaintenance):
         """Take a new descriptor: the schema and client-side functions are built once each."""
         self._info = info
         self._schema = ipc_to_schema(info.arrow_schema)
-        self._functions = local_functions(info.bindings)
+        self._functions = local_functions(info.bindings, self._conn)
 
     def _refresh(self) -> None:
         request = gateway_pb2.DescribeTableRequest(name=self.name, version=self._checked_out)
@@ -199,9 +252,20 @@ class Table(IndexMethods, SchemaMaintenance):
         return self._info.version
 
     @property
-    def embedding_functions(self) -> dict[str, common_pb2.EmbeddingBinding]:
-        """The bindings, by vector column."""
-        return {b.vector_column: b for b in self._info.bindings}
+    def embedding_functions(self) -> dict[str, EmbeddingFunctionConfig]:
+        """The functions, by vector column, as LanceDB's ``Table.embedding_functions`` gives
+        them; a client-side one must be registered in this process (else ``KeyError``)."""
+        bindings = [
+            (
+                b.function.provider,
+                args_from_pb(b.function.args),
+                b.source_column,
+                b.vector_column,
+                b.client_side,
+            )
+            for b in self._info.bindings
+        ]
+        return functions_of_bindings(bindings, self._conn)
 
     def checkout(self, version: int | str) -> None:
         """Read ``version`` (a number, or a tag's name) from now on (time travel); writes need
@@ -272,22 +336,11 @@ class Table(IndexMethods, SchemaMaintenance):
         version at the end (each chunk as its own version with ``commit_per_chunk``). A
         progress bar shows on a terminal.
         """
-        self._writable()
-        if mode not in ("append", "overwrite"):
-            raise InvalidArgument(f"add mode must be 'append' or 'overwrite', got {mode!r}")
-        overwrite = mode == "overwrite"
-        bad = bad_vectors_to_pb(on_bad_vectors)
+        head = self._add_head(mode, on_bad_vectors, fill_value, commit_per_chunk)
         batches, rows = _batches(data)
         total = None if rows is None else rows.num_rows
         if rows is not None and rows.num_rows <= CHUNK_ROWS:
-            request = gateway_pb2.AddRequest(
-                table=self.name,
-                rows=self._rows(rows),
-                on_bad_vectors=bad,
-                fill_value=fill_value,
-                overwrite=overwrite,
-            )
-            return AddResult(self._write("Add", request).version)
+            return AddResult(self._write("Add", add_request(head, self._rows(rows))).version)
 
         failed: list[BaseException] = []
 
@@ -295,14 +348,7 @@ class Table(IndexMethods, SchemaMaintenance):
             try:
                 with progress_bar(total, f"add {self.name}") as bar:
                     for index, batch in enumerate(batches):
-                        request = gateway_pb2.AddRequest(rows=self._rows(batch))
-                        if index == 0:
-                            request.table = self.name
-                            request.on_bad_vectors = bad
-                            request.fill_value = fill_value
-                            request.commit_per_chunk = commit_per_chunk
-                            request.overwrite = overwrite
-                        yield request
+                        yield add_request(head if index == 0 else None, self._rows(batch))
                         bar.update(batch.num_rows)
             except BaseException as exc:  # gRPC would report it as a bare "iterating requests"
                 failed.append(exc)
@@ -314,6 +360,21 @@ class Table(IndexMethods, SchemaMaintenance):
             if failed:
                 raise failed[0] from None
             raise
+
+    def _add_head(
+        self, mode: str, on_bad_vectors: str, fill_value: float, commit_per_chunk: bool = False
+    ) -> gateway_pb2.AddRequest:
+        """The options of an add, checked, as its first (or only) request carries them."""
+        self._writable()
+        if mode not in ("append", "overwrite"):
+            raise InvalidArgument(f"add mode must be 'append' or 'overwrite', got {mode!r}")
+        return gateway_pb2.AddRequest(
+            table=self.name,
+            on_bad_vectors=bad_vectors_to_pb(on_bad_vectors),
+            fill_value=fill_value,
+            overwrite=mode == "overwrite",
+            commit_per_chunk=commit_per_chunk,
+        )
 
     def take_offsets(self, offsets: Iterable[int]) -> TakeQuery:
         """The rows at these positions (0 is the first row in storage order), in ascending
@@ -353,26 +414,13 @@ class Table(IndexMethods, SchemaMaintenance):
     ) -> UpdateResult:
         """Set columns on the rows matching ``where``: literal ``values`` or SQL expressions."""
         self._writable()
-        try:
-            literals = {k: sql_literal(v) for k, v in (values or {}).items()}
-        except TypeError as exc:
-            raise InvalidArgument(f"{exc}; pass an SQL expression in values_sql") from None
-        updates = literals | (values_sql or {})
-        request = gateway_pb2.UpdateRequest(table=self.name, filter=where or "", updates=updates)
-        result = self._write("Update", request)
+        result = self._write("Update", update_request(self.name, where, values, values_sql))
         return UpdateResult(result.rows_updated, result.version)
 
     def list_versions(self) -> list[dict[str, Any]]:
         """Versions, oldest first: number, timestamp and metadata."""
         reply = self._conn.call("ListVersions", gateway_pb2.ListVersionsRequest(table=self.name))
-        return [
-            {
-                "version": v.version,
-                "timestamp": datetime.datetime.fromtimestamp(v.timestamp),
-                "metadata": dict(v.metadata),
-            }
-            for v in reply.versions
-        ]
+        return versions_from_pb(reply)
 
     def restore(self, version: int | None = None) -> None:
         """Make ``version`` (default: the checked-out one) the latest, as a new version."""
@@ -401,6 +449,7 @@ class Table(IndexMethods, SchemaMaintenance):
         )
         if query is None:  # no query: rows in storage order, all of them unless limited
             return Query(self._conn, query_pb, limit=None)
+        query_arg = query  # the text, kept for rerank() after a client-side embedding
         functions = self._functions
         if isinstance(query, str) and functions and query_type != "fts":
             column = vector_column_name or next(iter(functions))
@@ -409,10 +458,36 @@ class Table(IndexMethods, SchemaMaintenance):
                 query = _require(binding, func).compute_query_embeddings(query)[0]
                 query_pb.vector_column = column
         _set_query(query_pb, query)
-        return Query(self._conn, query_pb)
+        found = Query(self._conn, query_pb)
+        found._str_query = query_arg if isinstance(query_arg, str) else None
+        return found
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, version={self._info.version})"
+
+
+def update_request(
+    table: str, where: str | None, values: dict[str, Any] | None, values_sql: dict[str, str] | None
+) -> gateway_pb2.UpdateRequest:
+    """An update of ``table``: literal ``values`` become SQL, ``values_sql`` are kept as is."""
+    try:
+        literals = {k: sql_literal(v) for k, v in (values or {}).items()}
+    except TypeError as exc:
+        raise InvalidArgument(f"{exc}; pass an SQL expression in values_sql") from None
+    updates = literals | (values_sql or {})
+    return gateway_pb2.UpdateRequest(table=table, filter=where or "", updates=updates)
+
+
+def versions_from_pb(reply: gateway_pb2.ListVersionsResponse) -> list[dict[str, Any]]:
+    """``list_versions()`` as LanceDB gives it: number, timestamp and metadata, oldest first."""
+    return [
+        {
+            "version": v.version,
+            "timestamp": datetime.datetime.fromtimestamp(v.timestamp),
+            "metadata": dict(v.metadata),
+        }
+        for v in reply.versions
+    ]
 
 
 def _set_query(request: gateway_pb2.SearchRequest, query: Any) -> None:
@@ -427,9 +502,13 @@ def _set_query(request: gateway_pb2.SearchRequest, query: Any) -> None:
         request.blob.mime_type = "image/png"
     elif isinstance(query, np.ndarray | list | tuple):
         vector = np.asarray(query, dtype="<f4")
-        if vector.ndim != 1:
-            raise InvalidArgument(f"a query vector must be 1-D, got shape {vector.shape}")
+        if vector.ndim not in (1, 2) or not vector.size:
+            raise InvalidArgument(
+                f"a query vector must be 1-D (or 2-D for a MultiVector column), got shape "
+                f"{vector.shape}"
+            )
         request.vector = vector.tobytes()
+        request.query_vectors = len(vector) if vector.ndim == 2 else 1
     else:
         raise InvalidArgument("search() needs a text, image or vector query")
 
@@ -475,20 +554,29 @@ class MergeInsertBuilder:
         self, data: Any, on_bad_vectors: str = "error", fill_value: float = 0.0
     ) -> MergeResult:
         """Run the upsert as one commit; only rows that will be written are embedded."""
+        num_rows = self._prepare(data, on_bad_vectors, fill_value)
+        return merge_result(self._table._write("MergeInsert", self._request), num_rows)
+
+    def _prepare(self, data: Any, on_bad_vectors: str, fill_value: float) -> int:
+        """Put the source rows (embedded where this process embeds) and options in the
+        request; returns the number of source rows."""
         rows = to_arrow(data)
-        num_rows = rows.num_rows
         self._request.rows.CopyFrom(self._table._rows(rows))
         self._request.on_bad_vectors = bad_vectors_to_pb(on_bad_vectors)
         self._request.fill_value = fill_value
-        result = self._table._write("MergeInsert", self._request)
-        return MergeResult(
-            version=result.version,
-            num_updated_rows=result.rows_updated,
-            num_inserted_rows=result.rows_inserted,
-            num_deleted_rows=result.rows_deleted,
-            num_attempts=1,
-            num_rows=num_rows,
-        )
+        return rows.num_rows
+
+
+def merge_result(result: gateway_pb2.WriteResult, num_rows: int) -> MergeResult:
+    """A MergeInsert reply as LanceDB's MergeResult."""
+    return MergeResult(
+        version=result.version,
+        num_updated_rows=result.rows_updated,
+        num_inserted_rows=result.rows_inserted,
+        num_deleted_rows=result.rows_deleted,
+        num_attempts=1,
+        num_rows=num_rows,
+    )
 
 
 class Query:
@@ -504,6 +592,37 @@ class Query:
         self._conn = connection
         self._request = request
         self._limit = limit
+        self._reranker: Reranker | None = None
+        self._normalize = "score"
+        self._str_query: str | None = request.text if request.HasField("text") else None
+
+    def rerank(
+        self,
+        reranker: Reranker | None = None,
+        query_string: str | None = None,
+        normalize: str = "score",
+    ) -> Query:
+        """Rerank the results (LanceDB's ``rerank``): a hybrid search combines its two lists
+        with ``reranker`` (default ``RRFReranker()``), normalising their scores by "score" or
+        "rank" first; a vector or full-text search reorders its results with it.
+        ``query_string`` is the text to score against when the query is a vector.
+        See :mod:`embedsearch.rerankers`."""
+        reranker = RRFReranker() if reranker is None else reranker
+        if normalize not in ("rank", "score"):
+            raise InvalidArgument("normalize must be 'rank' or 'score'.")
+        if not isinstance(reranker, Reranker):
+            raise InvalidArgument("reranker must be an instance of Reranker class.")
+        hybrid = self._request.query_type == gateway_pb2.QUERY_TYPE_HYBRID
+        if query_string is not None and not isinstance(query_string, str):
+            raise InvalidArgument("Reranking currently only supports string queries")
+        if not hybrid and self._str_query is None and query_string is None:
+            raise InvalidArgument(
+                "The query used for vector search is not a string. In this case, the "
+                "reranker query needs to be specified explicitly."
+            )
+        self._str_query = query_string if query_string is not None else self._str_query
+        self._reranker, self._normalize = reranker, normalize
+        return self
 
     def _reads(self) -> bool:
         return self._request.WhichOneof("query") is None
@@ -564,11 +683,13 @@ class Query:
 
     def explain_plan(self, verbose: bool = False) -> str:
         """How the store would run this query (its physical plan), without running it."""
+        return self._conn.call("ExplainPlan", self._explain_request(verbose)).plan
+
+    def _explain_request(self, verbose: bool) -> gateway_pb2.ExplainPlanRequest:
         query = gateway_pb2.SearchRequest()
         query.CopyFrom(self._request)
         query.k = self._limit or 0
-        request = gateway_pb2.ExplainPlanRequest(query=query, verbose=verbose)
-        return self._conn.call("ExplainPlan", request).plan
+        return gateway_pb2.ExplainPlanRequest(query=query, verbose=verbose)
 
     def metric(self, metric: str) -> Query:
         """Distance metric: "l2" (default), "cosine" or "dot"."""
@@ -608,11 +729,17 @@ class Query:
             yield from table.to_batches(batch_size)
 
     def _streams(self) -> bool:
+        if self._reranker is not None:
+            return False  # reranked results are ranked whole
         return self._reads() or (self._limit or 0) > MAX_RANKED_K
 
     def _streamed(self) -> Iterator[pa.Table]:
         """The streamed results, one table per message; the store sends at least one, empty
         when nothing matched, so its columns are known."""
+        return streamed_tables(self._conn, *self._stream_request())
+
+    def _stream_request(self) -> tuple[str, Any]:
+        """The server-streaming RPC that runs this query, and its request."""
         if self._reads():
             request: Any = gateway_pb2.ReadRequest(
                 table=self._request.table,
@@ -624,13 +751,16 @@ class Query:
                 with_row_id=self._request.with_row_id,
                 projections=self._request.projections,
             )
-            method = "Read"
-        else:
-            request, method = self._search_request(), "SearchStream"
-        return streamed_tables(self._conn, method, request)
+            return "Read", request
+        return "SearchStream", self._search_request()
 
     def _search_request(self) -> gateway_pb2.SearchRequest:
         self._request.k = self._limit or 0
+        self._request.ClearField("reranker")
+        if self._reranker is not None and runs_on_server(self._reranker):
+            self._request.reranker.CopyFrom(
+                reranker_to_pb(self._reranker, self._request, self._str_query, self._normalize)
+            )
         return self._request
 
     def to_arrow(self) -> pa.Table:
@@ -638,6 +768,8 @@ class Query:
         in storage order without a query."""
         if self._streams():
             return pa.concat_tables(self._streamed())
+        if self._reranker is not None and not runs_on_server(self._reranker):
+            return rerank_here(self, self._reranker)
         reply = self._conn.call("Search", self._search_request())
         return ipc_to_table(reply.rows.arrow_ipc, "search results")
 

@@ -30,6 +30,7 @@ from embedsearch.contract.convert import (
     value_to_pb,
 )
 from embedsearch.contract.errors import Internal
+from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.values import IndexInfo, IndexStats
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
@@ -42,6 +43,7 @@ from gateway.convert import (
     version_from_pb,
     write_from_pb,
 )
+from gateway.convert_rerank import rerank_call_to_pb, scores_from_pb
 from gateway.convert_schema import SchemaMaintenanceStore
 from gateway.settings import GatewaySettings
 from gateway.values import (
@@ -51,6 +53,7 @@ from gateway.values import (
     MergeInsert,
     Provider,
     Read,
+    RerankCall,
     Resolved,
     Scan,
     Search,
@@ -160,8 +163,9 @@ class EmbedderClient(Peer):
 
     async def embed(
         self, provider: str, args: dict[str, Any], mode: str, inputs: list[str] | list[bytes]
-    ) -> np.ndarray:
-        """Vectors for texts, or for encoded images and other binary inputs.
+    ) -> np.ndarray | MultiVectors:
+        """Vectors for texts, or for encoded images and other binary inputs; a multi-vector
+        function's come as :class:`MultiVectors`.
 
         Inputs go in requests of at most EMBED_REQUEST_INPUTS (the embedder bounds a request
         by --max-inputs-per-request), two at a time: one is tokenized while the model runs
@@ -169,19 +173,31 @@ class EmbedderClient(Peer):
         """
         slots = asyncio.Semaphore(EMBED_REQUESTS_IN_FLIGHT)
 
-        async def one(part: list[str] | list[bytes]) -> np.ndarray:
+        async def one(part: list[str] | list[bytes]) -> np.ndarray | MultiVectors:
             call = EmbedCall(provider, args, mode)
             if part and isinstance(part[0], bytes):
                 call.blobs = [(data, "") for data in part]
             else:
                 call.texts = list(part)  # type: ignore[arg-type]
             async with slots:
-                return (await self.embed_once(call)).vectors
+                embedded = await self.embed_once(call)
+            if embedded.vectors_per_input:
+                return MultiVectors.unpacked(embedded.vectors, embedded.vectors_per_input)
+            return embedded.vectors
 
         step = EMBED_REQUEST_INPUTS
         parts = [inputs[i : i + step] for i in range(0, len(inputs), step)] or [inputs]
         vectors = await asyncio.gather(*(one(part) for part in parts))
-        return vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
+        if len(vectors) == 1:
+            return vectors[0]
+        if isinstance(vectors[0], MultiVectors):
+            return MultiVectors.concat(vectors)  # type: ignore[arg-type]
+        return np.concatenate(vectors)
+
+    async def rerank(self, call: RerankCall) -> np.ndarray:
+        """One score per document, from a model-backed reranker."""
+        reply = await self.call("Rerank", rerank_call_to_pb(call))
+        return scores_from_pb(reply, len(call.documents))
 
 
 class StoreClient(SchemaMaintenanceStore, Peer):
@@ -329,8 +345,9 @@ def connect_peers(settings: GatewaySettings) -> tuple[EmbedderClient, StoreClien
 
 # -- store requests from values, and replies to values ----------------------------------------
 
-# Search fields the store's searches do not take: the public query and the reply's format.
-PUBLIC_ONLY = ("table", "query", "json_rows", "query_type", "fts_columns")
+# Search fields the store's searches do not take: the public query, the reply's format and
+# the reranker (applied by the gateway).
+PUBLIC_ONLY = ("table", "query", "json_rows", "query_type", "fts_columns", "reranker")
 # Search fields that tune the vector search only.
 VECTOR_ONLY = (
     "vector_column",
@@ -445,6 +462,7 @@ def vector_search_to_pb(
         omit=PUBLIC_ONLY,
         vector_column=column,
         vector=np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+        query_vectors=len(vector) if np.ndim(vector) == 2 else 1,
         metric=metric_to_pb(search.metric),
         with_row_id=with_row_id,
         schema_fingerprint=fingerprint,

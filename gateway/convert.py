@@ -34,6 +34,7 @@ from embedsearch.contract.convert import (
     value_to_pb,
 )
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.multivector import query_vectors
 from embedsearch.contract.schema import parse_type, type_name
 from embedsearch.contract.values import IndexInfo, ReadParams, TakeParams
 from embedsearch.contract.wire import (
@@ -46,6 +47,7 @@ from embedsearch.contract.wire import (
     unpack_vectors,
 )
 from embedsearch.v1 import common_pb2, embedder_pb2, gateway_pb2
+from gateway.convert_rerank import reranker_from_pb
 from gateway.mapping import Binding
 from gateway.values import (
     FTS,
@@ -295,7 +297,7 @@ def search_from_pb(request: gateway_pb2.SearchRequest) -> Search:
         raise InvalidArgument("a search needs a query: text, vector or blob")
     queries = {
         "text": lambda: request.text,
-        "vector": lambda: unpack_vector(request.vector),
+        "vector": lambda: query_vectors(unpack_vector(request.vector), request.query_vectors),
         "blob": lambda: request.blob.data,
     }
     return value_from_pb(
@@ -306,6 +308,7 @@ def search_from_pb(request: gateway_pb2.SearchRequest) -> Search:
         json_rows=request.result_format == common_pb2.ROW_FORMAT_JSON,
         query_type=_known(QUERY_TYPES, request.query_type, "query_type"),
         projections=projections_from_pb(request.projections),
+        reranker=reranker_from_pb(request),
     )
 
 
@@ -339,7 +342,12 @@ def embed_call_to_pb(call: EmbedCall) -> embedder_pb2.EmbedRequest:
 
 def embedded_from_pb(reply: embedder_pb2.EmbedResponse) -> Embedded:
     vectors = unpack_vectors(reply.vectors, reply.ndims).reshape(reply.count, reply.ndims)
-    return Embedded(vectors=vectors, ndims=reply.ndims, request_id=reply.request_id)
+    return Embedded(
+        vectors=vectors,
+        ndims=reply.ndims,
+        request_id=reply.request_id,
+        vectors_per_input=list(reply.vectors_per_input),
+    )
 
 
 def embedded_to_pb(embedded: Embedded) -> embedder_pb2.EmbedResponse:
@@ -348,6 +356,7 @@ def embedded_to_pb(embedded: Embedded) -> embedder_pb2.EmbedResponse:
         count=len(embedded.vectors),
         vectors=pack_vectors(embedded.vectors),
         request_id=embedded.request_id,
+        vectors_per_input=embedded.vectors_per_input,
     )
 
 
@@ -357,6 +366,7 @@ def resolved_from_pb(reply: embedder_pb2.ResolveFunctionResponse) -> Resolved:
         args=args_from_pb(reply.canonical.args),
         ndims=reply.ndims,
         modalities=[MODALITY_FROM_PB[m] for m in reply.modalities if m in MODALITY_FROM_PB],
+        multi_vector=reply.multi_vector,
     )
 
 
@@ -365,6 +375,7 @@ def resolved_to_pb(resolved: Resolved) -> embedder_pb2.ResolveFunctionResponse:
         canonical=spec_to_pb(resolved.provider, resolved.args),
         ndims=resolved.ndims,
         modalities=[MODALITY_TO_PB[m] for m in resolved.modalities],
+        multi_vector=resolved.multi_vector,
     )
 
 

@@ -18,11 +18,15 @@ from embedsearch.contract.errors import (
     InvalidSchema,
     SchemaChanged,
 )
+from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.schema import (
     VectorFill,
     embeddable,
     is_list_type,
+    is_multivector,
     is_vector,
+    multivector_type,
+    vector_dims,
     vector_type,
 )
 from embedsearch.contract.sql import keys_filter
@@ -36,6 +40,7 @@ from gateway.mapping import (
     pick_binding,
     schema_with_bindings,
 )
+from gateway.rerank import reranked_search
 from gateway.schema import SchemaMaintenanceCore
 from gateway.values import (
     DROP,
@@ -56,6 +61,7 @@ from gateway.values import (
     MergeInsert,
     Provider,
     Read,
+    RerankCall,
     Resolved,
     ResultRows,
     Rows,
@@ -79,8 +85,6 @@ T = TypeVar("T")
 KEY_LOOKUP_BATCH = 500
 # Operators in one lookup filter: within the store's default --max-expression-operators.
 KEY_LOOKUP_OPERATORS = 256
-# Reciprocal rank fusion's constant (Cormack et al.; LanceDB's RRFReranker uses the same).
-RRF_K = 60
 # Table descriptors kept, by (table, version), least recently used dropped first.
 DESCRIPTORS = 1024
 
@@ -267,6 +271,7 @@ class GatewayCore(SchemaMaintenanceCore):
             source_column=binding.source_column,
             vector_column=binding.vector_column,
             ndims=resolved.ndims,
+            multi_vector=resolved.multi_vector,
         )
 
     async def restore(self, name: str, version: int) -> WriteResult:
@@ -446,15 +451,22 @@ class GatewayCore(SchemaMaintenanceCore):
         good = todo[ok]
         if not good.size:
             return fill
-        if binding.client_side:
-            raise client_side_error(binding, f"{good.size} row(s) have no vector")
+        if binding.client_side:  # the client's function gave no vector (or the client sent none)
+            if bad.policy == ERROR:
+                raise client_side_error(binding, f"{good.size} row(s) have no vector")
+            why = f"the client-side function {binding.provider!r} gave no vector"
+            _bad_rows(good, why, field, bad, drop, fill)
+            return fill
         inputs = [source[i] for i in np.flatnonzero(ok)]
-        vectors = await self.embedder.embed(binding.provider, binding.args, "source", inputs)
-        if vectors.shape[1] != field.type.list_size:
-            raise FailedPrecondition(
-                f"{binding.provider} returns {vectors.shape[1]}-dimensional vectors but "
-                f"column {binding.vector_column!r} holds {field.type.list_size}"
-            )
+        embedded = await self.embedder.embed(binding.provider, binding.args, "source", inputs)
+        vectors = _for_column(embedded, field, binding)
+        if isinstance(vectors, MultiVectors):
+            groups = vectors.groups()
+            nan = np.array([np.isnan(group).any() for group in groups], dtype=bool)
+            if nan.any():
+                _bad_rows(good[nan], f"{binding.provider} returned NaN", field, bad, drop, fill)
+            fill.set(good[~nan], [groups[i] for i in np.flatnonzero(~nan)])
+            return fill
         nan = np.isnan(vectors).any(axis=1)
         if nan.any():
             _bad_rows(good[nan], f"{binding.provider} returned NaN", field, bad, drop, fill)
@@ -478,6 +490,10 @@ class GatewayCore(SchemaMaintenanceCore):
     async def search_stream(self, search: Search) -> AsyncIterator[bytes]:
         """A vector search of any k up to the table's size, streamed from the store batch by
         batch. Full-text and hybrid searches are ranked whole, so they are not streamed."""
+        if search.reranker is not None:
+            raise InvalidArgument(
+                "a reranked search is ranked whole, so it is not streamed: lower k"
+            )
         table = await self.descriptor(search.table, search.version)
         if (search.query_type or _default_query_type(table, search)) != VECTOR:
             raise InvalidArgument(
@@ -517,31 +533,36 @@ class GatewayCore(SchemaMaintenanceCore):
         """Vector, full-text or hybrid search; text and images are embedded in query mode.
 
         The store's rows pass through as its Arrow IPC bytes, unless fused (hybrid)."""
-        if search.query_type == FTS:  # needs no descriptor
+        if search.query_type == FTS and search.reranker is None:  # needs no descriptor
             return ResultRows(ipc=await self._text_search(search, "", search.with_row_id))
 
         async def attempt(table: Descriptor) -> ResultRows:
             query_type = search.query_type or _default_query_type(table, search)
+            if query_type == HYBRID or search.reranker is not None:
+                return ResultRows(table=await self._reranked(table, search, query_type))
             if query_type == FTS:
                 text = await self._text_search(search, table.fingerprint, search.with_row_id)
                 return ResultRows(ipc=text)
-            if query_type == HYBRID:
-                if not isinstance(search.query, str):
-                    raise InvalidArgument("hybrid search needs a text query")
-                found, texts = await asyncio.gather(
-                    self._vector_search(table, search, with_row_id=True),
-                    self._text_search(search, table.fingerprint, with_row_id=True),
-                )
-                fused = fuse(
-                    ipc_to_table(found, "search results"),
-                    ipc_to_table(texts, "search results"),
-                    search.k or 10,
-                    search.with_row_id,
-                )
-                return ResultRows(table=fused)
             return ResultRows(ipc=await self._vector_search(table, search, search.with_row_id))
 
         return await self._described(search.table, search.version, attempt)
+
+    async def _reranked(self, table: Descriptor, search: Search, query_type: str) -> pa.Table:
+        """A hybrid search, or a reranked one (gateway/rerank.py)."""
+
+        async def vectors(window: Search, with_row_id: bool) -> pa.Table:
+            found = await self._vector_search(table, window, with_row_id)
+            return ipc_to_table(found, "search results")
+
+        async def texts(window: Search, with_row_id: bool) -> pa.Table:
+            found = await self._text_search(window, table.fingerprint, with_row_id)
+            return ipc_to_table(found, "search results")
+
+        return await reranked_search(search, query_type, vectors, texts, self.rerank)
+
+    async def rerank(self, call: RerankCall) -> np.ndarray:
+        """Scores of documents against a query by a model-backed reranker, in the embedder."""
+        return await self.embedder.rerank(call)
 
     async def _vector_search(self, table: Descriptor, search: Search, with_row_id: bool) -> bytes:
         column, vector = await self._vector_query(table, search)
@@ -552,7 +573,7 @@ class GatewayCore(SchemaMaintenanceCore):
         binding = pick_binding(table.bindings, search.vector_column, search.table)
         column = search.vector_column or (binding.vector_column if binding else "")
         if not column:
-            vectors = [f.name for f in table.schema if is_vector(f)]
+            vectors = [f.name for f in table.schema if is_vector(f) or is_multivector(f)]
             if len(vectors) != 1:
                 raise InvalidArgument(
                     f"table {search.table!r} has vector columns {vectors}; "
@@ -560,16 +581,21 @@ class GatewayCore(SchemaMaintenanceCore):
                 )
             column = vectors[0]
         query = search.query
-        vector = (
-            query
-            if isinstance(query, np.ndarray)
-            else await self._query_vector(search, binding, column)
-        )
+        if isinstance(query, np.ndarray):
+            return column, query
+        vector = await self._query_vector(search, binding, column)
+        if isinstance(vector, MultiVectors) and binding is not None:
+            field = table.schema.field(column) if column in table.schema.names else None
+            if field is not None:
+                vector = _for_column(vector, field, binding)
+            # A multi-vector query: its token vectors; a plain column: their mean (pooled).
+            return column, vector.groups()[0] if isinstance(vector, MultiVectors) else vector[0]
         return column, vector
 
     async def _query_vector(
         self, search: Search, binding: Binding | None, column: str
-    ) -> np.ndarray:
+    ) -> np.ndarray | MultiVectors:
+        """The query's vector; a multi-vector function's vectors (all of the one query)."""
         if binding is None:
             raise InvalidArgument(
                 f"column {column!r} of table {search.table!r} has no embedding function; "
@@ -581,7 +607,7 @@ class GatewayCore(SchemaMaintenanceCore):
             raise InvalidArgument("the query is empty")
         query: Any = search.query
         vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query])
-        return vectors[0]
+        return vectors if isinstance(vectors, MultiVectors) else vectors[0]
 
     async def _text_search(self, search: Search, fingerprint: str, with_row_id: bool) -> bytes:
         if not isinstance(search.query, str) or not search.query.strip():
@@ -637,36 +663,6 @@ def _default_query_type(table: Descriptor, search: Search) -> str:
     return FTS if binding is None else VECTOR
 
 
-def fuse(vector_rows: pa.Table, text_rows: pa.Table, k: int, keep_row_id: bool) -> pa.Table:
-    """Reciprocal rank fusion of two result lists, best first, with ``_relevance_score``."""
-    scores: dict[int, float] = {}
-    for rows in (vector_rows, text_rows):
-        for rank, row_id in enumerate(rows.column("_rowid").to_pylist()):
-            scores[row_id] = scores.get(row_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    best = sorted(scores, key=lambda row_id: -scores[row_id])[:k]
-    combined = pa.concat_tables([vector_rows, text_rows], promote_options="default")
-    first: dict[int, int] = {}
-    for index, row_id in enumerate(combined.column("_rowid").to_pylist()):
-        first.setdefault(row_id, index)
-    fused = combined.take([first[row_id] for row_id in best])
-    for name, source in (("_distance", vector_rows), ("_score", text_rows)):
-        if name in source.column_names:
-            ids, values = source.column("_rowid").to_pylist(), source.column(name).to_pylist()
-            by_id = dict(zip(ids, values, strict=True))
-            fused = _replace(fused, name, pa.array([by_id.get(r) for r in best], pa.float32()))
-    fused = fused.append_column(
-        "_relevance_score", pa.array([scores[r] for r in best], pa.float32())
-    )
-    return fused if keep_row_id else fused.drop_columns(["_rowid"])
-
-
-def _replace(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
-    index = table.schema.get_field_index(name)
-    if index < 0:
-        return table.append_column(name, column)
-    return table.set_column(index, name, column)
-
-
 def _bad_rows(
     rows: np.ndarray,
     where: str,
@@ -688,13 +684,40 @@ def _bad_rows(
         raise InvalidArgument(f"row {int(rows[0])}: {where}, and {field.name!r} is not nullable")
 
 
+def _for_column(
+    vectors: np.ndarray | MultiVectors, field: pa.Field, binding: Binding
+) -> np.ndarray | MultiVectors:
+    """Embedded vectors as ``field`` holds them: a MultiVector column takes a multi-vector
+    function's vectors; a plain vector column takes one vector per input, so a multi-vector
+    function's are averaged there, which is what LanceDB's ``colbert`` stores."""
+    multi = is_multivector(field)
+    if multi and not isinstance(vectors, MultiVectors):
+        raise FailedPrecondition(
+            f"{binding.provider} returns one vector per input, but column "
+            f"{binding.vector_column!r} is a MultiVector: declare it as Vector(ndims)"
+        )
+    if not multi and isinstance(vectors, MultiVectors):
+        vectors = vectors.pooled()
+    got = vectors.ndims if isinstance(vectors, MultiVectors) else vectors.shape[1]
+    if got != vector_dims(field):
+        raise FailedPrecondition(
+            f"{binding.provider} returns {got}-dimensional vectors but "
+            f"column {binding.vector_column!r} holds {vector_dims(field)}"
+        )
+    return vectors
+
+
 def _with_vector_column(schema: pa.Schema, binding: Binding) -> pa.Schema:
-    """Add the binding's vector column if absent; otherwise check its dimension."""
+    """Add the binding's vector column if absent (a MultiVector one for a multi-vector
+    function); otherwise check its dimension."""
     index = schema.get_field_index(binding.vector_column)
     if index < 0:
-        field = pa.field(binding.vector_column, vector_type(binding.ndims), nullable=True)
+        make = multivector_type if binding.multi_vector else vector_type
+        field = pa.field(binding.vector_column, make(binding.ndims), nullable=True)
         return schema.append(field)
     field = schema.field(index)
+    if binding.multi_vector and is_multivector(field) and vector_dims(field) == binding.ndims:
+        return schema
     if not is_vector(field) or field.type.list_size != binding.ndims:
         raise InvalidSchema(
             f"vector column {binding.vector_column!r} is {field.type}, but {binding.provider} "

@@ -27,6 +27,8 @@ class Binding:
     vector_column: str
     client_side: bool = False
     ndims: int = field(default=0, compare=False)
+    # The function gives several vectors per input (colbert); known once resolved, not saved.
+    multi_vector: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         # LanceDB's shape: name = provider, model = create() kwargs, then the two columns.
@@ -64,6 +66,8 @@ def bindings_from_schema(schema: pa.Schema) -> list[Binding]:
 def _with_ndims(binding: Binding, schema: pa.Schema) -> Binding:
     index = schema.get_field_index(binding.vector_column)
     dtype = schema.field(index).type if index >= 0 else None
+    if dtype is not None and pa.types.is_list(dtype):  # a MultiVector: its vectors' length
+        dtype = dtype.value_type
     ndims = dtype.list_size if dtype is not None and pa.types.is_fixed_size_list(dtype) else 0
     return Binding(**{**binding.__dict__, "ndims": ndims})
 

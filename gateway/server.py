@@ -51,6 +51,7 @@ from gateway.convert import (
     versions_to_pb,
     write_to_pb,
 )
+from gateway.convert_rerank import rerank_call_from_pb, scores_to_pb
 from gateway.core import GatewayCore
 from gateway.server_schema import SchemaMaintenanceServicer
 from gateway.settings import GatewaySettings
@@ -203,6 +204,11 @@ class GatewayServicer(SchemaMaintenanceServicer, gateway_pb2_grpc.GatewayService
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.EmbedResponse:
         return embedded_to_pb(await self.core.generate_embeddings(embed_call_from_pb(request)))
+
+    async def Rerank(
+        self, request: embedder_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.RerankResponse:
+        return scores_to_pb(await self.core.rerank(rerank_call_from_pb(request)))
 
 
 def table_named(request: Any) -> str:

@@ -155,6 +155,7 @@ class Search:
     bypass_vector_index: bool = False
     distance_lower_bound: float | None = None
     distance_upper_bound: float | None = None
+    reranker: RerankSpec | None = None  # None: hybrid results fused by RRF, others as found
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Provider:
     modalities: list[str]
     arguments: list[str]
     kind: str
+    multi_vector: bool = False  # several vectors per input (colbert)
 
 
 @dataclass
@@ -222,6 +224,7 @@ class Resolved:
     args: dict[str, Any]
     ndims: int
     modalities: list[str]
+    multi_vector: bool = False  # several ndims-long vectors per input (colbert)
 
 
 @dataclass
@@ -243,3 +246,30 @@ class Embedded:
     vectors: np.ndarray
     ndims: int
     request_id: str = ""
+    # A multi-vector function's: how many consecutive rows of vectors each input has.
+    vectors_per_input: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RerankSpec:
+    """A search's reranker (gateway/rerank.py): its kind and LanceDB constructor arguments, the
+    text column a model scores, the score columns kept ("relevance" or "all"), a hybrid
+    search's normalisation ("score" or "rank"), and the text scored against ("" for the
+    search's text query)."""
+
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    column: str = ""
+    return_score: str = "relevance"
+    normalize: str = "score"
+    query: str = ""
+
+
+@dataclass
+class RerankCall:
+    """Documents to score against a query with a model-backed reranker, in the embedder."""
+
+    kind: str
+    args: dict[str, Any]
+    query: str
+    documents: list[str]

@@ -33,7 +33,7 @@ from embedsearch.contract.errors import (
     TableAlreadyExists,
     TableNotFound,
 )
-from embedsearch.contract.schema import conform, is_vector
+from embedsearch.contract.schema import conform, is_multivector, is_vector, vector_dims
 from embedsearch.contract.text import brief
 from embedsearch.contract.values import ReadParams, TakeParams
 from store_service import exact, indexes
@@ -894,6 +894,8 @@ class TableCatalog:
     def _exact_applies(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> bool:
         if not self.exact.max_bytes or params.version or params.tag:
             return False
+        if is_multivector(dataset.schema.field(params.vector_column)):
+            return False  # late interaction (MaxSim) is Lance's: the matrix holds one per row
         return (
             params.bypass_vector_index
             or params.vector_column not in self._vector_indexed_columns(name, dataset)
@@ -979,9 +981,11 @@ class TableCatalog:
 
     def _nearest_args(self, dataset: lance.LanceDataset, params: SearchParams) -> dict[str, Any]:
         """Lance's scanner arguments for a vector search."""
+        multi = is_multivector(dataset.schema.field(params.vector_column))
         nearest: dict[str, Any] = {
             "column": params.vector_column,
-            "q": params.vector,
+            # A 2-D q on a MultiVector column is one query of several vectors (MaxSim).
+            "q": np.atleast_2d(params.vector) if multi else params.vector,
             "k": params.k + params.offset,
             "use_index": not params.bypass_vector_index,
         }
@@ -1409,13 +1413,24 @@ def _check_search(
     name: str, schema: pa.Schema, params: SearchParams, max_k: int | None = _MAX_K
 ) -> None:
     column = schema.field(params.vector_column) if params.vector_column in schema.names else None
-    if column is None or not is_vector(column):
-        vectors = [f.name for f in schema if is_vector(f)]
+    if column is None or not (is_vector(column) or is_multivector(column)):
+        vectors = [f.name for f in schema if is_vector(f) or is_multivector(f)]
         raise InvalidArgument(
             f"{params.vector_column!r} is not a vector column of table {name!r}; "
             f"vector columns: {vectors}"
         )
-    if params.vector.shape != (column.type.list_size,):
+    if is_multivector(column):
+        if params.vector.ndim > 2 or params.vector.shape[-1] != vector_dims(column):
+            raise InvalidArgument(
+                f"query vectors have {params.vector.shape[-1]} dimensions, "
+                f"column {params.vector_column!r} holds {vector_dims(column)}-dimensional ones"
+            )
+    elif params.vector.ndim == 2:
+        raise InvalidArgument(
+            f"a query of {len(params.vector)} vectors needs a MultiVector column; "
+            f"{params.vector_column!r} holds one vector per row: send one query vector"
+        )
+    elif params.vector.shape != (column.type.list_size,):
         raise InvalidArgument(
             f"query vector has {params.vector.size} dimensions, "
             f"column {params.vector_column!r} has {column.type.list_size}"

@@ -14,7 +14,7 @@ import lance
 import pyarrow as pa
 
 from embedsearch.contract.errors import AlreadyExists, InvalidArgument
-from embedsearch.contract.schema import is_vector
+from embedsearch.contract.schema import is_multivector, is_vector, vector_dims
 from embedsearch.contract.values import STEM_LANGUAGES, IndexInfo, IndexParams, IndexStats
 
 log = logging.getLogger("store_service.indexes")
@@ -126,7 +126,14 @@ def check_spec(spec: IndexSpec, schema: pa.Schema, existing: list[str]) -> None:
     if spec.column not in schema.names:
         raise InvalidArgument(f"unknown column {spec.column!r}; the table has {schema.names}")
     field_ = schema.field(spec.column)
-    vector = is_vector(field_)
+    vector = is_vector(field_) or is_multivector(field_)
+    multi = is_multivector(field_)
+    if spec.index_type in VECTOR_TYPES and multi and spec.params.metric != "cosine":
+        raise InvalidArgument(
+            f"{spec.index_type} on the MultiVector column {spec.column!r} needs "
+            f"metric='cosine' (Lance indexes multi-vectors by cosine only), got "
+            f"{spec.params.metric!r}"
+        )
     if spec.index_type in VECTOR_TYPES and not vector:
         raise InvalidArgument(
             f"{spec.index_type} needs a vector column; {spec.column!r} is {field_.type}"
@@ -272,7 +279,7 @@ def build(dataset: lance.LanceDataset, spec: IndexSpec, on_progress: Callable[..
     if spec.index_type in SCALAR_TYPES:
         dataset.create_scalar_index(spec.column, spec.index_type, **common)
         return
-    dims = dataset.schema.field(spec.column).type.list_size
+    dims = vector_dims(dataset.schema.field(spec.column))
     arguments = lance_arguments(spec, dataset.count_rows(), dims)
     dataset.create_index(spec.column, spec.index_type, **common, **arguments)
 

@@ -27,6 +27,7 @@ from embedsearch.contract.convert import (
     value_to_pb,
 )
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.multivector import query_vectors
 from embedsearch.contract.text import brief
 from embedsearch.contract.values import OptimizeResult, ReadParams, TakeParams
 from embedsearch.contract.wire import (
@@ -87,7 +88,7 @@ def search_from_pb(request: store_pb2.StoreSearchRequest) -> SearchParams:
     return params_from_pb(
         request,
         SearchParams,
-        vector=unpack_vector(request.vector),
+        vector=query_vectors(unpack_vector(request.vector), request.query_vectors),
         k=request.k or 10,
         metric=metric_from_pb(request.metric),
         projections=projections_from_pb(request.projections),

@@ -50,6 +50,22 @@ class Servers:
     def stop(self, index: int) -> None:
         self.loop.run(self.started[index].stop(0))
 
+    def with_model_roots(self, roots: str, data_root: Path) -> tuple[str, str]:
+        """An embedder whose --model-roots are ``roots`` (models a test built), with a store on
+        ``data_root`` and a gateway; (embedder, gateway) addresses, once serving."""
+        embedder = self.start(
+            create_embedder, EmbedderSettings(**{**QUIET, "preload": "", "model_roots": roots})
+        )
+        store = self.start(
+            create_store,
+            StoreSettings(data_root=str(data_root), maintenance_interval_s=0, **QUIET),
+        )
+        gateway = self.start(
+            create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)
+        )
+        wait_until_serving(gateway, timeout=120)
+        return embedder, gateway
+
     def stop_all(self) -> None:
         self.loop.stop_servers(self.started)
 

@@ -213,3 +213,13 @@ def test_allowed_base_urls_match_scheme_host_port_and_path(url, allowed):
     except PermissionDenied:
         refused = True
     assert refused != allowed
+
+
+def test_vectors_of_another_length_than_declared_are_refused(embedder, openai_double):
+    """The double answers 8 values; text-embedding-3-small declares 1536: nothing of that
+    size reaches a table."""
+    args = {"base_url": openai_double.base_url, "api_key": "sk-x", "name": "text-embedding-3-small"}
+    with pytest.raises(grpc.RpcError) as failed:
+        embed(embedder, "openai", ["hello"], **args)
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "8-dimensional" in failed.value.details() and "1536" in failed.value.details()

@@ -30,7 +30,7 @@ from embedsearch.contract.values import (
 )
 from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, gateway_pb2, store_pb2
-from gateway import clients, convert
+from gateway import clients, convert, convert_rerank
 from gateway import convert_schema as schema_edge
 from gateway.mapping import Binding
 from gateway.schema import (
@@ -52,6 +52,7 @@ from gateway.values import (
     MergeInsert,
     Provider,
     Read,
+    RerankCall,
     Resolved,
     ResultRows,
     Scan,
@@ -109,6 +110,7 @@ FROM_PB: dict[str, Callable[[Any], Any]] = {
     "Take": convert.take_from_pb,
     "ExplainPlan": convert.explain_from_pb,
     "SearchStream": convert.search_from_pb,
+    "Rerank": convert_rerank.rerank_call_from_pb,
 }
 # Values for fields whose bytes or strings must mean something, by field name; every other
 # field gets a non-default value of its type.
@@ -117,6 +119,7 @@ MEANINGFUL: dict[str, Any] = {
     "arrow_ipc": table_to_ipc(ROWS),
     "json": '[{"id": 1, "text": "a"}]',
     "vector": np.array([0.5, 0.25], dtype="<f4").tobytes(),
+    "query_vectors": 2,  # the two values above as two one-dimensional query vectors
     "type": "int64",
     "args": {"name": "all-MiniLM-L6-v2"},
 }
@@ -296,7 +299,7 @@ def test_every_request_field_is_read(rpc):
 
 INDEX = IndexInfo("text_idx", ["text"], "INVERTED", "ready", 1, 2, 0.5, "train_ivf", 1)
 BINDING = Binding("sentence-transformers", {"name": "x"}, "text", "vector", True, 3)
-PROVIDER = Provider("sentence-transformers", "all-MiniLM-L6-v2", ["text"], ["name"], "local")
+PROVIDER = Provider("colbert", "colbert-ir/colbertv2.0", ["text"], ["name"], "local", True)
 TABLE = StoreTable("t", SCHEMA, 3, 4, [INDEX], "f1", uri="/data/t.lance")
 BAD = BadVectors("fill", 0.5)
 
@@ -329,10 +332,12 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "Restore": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
     "ListProviders": [lambda: convert.providers_to_pb([PROVIDER])],
     "ResolveFunction": [
-        lambda: convert.resolved_to_pb(Resolved("p", {"name": "x"}, 3, ["text", "image"]))
+        lambda: convert.resolved_to_pb(Resolved("p", {"name": "x"}, 3, ["text", "image"], True))
     ],
     "GenerateEmbeddings": [
-        lambda: convert.embedded_to_pb(Embedded(np.ones((1, 3), np.float32), 3, "request-1"))
+        lambda: convert.embedded_to_pb(
+            Embedded(np.ones((2, 3), np.float32), 3, "request-1", vectors_per_input=[2])
+        )
     ],
     "RenameTable": [lambda: convert.table_info_to_pb(TableInfo(TABLE, [BINDING]))],
     "AddColumns": [lambda: convert.write_to_pb(WriteResult(1, 2, 3, 4))],
@@ -353,6 +358,7 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "Take": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],
     "SearchStream": [lambda: convert.read_to_pb(table_to_ipc(ROWS))],
     "ExplainPlan": [lambda: convert.explain_to_pb("KNN")],
+    "Rerank": [lambda: convert_rerank.scores_to_pb(np.array([0.5, 0.25]))],
 }
 
 # The requests the gateway sends its peers, built from values with every attribute set.
@@ -466,6 +472,11 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "Embed": [
         lambda: convert.embed_call_to_pb(
             EmbedCall("p", {"name": "x"}, "query", ["a"], [(b"png", "image/png")], "request-1")
+        )
+    ],
+    "Rerank": [
+        lambda: convert_rerank.rerank_call_to_pb(
+            RerankCall("cross-encoder", {"model_name": "x"}, "a cat", ["a dog"])
         )
     ],
 }

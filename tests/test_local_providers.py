@@ -42,8 +42,11 @@ def tiny_bert(tmp_path_factory) -> str:
 
     directory = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (directory / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    # vocab= (a dict), not vocab_file=: transformers 5 ignores the file, and every word would
+    # be [UNK], leaving the tests blind to what the model is given.
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    assert tokenizer(WORDS[0]).input_ids == [2, 5, 3]
+    tokenizer.save_pretrained(directory)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab),

@@ -101,8 +101,8 @@ def test_custom_registered_embedder_runs_on_the_client(db, table_name):
     best = table.search("apples").limit(1).to_list()[0]
     assert best["text"] == "red apples"
     np.testing.assert_allclose(best["vector"], MyEmbeddingModel("x").encode(["red apples"])[0])
-    binding = table.embedding_functions["vector"]
-    assert binding.client_side and binding.function.provider == "my-embedder"
+    conf = table.embedding_functions["vector"]
+    assert isinstance(conf.function, MyTextEmbedder) and conf.source_column == "text"
 
 
 def test_client_side_table_without_the_function_fails_clearly(stack, table_name):

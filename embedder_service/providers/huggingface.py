@@ -60,27 +60,38 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
                 self._loaded = (tokenizer, model, device)
             return self._loaded
 
+    # The tokenize/forward pipeline the batcher runs, and what the forward pass returns.
+    pipeline_class: ClassVar[type[TokenPipeline]] = TokenPipeline
+
     def pipeline(self) -> TokenPipeline:
         tokenizer, model, device = self._load()
         max_length = min(self.max_length, getattr(tokenizer, "model_max_length", self.max_length))
 
         def forward(features: dict[str, Any]) -> Any:
-            hidden = model(**features).last_hidden_state
-            return mean_pool(hidden, features["attention_mask"])
+            return self.output(model(**features).last_hidden_state, features)
 
-        return TokenPipeline(tokenizer, max_length, forward, device, self.normalize)
+        return self.pipeline_class(tokenizer, max_length, forward, device, self.normalize)
+
+    @staticmethod
+    def output(hidden: Any, features: dict[str, Any]) -> Any:
+        """One vector per input: the mean of its tokens' last hidden states."""
+        return mean_pool(hidden, features["attention_mask"])
 
     def ndims(self) -> int:
+        """The model's hidden size."""
         return int(self._load()[1].config.hidden_size)
 
-    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+    def embed_each(self, texts: list[str]) -> list[Any]:
+        """What the pipeline gives for each text, in batches of ``batch_size``."""
         pipeline = self.pipeline()
         prepared = pipeline.prepare("source", texts)
-        return np.concatenate(
-            [
-                pipeline.run(
-                    "source", [payload for payload, _ in prepared[i : i + self.batch_size]]
-                )
-                for i in range(0, len(prepared), self.batch_size)
-            ]
-        )
+        return [
+            output
+            for i in range(0, len(prepared), self.batch_size)
+            for output in pipeline.run(
+                "source", [payload for payload, _ in prepared[i : i + self.batch_size]]
+            )
+        ]
+
+    def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.embed_each(texts))

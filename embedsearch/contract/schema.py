@@ -18,6 +18,27 @@ def is_vector(field: pa.Field) -> bool:
     return pa.types.is_fixed_size_list(field.type) and pa.types.is_floating(field.type.value_type)
 
 
+def is_multivector(field: pa.Field) -> bool:
+    """A multi-vector column (LanceDB's ``MultiVector``): list<fixed_size_list of floats>."""
+    dtype = field.type
+    return (
+        (pa.types.is_list(dtype) or pa.types.is_large_list(dtype))
+        and pa.types.is_fixed_size_list(dtype.value_type)
+        and pa.types.is_floating(dtype.value_type.value_type)
+    )
+
+
+def vector_dims(field: pa.Field) -> int:
+    """The length of each vector of a vector or multi-vector column."""
+    dtype = field.type.value_type if is_multivector(field) else field.type
+    return int(dtype.list_size)
+
+
+def multivector_type(ndims: int) -> pa.DataType:
+    """The Arrow type of a multi-vector column: list<fixed_size_list<float32>[ndims]>."""
+    return pa.list_(vector_type(ndims))
+
+
 def is_list_type(arrow_type: pa.DataType) -> bool:
     """A list of any kind: variable, large or fixed-size."""
     return (
@@ -58,6 +79,8 @@ def _cast(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
         raise InvalidSchema(f"column {field.name!r} is not nullable but row {row} is null")
     if is_vector(field):
         _check_finite(cast, field)
+    elif is_multivector(field):
+        _check_finite(pc.list_flatten(cast), pa.field(field.name, field.type.value_type))
     return cast
 
 
@@ -152,10 +175,14 @@ class VectorFill:
     field: pa.Field
     matrix: np.ndarray
     valid: np.ndarray
+    # A multi-vector column's rows: a (vectors, ndims) array each (matrix is then unused).
+    groups: list[np.ndarray] | None = None
 
     @classmethod
     def start(cls, rows: pa.Table, field: pa.Field) -> VectorFill:
         """Read the vectors ``rows`` carry in ``field`` (checked against its dimension)."""
+        if is_multivector(field):
+            return cls._start_groups(rows, field)
         ndims = field.type.list_size
         matrix = np.zeros((rows.num_rows, ndims), dtype=np.float32)
         valid = np.zeros(rows.num_rows, dtype=bool)
@@ -168,25 +195,63 @@ class VectorFill:
                 matrix[valid] = present.values.to_numpy().reshape(-1, ndims)
         return cls(field, matrix, valid)
 
+    @classmethod
+    def _start_groups(cls, rows: pa.Table, field: pa.Field) -> VectorFill:
+        ndims = vector_dims(field)
+        empty = np.zeros((0, ndims), dtype=np.float32)
+        groups = [empty] * rows.num_rows
+        valid = np.zeros(rows.num_rows, dtype=bool)
+        if field.name in rows.column_names:
+            given = _cast(rows.column(field.name), field.with_nullable(True))
+            for row, value in enumerate(given.to_pylist()):
+                if value is not None:
+                    groups[row] = np.asarray(value, dtype=np.float32).reshape(-1, ndims)
+                    valid[row] = True
+        return cls(field, empty, valid, groups)
+
     def missing(self) -> np.ndarray:
         """Indices of the rows that still need a vector."""
         return np.flatnonzero(~self.valid)
 
     def set(self, rows: np.ndarray, vectors: np.ndarray | float) -> None:
-        """Give ``rows`` these vectors (or one value in every dimension)."""
-        self.matrix[rows] = vectors
+        """Give ``rows`` these vectors (or one value in every dimension). A multi-vector
+        column takes a sequence of (vectors, ndims) arrays, one per row, or one value (then
+        each row gets one vector of it)."""
+        if self.groups is None:
+            self.matrix[rows] = vectors
+        else:
+            scalar = isinstance(vectors, float | int)
+            for i, row in enumerate(np.atleast_1d(rows).tolist()):
+                value = np.full((1, vector_dims(self.field)), vectors) if scalar else vectors[i]  # type: ignore[index]
+                self.groups[row] = np.asarray(value, dtype=np.float32)
         self.valid[rows] = True
 
     def apply(self, rows: pa.Table) -> pa.Table:
         """``rows`` with this column replaced (or added); rows without a vector get null."""
-        flat = pa.array(self.matrix.ravel(), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(
-            flat, type=self.field.type, mask=pa.array(~self.valid)
-        )
+        if self.groups is not None:
+            column = _multivector_array(self.groups, self.valid, self.field.type)
+        else:
+            flat = pa.array(self.matrix.ravel(), type=pa.float32())
+            column = pa.FixedSizeListArray.from_arrays(
+                flat, type=self.field.type, mask=pa.array(~self.valid)
+            )
         index = rows.schema.get_field_index(self.field.name)
         if index >= 0:
             return rows.set_column(index, self.field, column)
         return rows.append_column(self.field, column)
+
+
+def _multivector_array(groups: list[np.ndarray], valid: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    """A list<fixed_size_list> array of one (vectors, ndims) group per row; null where not
+    ``valid``."""
+    counts = np.array([len(g) if ok else 0 for g, ok in zip(groups, valid, strict=True)])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    ndims = dtype.value_type.list_size
+    kept = [g for g, ok in zip(groups, valid, strict=True) if ok and len(g)]
+    flat = np.concatenate(kept).ravel() if kept else np.zeros(0, np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), ndims)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), vectors, mask=pa.array(~valid))
+    return lists.cast(dtype)
 
 
 def embeddable(value: object) -> bool:
