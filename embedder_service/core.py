@@ -183,7 +183,9 @@ class EmbedderCore:
         resolved = resolve_all(args, cls.sensitive_keys, self.settings.secrets_dir)
         check_path_args(getattr(cls, "path_keys", ()), resolved, self.model_roots)
         try:
-            func = cls.create(**resolved)
+            # Built from the resolved values (not create(), which refuses a literal secret as
+            # LanceDB does in a client: here the secrets are resolved on purpose).
+            func = cls(**resolved)
         except ValidationError as exc:
             message = f"bad arguments for provider {provider!r}: {_brief(exc)}"
             raise InvalidArgument(message) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -33,8 +34,15 @@ from embedder_service.providers import (  # noqa: F401 - importing them register
 from embedder_service.providers.sentence_transformers import bundled_model_path
 from embedder_service.rerank import RerankCore
 from embedder_service.settings import EmbedderSettings
-from embedsearch.contract.convert import MODALITY_TO_PB, MODES, spec_from_pb, spec_to_pb
+from embedsearch.contract.convert import (
+    MODALITY_TO_PB,
+    MODES,
+    args_to_pb,
+    spec_from_pb,
+    spec_to_pb,
+)
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.functions import EmbeddingFunction, sensitive_keys_of
 from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.wire import pack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
@@ -91,6 +99,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                     arguments=sorted(cls.model_fields),
                     kind=getattr(cls, "kind", "local"),
                     multi_vector=bool(getattr(cls, "multi_vector", False)),
+                    defaults=args_to_pb(argument_defaults(cls)),
                 )
                 for name, cls in self.core.registry.items()
             ]
@@ -189,3 +198,16 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
     readiness.warm_up(warm_up(), f"embedder, preloaded {preload or 'nothing'}")
     servicer.readiness = readiness  # the servicer, held by the server, keeps the warm-up alive
     return server, port
+
+
+def argument_defaults(cls: type[EmbeddingFunction]) -> dict[str, Any]:
+    """The defaults of ``cls``'s create() arguments that JSON can hold, secrets left out."""
+    secret = sensitive_keys_of(cls)
+    found: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        if info.is_required() or name in secret:
+            continue
+        value = info.get_default(call_default_factory=True)
+        if value is None or isinstance(value, str | bool | int | float):
+            found[name] = value
+    return found

@@ -275,6 +275,12 @@ class Connection:
             if isinstance(func, RemoteEmbeddingFunction):
                 func.bind(self)
                 binding.function.CopyFrom(spec_to_pb(func.provider, func.args))
+                if func.uses_client_variables():
+                    # Values only this process holds: the server could not resolve the function,
+                    # so the SDK embeds through it (sending the values) and the server stores the
+                    # vectors, as for a function registered here.
+                    binding.client_side = True
+                    binding.ndims = func.ndims()
             else:  # registered in this process: it runs here
                 binding.function.CopyFrom(spec_to_pb(alias_of(func), func.safe_model_dump()))
                 binding.client_side = True
@@ -428,3 +434,17 @@ def _answers(target: str) -> bool:
     except Unavailable:
         return False
     return True
+
+
+# LanceDB's names for the connection classes, for code that imports them from ``lancedb.db``.
+DBConnection = Connection
+LanceDBConnection = Connection
+
+
+def __getattr__(name: str) -> Any:
+    """``AsyncConnection`` lives in :mod:`embedsearch.aio`, which imports this module."""
+    if name == "AsyncConnection":
+        from embedsearch.aio import AsyncConnection
+
+        return AsyncConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -140,7 +140,7 @@ def local_functions(
         func = (
             registry.get(name).create(**args_from_pb(binding.function.args))
             if (name in registry)
-            else None
+            else client_variable_function(binding, connection)
         )
         found[binding.vector_column] = (binding, func)
     return found
@@ -150,10 +150,20 @@ def _require(
     binding: common_pb2.EmbeddingBinding, func: EmbeddingFunction | None
 ) -> EmbeddingFunction:
     if func is None:
+        variables = sorted(
+            str(v).split(":")[1]
+            for v in args_from_pb(binding.function.args).values()
+            if str(v).startswith("$var:")
+        )
+        remedy = (
+            f"set the variables {variables} it refers to with get_registry().set_var() first"
+            if variables
+            else "import the module that defines it "
+            f"(@register({binding.function.provider!r})) first"
+        )
         raise FailedPrecondition(
-            f"vector column {binding.vector_column!r} is computed by the client-side function "
-            f"{binding.function.provider!r}, which this process has not registered: import the "
-            f"module that defines it (@register({binding.function.provider!r})) first"
+            f"vector column {binding.vector_column!r} is computed in the client by the function "
+            f"{binding.function.provider!r}, which this process cannot run: {remedy}"
         )
     return func
 
@@ -196,7 +206,10 @@ def client_variable_function(
     from embedsearch.embeddings import RemoteProvider, providers_of
 
     info = providers_of(connection).get(binding.function.provider)
-    func = RemoteProvider(binding.function.provider, info).create(**args)
+    try:
+        func = RemoteProvider(binding.function.provider, info).create(**args)
+    except InvalidArgument:  # a variable this process has not set: not ours to embed
+        return None
     func.bind(connection)
     return func if func.uses_client_variables() else None
 

@@ -23,6 +23,7 @@ from embedsearch.contract.convert import (
     MODE_TO_PB,
     MODES,
     args_from_pb,
+    args_to_pb,
     index_params_from_pb,
     index_to_pb,
     index_type_from_pb,
@@ -381,12 +382,19 @@ def resolved_to_pb(resolved: Resolved) -> embedder_pb2.ResolveFunctionResponse:
 
 def provider_from_pb(info: embedder_pb2.ProviderInfo) -> Provider:
     modalities = [MODALITY_FROM_PB[m] for m in info.modalities if m in MODALITY_FROM_PB]
-    return value_from_pb(info, Provider, modalities=modalities)
+    return value_from_pb(
+        info, Provider, modalities=modalities, defaults=args_from_pb(info.defaults)
+    )
 
 
 def provider_to_pb(provider: Provider) -> embedder_pb2.ProviderInfo:
     modalities = [MODALITY_TO_PB[m] for m in provider.modalities]
-    return value_to_pb(provider, embedder_pb2.ProviderInfo, modalities=modalities)
+    return value_to_pb(
+        provider,
+        embedder_pb2.ProviderInfo,
+        modalities=modalities,
+        defaults=args_to_pb(provider.defaults),
+    )
 
 
 # -- to_pb -----------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from embedsearch.contract.errors import (
+    BadVectors as BadVectorsError,
+)
+from embedsearch.contract.errors import (
     EmbedsearchError,
     FailedPrecondition,
     InvalidArgument,
@@ -673,7 +676,7 @@ def _bad_rows(
 ) -> None:
     """Apply on_bad_vectors to rows a function cannot give a vector (``where`` says why)."""
     if bad.policy == ERROR:
-        raise InvalidArgument(
+        raise BadVectorsError(
             f"row {int(rows[0])}: {where}; fix the row, or set on_bad_vectors to drop, fill or null"
         )
     if bad.policy == DROP:

@@ -214,6 +214,7 @@ class Provider:
     arguments: list[str]
     kind: str
     multi_vector: bool = False  # several vectors per input (colbert)
+    defaults: dict[str, Any] = field(default_factory=dict)  # of create()'s arguments
 
 
 @dataclass

@@ -74,5 +74,5 @@ def test_a_bad_vector_is_refused_as_lancedb_refuses_it(fresh_db, lance_db):
     with pytest.raises(errors.InvalidArgument) as ours:
         fresh_db.create_table("t", data=BAD)
     assert str(ours.value).endswith(str(theirs.value))
-    assert ours.value.reason == "INVALID_ARGUMENT"
+    assert ours.value.reason == "BAD_VECTORS"
     assert "t" not in fresh_db

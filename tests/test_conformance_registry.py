@@ -28,6 +28,7 @@ from embedsearch.embeddings import (
     get_registry,
 )
 from embedsearch.embeddings.utils import with_embeddings
+from embedsearch.errors import FailedPrecondition
 from embedsearch.pydantic import LanceModel, Vector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,8 @@ def test_set_var_resolves_in_create_and_the_reference_is_persisted(fresh_db, lan
         assert defaulted.device == "cpu:0"
         with pytest.raises(ValueError):
             registry.get("toy-vars").create(device="$var:toy_never_set")
+        with pytest.raises(ValueError, match="Sensitive key 'api_key' cannot be set to a hard"):
+            registry.get("toy-vars").create(api_key="sk-literal")  # a secret must be a $var:
         with pytest.raises(ValueError):
             registry.set_var("bad:name", "x")
         table = db.create_table("vars", schema=toy_schema(db, func))
@@ -402,3 +405,44 @@ def test_bound_server_function_embeds_after_unpickling_in_another_process(
     name, ndims, uri = done.stdout.split()
     assert (name, int(ndims), uri) == ("RemoteTextEmbeddingFunction", 384, db.uri)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+def test_a_variable_only_the_client_holds_works_over_grpc(stack, model_path):
+    """A client process sets $var:model; the gateway and embedder (this process) never see the
+    value. The table is created, rows are embedded and a text search finds them: the SDK
+    embeds through the server-hosted function, sending the value; the table keeps the
+    reference. A process that has not set the variable is told to set it."""
+    script = textwrap.dedent(
+        f"""
+        import json, embedsearch
+        from embedsearch.embeddings import get_registry
+        from embedsearch.pydantic import LanceModel, Vector
+        registry = get_registry()
+        registry.set_var("client_only_model", {model_path!r})
+        func = registry.get("sentence-transformers").create(name="$var:client_only_model")
+
+        class Docs(LanceModel):
+            text: str = func.SourceField()
+            vector: Vector(func.ndims()) = func.VectorField()
+
+        db = embedsearch.connect("grpc://{stack.gateway}")
+        table = db.create_table("client_variable", schema=Docs, mode="overwrite")
+        table.add([{{"text": "red apples"}}, {{"text": "blue skies"}}])
+        stored = json.loads(table.schema.metadata[b"embedding_functions"])[0]["model"]["name"]
+        print(stored, table.search("fruit").limit(1).to_list()[0]["text"].replace(" ", "_"))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "GRPC_VERBOSITY": "ERROR", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["$var:client_only_model", "red_apples"]
+    here = embedsearch.connect(f"grpc://{stack.gateway}").open_table("client_variable")
+    assert here.count_rows() == 2
+    with pytest.raises(FailedPrecondition, match="client_only_model"):
+        here.search("fruit").limit(1).to_list()

@@ -299,7 +299,9 @@ def test_every_request_field_is_read(rpc):
 
 INDEX = IndexInfo("text_idx", ["text"], "INVERTED", "ready", 1, 2, 0.5, "train_ivf", 1)
 BINDING = Binding("sentence-transformers", {"name": "x"}, "text", "vector", True, 3)
-PROVIDER = Provider("colbert", "colbert-ir/colbertv2.0", ["text"], ["name"], "local", True)
+PROVIDER = Provider(
+    "colbert", "colbert-ir/colbertv2.0", ["text"], ["name"], "local", True, {"name": "x"}
+)
 TABLE = StoreTable("t", SCHEMA, 3, 4, [INDEX], "f1", uri="/data/t.lance")
 BAD = BadVectors("fill", 0.5)
 

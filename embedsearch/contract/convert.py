@@ -96,12 +96,17 @@ def spec_from_pb(spec: common_pb2.FunctionSpec) -> tuple[str, dict[str, Any]]:
 
 def spec_to_pb(provider: str, args: dict[str, Any]) -> common_pb2.FunctionSpec:
     """A FunctionSpec from (provider, args)."""
+    return common_pb2.FunctionSpec(provider=provider, args=args_to_pb(args))
+
+
+def args_to_pb(args: dict[str, Any]) -> struct_pb2.Struct:
+    """create() keyword arguments as a Struct; InvalidArgument for a value JSON cannot hold."""
     struct = struct_pb2.Struct()
     try:
         struct.update(args)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"create() arguments must be JSON values: {exc}") from exc
-    return common_pb2.FunctionSpec(provider=provider, args=struct)
+    return struct
 
 
 def metric_from_pb(metric: int) -> str | None:

@@ -71,6 +71,15 @@ class InvalidSchema(InvalidArgument):
     metadata_keys = ()
 
 
+class BadVectors(InvalidArgument, RuntimeError):
+    """Vectors with a NaN, a missing value or the wrong length, refused by
+    ``on_bad_vectors="error"``. A ValueError and a RuntimeError: LanceDB raises the one on
+    ``create_table`` and the other on ``add``, and code written for it catches either."""
+
+    reason = "BAD_VECTORS"
+    metadata_keys = ()
+
+
 class NotFound(EmbedsearchError, LookupError):
     """A named thing does not exist."""
 
@@ -214,6 +223,7 @@ RETRY_AFTER_KEY = "retry-after-ms"
 STATUS_CODES: dict[type[EmbedsearchError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
     InvalidSchema: "INVALID_ARGUMENT",
+    BadVectors: "INVALID_ARGUMENT",
     NotFound: "NOT_FOUND",
     TableNotFound: "NOT_FOUND",
     AlreadyExists: "ALREADY_EXISTS",
@@ -277,6 +287,7 @@ __all__ = [
     "RETRY_AFTER_KEY",
     "STATUS_CODES",
     "AlreadyExists",
+    "BadVectors",
     "Cancelled",
     "CommitConflict",
     "DeadlineExceeded",

@@ -81,7 +81,16 @@ class EmbeddingFunction(BaseModel, ABC):
     @classmethod
     def create(cls, **kwargs: Any) -> Self:
         """Instantiate with these arguments (``$var:`` references resolved) and remember them,
-        references kept, for persistence."""
+        references kept, for persistence. A secret argument must be a reference, as in
+        LanceDB: the function runs in this process and its arguments go into table metadata.
+        (Server-hosted functions, ``RemoteProvider.create``, also take a literal key, used for
+        the call and never stored.)"""
+        for key in sensitive_keys_of(cls) & kwargs.keys():
+            value = kwargs[key]
+            if isinstance(value, str) and not is_reference(value):
+                error = InvalidArgument(f"Sensitive key '{key}' cannot be set to a hardcoded value")
+                error.add_note("Help: Use $var: to set sensitive keys to variables")
+                raise error
         instance = cls(**resolve_variables(kwargs, PROCESS_VARIABLES))
         instance._original_args = dict(kwargs)
         return instance

@@ -9,7 +9,7 @@ import math
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.errors import BadVectors
 
 REMEDIES = (
     "Set on_bad_vectors='drop' to remove them, set on_bad_vectors='fill' and "
@@ -33,7 +33,7 @@ def resolve_bad_vectors(
     missing_is_bad: bool = True,
 ) -> pa.Table:
     """``rows`` with column ``name``'s bad vectors resolved by the policy: "error" raises
-    InvalidArgument naming the remedies, "drop" drops the rows, "fill" cuts or pads each bad
+    BadVectors naming the remedies, "drop" drops the rows, "fill" cuts or pads each bad
     vector to ``dims`` with ``fill_value`` in every padded or NaN slot, "null" nulls it.
 
     ``dims`` is the column's length (default: its fixed size, or its rows' most common
@@ -69,7 +69,7 @@ def resolve_bad_vectors(
             )
         else:
             where, what = f"row {pc.index(has_nan, True).as_py()} has a NaN", "NaNs"
-        raise InvalidArgument(f"{where}: Vector column '{name}' has {what}. {REMEDIES}")
+        raise BadVectors(f"{where}: Vector column '{name}' has {what}. {REMEDIES}")
     if on_bad_vectors == "drop":
         return rows.filter(pc.invert(bad))
     as_list = column.cast(pa.list_(column.type.value_type))

@@ -175,6 +175,9 @@ class RemoteEmbeddingFunction(EmbeddingFunction):
         if item in call:
             return call[item]
         info = self._info
+        if info is not None and item in info.defaults:
+            # The provider's default: known from the provider list, with no call.
+            return args_from_pb(info.defaults)[item]
         if info is not None and item in info.arguments:
             return self._canonical_args().get(item)
         raise AttributeError(f"{type(self).__name__!r} for {self.provider!r} has no {item!r}")
