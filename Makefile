@@ -10,17 +10,19 @@ STUBS := embedsearch/v1/.generated
 # multi-GB CUDA build for the torch range in pyproject.toml.
 WHEELS := /opt/wheels
 PIP_LOCAL := $(if $(wildcard $(WHEELS)/torch-2.13.0+cpu-*.whl),--find-links $(WHEELS) -c constraints/cpu.txt,)
-# The open-clip provider needs torchvision, which does not load beside the CPU torch above:
-# its tests run an embedder from a second environment with torch and torchvision that match.
-VISION_VENV ?= .venv-vision
-VISION_STAMP := $(VISION_VENV)/.installed
-VISION_LOCAL := $(if $(wildcard /opt/wheels),-c constraints/vision.txt,)
+# The image, audio and video providers (open-clip, imagebind) need torchvision and torchaudio,
+# which do not load beside the CPU torch above: their tests run an embedder from one second
+# environment where torch, torchvision and torchaudio are releases built together
+# (constraints/multimodal.txt). torchaudio loads here only beside torch 2.9.1, a CUDA build on
+# PyPI: about 8 GB and 2 minutes to install.
+MULTIMODAL_VENV ?= .venv-multimodal
+MULTIMODAL_STAMP := $(MULTIMODAL_VENV)/.installed
 ONLY ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install install-vision protos run test lint bench clean
+.PHONY: help install install-multimodal protos run test lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,21 +42,21 @@ install: $(STAMP) $(STUBS) ## Create .venv, install the project and generate gRP
 
 protos: $(STUBS) ## Regenerate the gRPC stubs
 
-$(VISION_STAMP): pyproject.toml constraints/vision.txt
-	test -x $(VISION_VENV)/bin/python || python3 -m venv $(VISION_VENV)
-	$(VISION_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VISION_VENV)/bin/python -m pip install -q $(VISION_LOCAL) -e '.[vision]'
-	touch $(VISION_STAMP)
+$(MULTIMODAL_STAMP): pyproject.toml constraints/multimodal.txt
+	test -x $(MULTIMODAL_VENV)/bin/python || python3 -m venv $(MULTIMODAL_VENV)
+	$(MULTIMODAL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MULTIMODAL_VENV)/bin/python -m pip install -q -c constraints/multimodal.txt -e '.[imagebind]'
+	touch $(MULTIMODAL_STAMP)
 
-install-vision: install $(VISION_STAMP) ## A second env with torchvision + open_clip, for image providers
+install-multimodal: install $(MULTIMODAL_STAMP) ## A second env (torchvision, torchaudio) for open-clip and imagebind
 
 run: install ## Start gateway, embedder and store on their defaults (./data, all-MiniLM-L6-v2)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedsearch up --data-dir ./data
 
-test: install install-vision ## Run ruff and the test suite
+test: install install-multimodal ## Run ruff and the test suite
 	$(VENV)/bin/ruff check .
-	HF_HUB_OFFLINE=1 GRPC_VERBOSITY=ERROR VISION_PYTHON=$(VISION_VENV)/bin/python \
-		$(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 GRPC_VERBOSITY=ERROR VISION_PYTHON=$(MULTIMODAL_VENV)/bin/python \
+		MULTIMODAL_PYTHON=$(MULTIMODAL_VENV)/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## Run ruff
 	$(VENV)/bin/ruff check .
@@ -63,7 +65,7 @@ bench: install ## Run the benchmarks in bench/ (ONLY=<name> for one); prints JSO
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ONLY)
 
 clean: ## Remove the virtualenvs and generated stubs
-	rm -rf $(VENV) $(VISION_VENV) embedsearch/v1
+	rm -rf $(VENV) $(MULTIMODAL_VENV) embedsearch/v1
 
 .PHONY: proto-descriptor prometheus-rule
 

@@ -22,6 +22,7 @@ from embedder_service.providers import (  # noqa: F401 - importing them register
     cross_encoder,
     gemini_text,
     huggingface,
+    imagebind,
     instructor,
     jina,
     ollama,

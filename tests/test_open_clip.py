@@ -1,4 +1,4 @@
-"""The open-clip provider, run by an embedder in the vision environment (make install-vision).
+"""The open-clip provider, run by an embedder in the vision environment (make install-multimodal).
 
 The weights are random (``pretrained=None``): nothing can be downloaded here. The test checks
 the real loading and inference path: shapes, determinism, and one space for text and images.
@@ -29,7 +29,7 @@ from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 
 ROOT = Path(__file__).parent.parent
-VISION_PYTHON = Path(os.environ.get("VISION_PYTHON", ROOT / ".venv-vision" / "bin" / "python"))
+VISION_PYTHON = Path(os.environ.get("VISION_PYTHON", ROOT / ".venv-multimodal" / "bin" / "python"))
 SPEC = spec_to_pb("open-clip", {"name": "ViT-B-32", "pretrained": None, "device": "cpu"})
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def png(seed: int, size: int = 48) -> bytes:
 
 @pytest.fixture(scope="module")
 def clip_embedder():
-    assert VISION_PYTHON.exists(), f"{VISION_PYTHON} is missing: run make install-vision"
+    assert VISION_PYTHON.exists(), f"{VISION_PYTHON} is missing: run make install-multimodal"
     with service_process(
         "embedder_service", "--preload", "", python=str(VISION_PYTHON), ready_timeout=120
     ) as (address, _):

@@ -66,7 +66,7 @@ class OpenClipEmbeddings(EmbeddingFunction):
                 except ImportError as exc:
                     raise FailedPrecondition(
                         "the open-clip provider needs open_clip_torch and torchvision in the "
-                        f"embedder's environment (make install-vision): {exc}"
+                        f"embedder's environment (make install-multimodal): {exc}"
                     ) from exc
                 device = resolve_device(self.device)
                 if self.pretrained is None:
