@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from service_kit.cli import up_command
-from service_kit.launch import free_port, service_process
+from service_kit.cli import running
+from service_kit.launch import service_process
 
 
 def machine() -> str:
@@ -74,23 +73,8 @@ def percentiles(samples_s: list[float]) -> tuple[float, float]:
 @contextmanager
 def running_stack(data_dir: Path) -> Iterator[str]:
     """``embedsearch up`` on free ports, as a deployment runs it; yields the gateway URI."""
-    ports = {name: free_port() for name in ("gateway", "embedder", "store")}
-    metrics = {name: free_port() for name in ports}
-    command = up_command(str(data_dir), "127.0.0.1", ports, metrics)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
-    try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if "embedsearch is up" in line:
-                break
-        else:
-            raise RuntimeError("embedsearch up exited before it was serving")
-        yield f"grpc://127.0.0.1:{ports['gateway']}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    with running(str(data_dir)) as address:
+        yield f"grpc://{address}"
 
 
 @contextmanager

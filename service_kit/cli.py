@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from embedsearch.contract.channels import wait_until_serving
 from embedsearch.contract.errors import FailedPrecondition, Unavailable
-from service_kit.launch import PARENT_PID_ENV, require_server_extra
+from service_kit.launch import PARENT_PID_ENV, free_port, require_server_extra
 
 READY_TIMEOUT_S = 180.0
 # After its grace period (10 s by default) a stopping service cancels what is left; past this,
@@ -30,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
         "--internal-host",
         default="127.0.0.1",
         help="interface embedder and store listen on (loopback: only the gateway reaches them)",
+    )
+    up.add_argument(
+        "--embedder-python",
+        default=os.environ.get("EMBEDSEARCH_EMBEDDER_PYTHON", sys.executable),
+        help="the Python that runs the embedder (EMBEDSEARCH_EMBEDDER_PYTHON): a multimodal "
+        "environment's for the image, audio and video providers (make install-multimodal)",
     )
     up.add_argument(
         "--metrics-host",
@@ -57,7 +65,7 @@ def up(args: argparse.Namespace) -> int:
             "embedder",
             embedder_addr,
             [
-                python,
+                args.embedder_python,
                 "-m",
                 "embedder_service",
                 "--host",
@@ -211,7 +219,11 @@ def _wait(address: str, proc: subprocess.Popen[bytes], stopping: object) -> None
 
 
 def up_command(
-    data_dir: str, host: str, ports: dict[str, int], metrics_ports: dict[str, int]
+    data_dir: str,
+    host: str,
+    ports: dict[str, int],
+    metrics_ports: dict[str, int],
+    embedder_python: str = sys.executable,
 ) -> list[str]:
     """The argv of ``embedsearch up`` on the given ports (keys: gateway, embedder, store)."""
     command = [
@@ -223,10 +235,41 @@ def up_command(
         data_dir,
         "--host",
         host,
+        "--embedder-python",
+        embedder_python,
     ]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port), f"--{name}-metrics-port", str(metrics_ports[name])]
     return command
+
+
+@contextmanager
+def running(
+    data_dir: str, embedder_python: str = sys.executable, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``embedsearch up`` in a subprocess, on free loopback ports, as a deployment runs it
+    (for tests and benchmarks): yields the gateway's address once every service is SERVING,
+    and stops the stack on the way out."""
+    ports = {name: free_port() for name in ("gateway", "embedder", "store")}
+    metrics = {name: free_port() for name in ports}
+    command = up_command(data_dir, "127.0.0.1", ports, metrics, embedder_python)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if "embedsearch is up" in line:
+                break
+        else:
+            raise Unavailable("embedsearch up exited before it was serving")
+        yield f"127.0.0.1:{ports['gateway']}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:

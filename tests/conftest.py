@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,21 @@ from embedsearch.local import _Loop
 from embedsearch.v1 import embedder_pb2_grpc, gateway_pb2_grpc, store_pb2_grpc
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from service_kit.launch import service_process
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 
 QUIET = {"host": "127.0.0.1", "port": 0, "metrics_port": -1, "grace_period_s": 0.0}
+ROOT = Path(__file__).parent.parent
+#: The multimodal environment (make install-multimodal): torch 2.9.1, torchvision, torchaudio,
+#: open_clip, imagebind-unofficial, PyAV.
+MULTIMODAL_PYTHON = os.environ.get(
+    "MULTIMODAL_PYTHON", str(ROOT / ".venv-multimodal" / "bin" / "python")
+)
+NO_MULTIMODAL = (
+    f"{MULTIMODAL_PYTHON} is missing: run make install-multimodal (torch 2.9.1, torchaudio, "
+    "imagebind-unofficial), or name that environment's python in MULTIMODAL_PYTHON"
+)
 
 
 @dataclass
@@ -164,3 +176,37 @@ def lance_db(tmp_path: Path) -> Any:
     import lancedb
 
     return lancedb.connect(tmp_path / "lancedb")
+
+
+@pytest.fixture(scope="session")
+def imagebind_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ImageBind's checkpoint ``tiny.pt``, its fixtures (PNGs, WAV and FLAC
+    tones, an MP4 of colours) and reference vectors: built by tests/imagebind_tiny.py."""
+    assert Path(MULTIMODAL_PYTHON).exists(), NO_MULTIMODAL
+    out = tmp_path_factory.mktemp("imagebind")
+    done = subprocess.run(
+        [MULTIMODAL_PYTHON, str(Path(__file__).with_name("imagebind_tiny.py")), str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def imagebind_embedder(imagebind_dir: Path) -> Iterator[str]:
+    """The address of an embedder run from the multimodal python, its --model-roots on
+    :func:`imagebind_dir`."""
+    with service_process(
+        "embedder_service",
+        "--preload",
+        "",
+        "--model-roots",
+        str(imagebind_dir),
+        python=MULTIMODAL_PYTHON,
+        env={"PYTHONPATH": str(ROOT)},
+        ready_timeout=120,
+    ) as (address, _):
+        yield address

@@ -1,17 +1,17 @@
 """The imagebind provider, run by an embedder in the multimodal environment.
 
 That environment (torch 2.9.1 with torchvision and torchaudio, imagebind-unofficial, PyAV,
-decord) is named by ``MULTIMODAL_PYTHON``; without it these tests are skipped. The model is a
-tiny ImageBindModel with random weights, built by ``tests/imagebind_tiny.py`` from the
-package's own constructor, together with the fixtures (two images, two tones, a video of
-colours) and the vectors of the model before its checkpoint was written.
+decord) is named by ``MULTIMODAL_PYTHON``; without it these tests fail, naming the install
+step. The model is a tiny ImageBindModel with random weights, built by
+``tests/imagebind_tiny.py`` from the package's own constructor, together with the fixtures (two
+images, two tones, a video of colours) and the vectors of the model before its checkpoint was
+written; conftest's ``imagebind_dir`` and ``imagebind_embedder`` build it and serve it once per
+session, for this file and tests/test_imagebind_tables.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -21,52 +21,23 @@ from helpers import expect_code
 
 from embedsearch.contract.convert import spec_to_pb
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
-from service_kit.launch import service_process
 
-ROOT = Path(__file__).parent.parent
-MULTIMODAL_PYTHON = os.environ.get(
-    "MULTIMODAL_PYTHON", str(ROOT / ".venv-multimodal" / "bin" / "python")
-)
 TEXTS = ["a red square", "a low hum", "a video of colours"]
 MIME = {"png": "image/png", "wav": "audio/wav", "flac": "audio/flac", "mp4": "video/mp4"}
 IMAGES, AUDIO, VIDEO = ["red.png", "blue.png"], ["tone-440.wav", "tone-880.wav"], ["colours.mp4"]
 
 pytestmark = pytest.mark.slow
-NO_ENVIRONMENT = (
-    f"{MULTIMODAL_PYTHON} is missing: run make install-multimodal (torch 2.9.1, torchaudio, "
-    "imagebind-unofficial), or name that environment's python in MULTIMODAL_PYTHON"
-)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(imagebind_dir) -> Path:
     """A directory holding tiny.pt, the fixtures and reference.npz (see the script)."""
-    assert Path(MULTIMODAL_PYTHON).exists(), NO_ENVIRONMENT
-    out = tmp_path_factory.mktemp("imagebind")
-    done = subprocess.run(
-        [MULTIMODAL_PYTHON, str(Path(__file__).with_name("imagebind_tiny.py")), str(out)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return imagebind_dir
 
 
 @pytest.fixture(scope="module")
-def stub(tiny):
-    with service_process(
-        "embedder_service",
-        "--preload",
-        "",
-        "--model-roots",
-        str(tiny),
-        python=MULTIMODAL_PYTHON,
-        env={"PYTHONPATH": str(ROOT)},
-        ready_timeout=120,
-    ) as (address, _):
-        yield embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(address))
+def stub(imagebind_embedder):
+    return embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(imagebind_embedder))
 
 
 def spec(tiny: Path, **args):
