@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -68,3 +69,36 @@ def expect_code(
     for fragment in fragments:
         assert fragment in details, details
     return details
+
+
+def tiny_bert(
+    directory: Path, words: list[str], model_class: str = "BertModel", **sizes: Any
+) -> str:
+    """A BERT with random (seeded) weights and a word-level vocabulary (BERT's five special
+    tokens, then ``words``), saved with its tokenizer to ``directory``; ``sizes`` override the
+    BertConfig below (``model_class`` names the transformers class: BertModel, or
+    BertForSequenceClassification for a cross-encoder)."""
+    import torch
+    import transformers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    # vocab= (a dict), not vocab_file=: transformers 5 ignores the file, and every word would
+    # be [UNK], leaving the tests blind to what the model is given.
+    tokenizer = transformers.BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    assert tokenizer(words[0]).input_ids == [2, 5, 3]
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 64,
+        **sizes,
+    }
+    model = getattr(transformers, model_class)(
+        transformers.BertConfig(vocab_size=len(vocab), **config)
+    )
+    model.save_pretrained(directory)
+    return str(directory)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import Servers
-from helpers import expect_code
+from helpers import expect_code, tiny_bert
 
 import embedsearch
 from embedsearch.contract.convert import spec_to_pb
@@ -27,29 +27,10 @@ DIMS = 4
 def tiny_colbert(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1-layer BERT with random (seeded) weights and a word-level vocabulary. A large
     initializer range makes token vectors differ by token, not only by position."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     directory = tmp_path_factory.mktemp("models") / "tiny-colbert"
-    directory.mkdir()
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    # vocab= (a dict), not vocab_file=: transformers 5 ignores the file, and every word would
-    # be [UNK].
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
-    tokenizer.save_pretrained(directory)
-    assert tokenizer("the cat").input_ids == [2, 5, 6, 3]
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        initializer_range=0.5,
+    return tiny_bert(
+        directory, WORDS, hidden_size=16, max_position_embeddings=32, initializer_range=0.5
     )
-    BertModel(config).save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")

@@ -393,16 +393,8 @@ def test_bound_server_function_embeds_after_unpickling_in_another_process(
         print(type(func).__name__, func.ndims(), func.connection().uri)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HF_HUB_OFFLINE": "1", "GRPC_VERBOSITY": "ERROR", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    name, ndims, uri = done.stdout.split()
+    output = in_a_fresh_interpreter(script)
+    name, ndims, uri = output.split()
     assert (name, int(ndims), uri) == ("RemoteTextEmbeddingFunction", 384, db.uri)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
 
@@ -432,6 +424,17 @@ def test_a_variable_only_the_client_holds_works_over_grpc(stack, model_path):
         print(stored, table.search("fruit").limit(1).to_list()[0]["text"].replace(" ", "_"))
         """
     )
+    output = in_a_fresh_interpreter(script)
+    assert output.split() == ["$var:client_only_model", "red_apples"]
+    here = embedsearch.connect(f"grpc://{stack.gateway}").open_table("client_variable")
+    assert here.count_rows() == 2
+    with pytest.raises(FailedPrecondition, match="client_only_model"):
+        here.search("fruit").limit(1).to_list()
+
+
+def in_a_fresh_interpreter(script: str) -> str:
+    """What ``script`` prints, run by a new Python (nothing of this process's registry or
+    variables); it must succeed."""
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -441,8 +444,4 @@ def test_a_variable_only_the_client_holds_works_over_grpc(stack, model_path):
         env={"HF_HUB_OFFLINE": "1", "GRPC_VERBOSITY": "ERROR", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["$var:client_only_model", "red_apples"]
-    here = embedsearch.connect(f"grpc://{stack.gateway}").open_table("client_variable")
-    assert here.count_rows() == 2
-    with pytest.raises(FailedPrecondition, match="client_only_model"):
-        here.search("fruit").limit(1).to_list()
+    return done.stdout

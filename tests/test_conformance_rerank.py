@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from api_doubles import CohereDouble, rerank_score
 from conftest import Servers, Stack
+from helpers import tiny_bert
 
 import embedsearch
 from embedsearch import rerankers as ours
@@ -46,25 +47,9 @@ QUERY_VECTOR = [1.0, 1.0]
 def build_cross_encoder(path: Path) -> str:
     """A randomly initialised one-layer BERT cross-encoder (num_labels=1) with a word-level
     vocabulary, loadable by ``sentence_transformers.CrossEncoder(path)``."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(path))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        num_labels=1,
-        initializer_range=0.2,
+    return tiny_bert(
+        path, WORDS, "BertForSequenceClassification", num_labels=1, initializer_range=0.2
     )
-    BertForSequenceClassification(config).save_pretrained(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

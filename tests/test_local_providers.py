@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import QUIET
-from helpers import expect_code
+from helpers import expect_code, tiny_bert
 
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
@@ -35,29 +35,11 @@ WORDS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
+def bert_dir(tmp_path_factory) -> str:
     """A 2-layer BERT with random (seeded) weights and a word-level vocabulary, saved to disk."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    # vocab= (a dict), not vocab_file=: transformers 5 ignores the file, and every word would
-    # be [UNK], leaving the tests blind to what the model is given.
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
-    assert tokenizer(WORDS[0]).input_ids == [2, 5, 3]
-    tokenizer.save_pretrained(directory)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+    return tiny_bert(
+        tmp_path_factory.mktemp("tiny-bert"), WORDS, num_hidden_layers=2, intermediate_size=64
     )
-    BertModel(config).save_pretrained(directory)
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
@@ -76,29 +58,29 @@ def embed(stub, texts, **args):
     return np.frombuffer(reply.vectors, "<f4").reshape(reply.count, reply.ndims)
 
 
-def test_huggingface_mean_pooling_on_a_tiny_bert(embedder, tiny_bert):
+def test_huggingface_mean_pooling_on_a_tiny_bert(embedder, bert_dir):
     from transformers import AutoModel, AutoTokenizer
 
     texts = ["vector search", "the fast lance database", "grpc"]
     resolved = embedder.ResolveFunction(
-        embedder_pb2.ResolveFunctionRequest(function=spec_to_pb("huggingface", {"name": tiny_bert}))
+        embedder_pb2.ResolveFunctionRequest(function=spec_to_pb("huggingface", {"name": bert_dir}))
     )
     assert resolved.ndims == 32
 
-    together = embed(embedder, texts, name=tiny_bert)
-    alone = np.stack([embed(embedder, [t], name=tiny_bert)[0] for t in texts])
+    together = embed(embedder, texts, name=bert_dir)
+    alone = np.stack([embed(embedder, [t], name=bert_dir)[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)  # padding does not leak into the mean
-    np.testing.assert_array_equal(embed(embedder, texts, name=tiny_bert), together)
+    np.testing.assert_array_equal(embed(embedder, texts, name=bert_dir), together)
 
     tokenizer, model = (
-        AutoTokenizer.from_pretrained(tiny_bert),
-        AutoModel.from_pretrained(tiny_bert),
+        AutoTokenizer.from_pretrained(bert_dir),
+        AutoModel.from_pretrained(bert_dir),
     )
     encoded = tokenizer([texts[1]], return_tensors="pt")
     expected = model(**encoded).last_hidden_state.mean(dim=1).detach().numpy()[0]
     np.testing.assert_allclose(together[1], expected, atol=1e-5)
 
-    normalized = embed(embedder, texts, name=tiny_bert, normalize=True)
+    normalized = embed(embedder, texts, name=bert_dir, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
 
 

@@ -16,6 +16,7 @@ from embedder_service.providers.local import (
     mean_pool,
     model_loading,
     resolve_device,
+    run_in_batches,
     weights_dir,
 )
 from embedsearch.contract.functions import TextEmbeddingFunction
@@ -83,15 +84,7 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
 
     def embed_each(self, texts: list[str]) -> list[Any]:
         """What the pipeline gives for each text, in batches of ``batch_size``."""
-        pipeline = self.pipeline()
-        prepared = pipeline.prepare("source", texts)
-        return [
-            output
-            for i in range(0, len(prepared), self.batch_size)
-            for output in pipeline.run(
-                "source", [payload for payload, _ in prepared[i : i + self.batch_size]]
-            )
-        ]
+        return run_in_batches(self.pipeline(), "source", texts, self.batch_size)
 
     def generate_embeddings(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.embed_each(texts))

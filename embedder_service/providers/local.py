@@ -166,3 +166,14 @@ def mean_pool(hidden: Any, attention_mask: Any) -> Any:
     """Average of the token vectors, padding excluded."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def run_in_batches(pipeline: Any, mode: str, inputs: list[Any], batch_size: int) -> list[Any]:
+    """What ``pipeline`` gives for each input, prepared and then run ``batch_size`` at a time:
+    a function's own ``generate_embeddings``, outside the embedder's batcher."""
+    prepared = [payload for payload, _ in pipeline.prepare(mode, inputs)]
+    return [
+        output
+        for start in range(0, len(prepared), batch_size)
+        for output in pipeline.run(mode, prepared[start : start + batch_size])
+    ]

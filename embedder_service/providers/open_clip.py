@@ -13,7 +13,13 @@ from pydantic import AfterValidator, Field, PrivateAttr
 
 from embedder_service.guards import looks_like_path
 from embedder_service.providers import BUILTIN
-from embedder_service.providers.local import ROOTS_HINT, Device, model_loading, resolve_device
+from embedder_service.providers.local import (
+    ROOTS_HINT,
+    Device,
+    model_loading,
+    resolve_device,
+    run_in_batches,
+)
 from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
 from embedsearch.contract.functions import EmbeddingFunction, check_texts
 from embedsearch.contract.text import brief
@@ -110,14 +116,7 @@ class OpenClipEmbeddings(EmbeddingFunction):
         )
 
     def _embed(self, mode: str, inputs: list[Any]) -> np.ndarray:
-        runner = self.pipeline()
-        prepared = [payload for payload, _ in runner.prepare(mode, inputs)]
-        return np.concatenate(
-            [
-                runner.run(mode, prepared[i : i + self.batch_size])
-                for i in range(0, len(prepared), self.batch_size)
-            ]
-        )
+        return np.asarray(run_in_batches(self.pipeline(), mode, inputs, self.batch_size))
 
 
 class OpenClipRunner:
