@@ -7,6 +7,7 @@ the real loading and inference path: shapes, determinism, and one space for text
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -136,3 +137,18 @@ def test_image_column_through_the_gateway(servers, clip_embedder, tmp_path):
     assert by_image[0]["label"] == "noise 2" and by_image[0]["_distance"] < 1e-4
     by_text = table.search("a noisy picture").limit(4).to_list()
     assert len(by_text) == 4 and len(by_text[0]["vector"]) == 512
+    # LanceDB opens what the store wrote, rows and binding in its own metadata shape. (Its
+    # registry would build the function from it, but LanceDB's open-clip takes no
+    # pretrained=None: the random weights of this test.)
+    import lancedb
+
+    theirs = lancedb.connect(tmp_path).open_table("images")
+    assert theirs.count_rows() == 4
+    assert theirs.to_arrow()["label"].to_pylist() == [f"noise {i}" for i in range(4)]
+    (entry,) = json.loads(theirs.schema.metadata[b"embedding_functions"])
+    assert (entry["name"], entry["source_column"], entry["vector_column"]) == (
+        "open-clip",
+        "image",
+        "vector",
+    )
+    assert entry["model"]["name"] == "ViT-B-32"
