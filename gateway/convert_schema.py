@@ -9,6 +9,7 @@ from embedsearch.contract.convert import (
     compaction_from_pb,
     compaction_options_from_pb,
     params_from_pb,
+    projections_to_pb,
     statistics_from_pb,
     value_to_pb,
 )
@@ -120,7 +121,7 @@ def column_change_to_pb(change: ColumnChange) -> common_pb2.ColumnAlteration:
 def store_add_columns_to_pb(new: NewColumns, fingerprint: str) -> store_pb2.StoreAddColumnsRequest:
     return store_pb2.StoreAddColumnsRequest(
         name=new.table,
-        expressions=[common_pb2.Projection(name=n, expression=e) for n, e in new.expressions],
+        expressions=projections_to_pb(new.expressions),
         arrow_schema=new.arrow_schema,
         schema_fingerprint=fingerprint,
     )

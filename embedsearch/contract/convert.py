@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
@@ -126,8 +126,12 @@ def projections_from_pb(projections: Iterable[common_pb2.Projection]) -> dict[st
     return found
 
 
-def projections_to_pb(projections: dict[str, str]) -> list[common_pb2.Projection]:
-    return [common_pb2.Projection(name=k, expression=v) for k, v in projections.items()]
+def projections_to_pb(
+    projections: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> list[common_pb2.Projection]:
+    """Computed columns (name to SQL), from a mapping or from (name, SQL) pairs."""
+    pairs = projections.items() if isinstance(projections, Mapping) else projections
+    return [common_pb2.Projection(name=k, expression=v) for k, v in pairs]
 
 
 def optional(message: Message, name: str) -> Any:
