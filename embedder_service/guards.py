@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedsearch.contract.errors import InvalidArgument, PermissionDenied
 from embedsearch.contract.text import brief
+from service_kit.paths import real_path_within
 
 # A Hugging Face hub id: "name" or "org/name", no "..", nothing a loader reads as a path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -148,21 +149,13 @@ def check_model_path(arg: str, value: str, roots: Sequence[str]) -> None:
     """
     if not looks_like_path(value):
         return
-    try:
-        real = os.path.realpath(value)
-    except (OSError, ValueError):  # an embedded NUL byte, a symlink loop
-        real = ""
-    if real and any(_is_within(real, root) for root in roots):
+    if real_path_within(value, roots) is not None:
         return
     raise PermissionDenied(
         f"{arg}={brief(value)} is a local path, and this embedder opens model files only "
         "under the directories its operator lists in --model-roots (EMBEDDER_MODEL_ROOTS): "
         "put the model there, or name the bundled model or a model in the server's cache"
     )
-
-
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def check_path_args(path_keys: Iterable[str], args: dict[str, Any], roots: Sequence[str]) -> None:

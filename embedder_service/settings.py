@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 from pydantic import Field
@@ -10,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from embedder_service.batcher import BatchLimits
 from embedder_service.guards import RequestLimits
+from service_kit.paths import comma_list, real_dirs
 from service_kit.settings import ServiceSettings
 
 
@@ -72,15 +72,14 @@ class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
         return self.group(RequestLimits)
 
     def plugin_modules(self) -> list[str]:
-        return [name.strip() for name in self.plugins.split(",") if name.strip()]
+        return comma_list(self.plugins)
 
     def model_root_dirs(self) -> list[str]:
         """The --model-roots directories as real paths (symlinks resolved)."""
-        roots = (root.strip() for root in self.model_roots.split(","))
-        return [os.path.realpath(os.path.expanduser(root)) for root in roots if root]
+        return real_dirs(self.model_roots)
 
     def base_url_rules(self) -> tuple[str, ...]:
-        return tuple(url.strip() for url in self.allowed_base_urls.split(",") if url.strip())
+        return tuple(comma_list(self.allowed_base_urls))
 
     def preloaded(self) -> list[str]:
-        return [name.strip() for name in self.preload.split(",") if name.strip()]
+        return comma_list(self.preload)

@@ -96,6 +96,10 @@ class LocalStack:
                     store_addr=f"unix:{store_socket}",
                     peer_token="",
                     peer_token_file="",
+                    # The caller's own process: it reads any file and URL, as LanceDB does,
+                    # unless GATEWAY_MEDIA_ROOTS / GATEWAY_MEDIA_HOSTS say otherwise.
+                    media_roots=os.environ.get("GATEWAY_MEDIA_ROOTS", os.sep),
+                    media_hosts=os.environ.get("GATEWAY_MEDIA_HOSTS", "*"),
                     **common,
                 ),
             )

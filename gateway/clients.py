@@ -4,7 +4,8 @@ and read here; failed calls come back as typed errors."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -29,7 +30,7 @@ from embedsearch.contract.convert import (
     spec_to_pb,
     value_to_pb,
 )
-from embedsearch.contract.errors import Internal
+from embedsearch.contract.errors import Internal, InvalidArgument
 from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.values import IndexInfo, IndexStats
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
@@ -45,6 +46,7 @@ from gateway.convert import (
 )
 from gateway.convert_rerank import rerank_call_to_pb, scores_from_pb
 from gateway.convert_schema import SchemaMaintenanceStore
+from gateway.media import MediaReader
 from gateway.settings import GatewaySettings
 from gateway.values import (
     CreateIndex,
@@ -69,6 +71,8 @@ from service_kit.deadline import remaining
 # such requests in flight per embed.
 EMBED_REQUEST_INPUTS = 1024
 EMBED_REQUESTS_IN_FLIGHT = 2
+# Inputs per request where media are read: at most 2 x 16 x --media-max-bytes held at once.
+MEDIA_REQUEST_INPUTS = 16
 # Internal calls without a client deadline still end: a hung peer must not hang the gateway.
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -162,30 +166,31 @@ class EmbedderClient(Peer):
         return embedded_from_pb(await self.call("Embed", embed_call_to_pb(call)))
 
     async def embed(
-        self, provider: str, args: dict[str, Any], mode: str, inputs: list[str] | list[bytes]
+        self,
+        provider: str,
+        args: dict[str, Any],
+        mode: str,
+        inputs: Sequence[str | bytes],
+        media: MediaReader | None = None,
     ) -> np.ndarray | MultiVectors:
         """Vectors for texts, or for encoded images and other binary inputs; a multi-vector
-        function's come as :class:`MultiVectors`.
+        function's come as :class:`MultiVectors`. With ``media``, strings that name files or
+        URLs are read first, a part at a time, so a large add never holds all their bytes.
 
-        Inputs go in requests of at most EMBED_REQUEST_INPUTS (the embedder bounds a request
-        by --max-inputs-per-request), two at a time: one is tokenized while the model runs
-        the other, and a large add never floods the embedder's queue.
+        Inputs go in requests of at most EMBED_REQUEST_INPUTS (MEDIA_REQUEST_INPUTS where
+        media are read; the embedder bounds a request by --max-inputs-per-request), two at a
+        time: one is tokenized while the model runs the other, and a large add never floods
+        the embedder's queue.
         """
         slots = asyncio.Semaphore(EMBED_REQUESTS_IN_FLIGHT)
 
-        async def one(part: list[str] | list[bytes]) -> np.ndarray | MultiVectors:
-            call = EmbedCall(provider, args, mode)
-            if part and isinstance(part[0], bytes):
-                call.blobs = [(data, "") for data in part]
-            else:
-                call.texts = list(part)  # type: ignore[arg-type]
+        async def one(part: Sequence[str | bytes]) -> np.ndarray | MultiVectors:
             async with slots:
-                embedded = await self.embed_once(call)
-            if embedded.vectors_per_input:
-                return MultiVectors.unpacked(embedded.vectors, embedded.vectors_per_input)
-            return embedded.vectors
+                if media is not None:
+                    part = await media.resolve(part)
+                return await self._embed_mixed(EmbedCall(provider, args, mode), part)
 
-        step = EMBED_REQUEST_INPUTS
+        step = EMBED_REQUEST_INPUTS if media is None else MEDIA_REQUEST_INPUTS
         parts = [inputs[i : i + step] for i in range(0, len(inputs), step)] or [inputs]
         vectors = await asyncio.gather(*(one(part) for part in parts))
         if len(vectors) == 1:
@@ -193,6 +198,37 @@ class EmbedderClient(Peer):
         if isinstance(vectors[0], MultiVectors):
             return MultiVectors.concat(vectors)  # type: ignore[arg-type]
         return np.concatenate(vectors)
+
+    async def _embed_mixed(
+        self, call: EmbedCall, inputs: Sequence[str | bytes]
+    ) -> np.ndarray | MultiVectors:
+        """One request per kind of input: texts, and blobs (whose modality the embedder
+        tells from their bytes); the vectors come back in the inputs' order."""
+        is_blob = np.array([isinstance(value, bytes) for value in inputs], dtype=bool)
+        kinds = [kind for kind in (~is_blob, is_blob) if kind.any()] or [~is_blob]
+        results = []
+        for kind in kinds:
+            chosen = [inputs[i] for i in np.flatnonzero(kind)]
+            part = dataclasses.replace(call)
+            if kind is is_blob:
+                part.blobs = [(bytes(value), "") for value in chosen]
+            else:
+                part.texts = [str(value) for value in chosen]
+            embedded = await self.embed_once(part)
+            if embedded.vectors_per_input:
+                if len(kinds) > 1:
+                    raise InvalidArgument(
+                        f"{call.provider!r} gives several vectors per input, and takes texts "
+                        "or blobs in one request, not both"
+                    )
+                return MultiVectors.unpacked(embedded.vectors, embedded.vectors_per_input)
+            results.append((kind, embedded.vectors))
+        if len(results) == 1:
+            return results[0][1]
+        vectors = np.empty((len(inputs), results[0][1].shape[1]), dtype=results[0][1].dtype)
+        for kind, part_vectors in results:
+            vectors[kind] = part_vectors
+        return vectors
 
     async def rerank(self, call: RerankCall) -> np.ndarray:
         """One score per document, from a model-backed reranker."""

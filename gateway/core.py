@@ -43,6 +43,7 @@ from gateway.mapping import (
     pick_binding,
     schema_with_bindings,
 )
+from gateway.media import MediaReader
 from gateway.rerank import reranked_search
 from gateway.schema import SchemaMaintenanceCore
 from gateway.values import (
@@ -124,6 +125,8 @@ class GatewayCore(SchemaMaintenanceCore):
         self.store = store
         self.settings = settings
         self.descriptors = DescriptorCache()
+        self.media = settings.media_reader()
+        self._modalities: dict[str, list[str]] = {}
 
     def _conform(
         self, rows: Rows, schema: pa.Schema, bindings: list[Binding], bad: BadVectors
@@ -461,7 +464,10 @@ class GatewayCore(SchemaMaintenanceCore):
             _bad_rows(good, why, field, bad, drop, fill)
             return fill
         inputs = [source[i] for i in np.flatnonzero(ok)]
-        embedded = await self.embedder.embed(binding.provider, binding.args, "source", inputs)
+        media = await self._media_for(binding)
+        embedded = await self.embedder.embed(
+            binding.provider, binding.args, "source", inputs, media
+        )
         vectors = _for_column(embedded, field, binding)
         if isinstance(vectors, MultiVectors):
             groups = vectors.groups()
@@ -609,8 +615,18 @@ class GatewayCore(SchemaMaintenanceCore):
         if not embeddable(search.query):
             raise InvalidArgument("the query is empty")
         query: Any = search.query
-        vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query])
+        media = await self._media_for(binding)
+        vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query], media)
         return vectors if isinstance(vectors, MultiVectors) else vectors[0]
+
+    async def _media_for(self, binding: Binding) -> MediaReader | None:
+        """The media reader where the function embeds more than text (its string inputs may
+        then name files and URLs, gateway/media.py); None for a text-only function."""
+        if binding.provider not in self._modalities:
+            providers = await self.embedder.list_providers()
+            self._modalities.update((p.name, p.modalities) for p in providers)
+        modalities = self._modalities.get(binding.provider, ["text"])
+        return self.media if set(modalities) - {"text"} else None
 
     async def _text_search(self, search: Search, fingerprint: str, with_row_id: bool) -> bytes:
         if not isinstance(search.query, str) or not search.query.strip():

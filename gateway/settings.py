@@ -7,6 +7,8 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gateway.media import MediaReader
+from service_kit.paths import comma_list, real_dirs
 from service_kit.settings import ServiceSettings
 
 
@@ -47,6 +49,33 @@ class GatewaySettings(ServiceSettings):
         "", description="PEM client certificate the gateway presents to its peers (mutual TLS)."
     )
     peer_tls_key_file: str = Field("", description="PEM private key of --peer-tls-cert-file.")
+
+    media_roots: str = Field(
+        "",
+        description="Directories (comma-separated) under which a multimodal function's string "
+        "column or query may name files (paths, file:// URIs), symlinks resolved; empty reads "
+        "no local files.",
+    )
+    media_hosts: str = Field(
+        "",
+        description="Hosts (comma-separated; * for any) from which such a string may name "
+        "http(s) URLs; empty fetches none.",
+    )
+    media_max_bytes: int = Field(
+        16 << 20, ge=1, description="Largest media file or URL body read for one input."
+    )
+    media_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to fetch one media URL, redirects included."
+    )
+
+    def media_reader(self) -> MediaReader:
+        """The reader of media references, within --media-roots and --media-hosts."""
+        return MediaReader(
+            roots=tuple(real_dirs(self.media_roots)),
+            hosts=frozenset(host.lower() for host in comma_list(self.media_hosts)),
+            max_bytes=self.media_max_bytes,
+            timeout_s=self.media_timeout_s,
+        )
 
     @model_validator(mode="after")
     def _one_peer_token(self) -> GatewaySettings:

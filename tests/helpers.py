@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import http.server
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +105,26 @@ def tiny_bert(
     )
     model.save_pretrained(directory)
     return str(directory)
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory's files over HTTP, logging nothing."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving_directory(directory: Path, handler: type[QuietFiles] = QuietFiles) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 for ``directory``'s files: its base URL."""
+
+    def make(*args: Any) -> QuietFiles:
+        return handler(*args, directory=str(directory))
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

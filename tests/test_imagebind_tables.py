@@ -18,12 +18,14 @@ import grpc
 import numpy as np
 import pytest
 from conftest import MULTIMODAL_PYTHON, QUIET
+from helpers import serving_directory
 from PIL import Image
 
 import embedsearch
 from embedsearch.contract.channels import wait_until_serving
 from embedsearch.contract.convert import spec_to_pb
 from embedsearch.embeddings import get_registry
+from embedsearch.errors import InvalidArgument, PermissionDenied
 from embedsearch.pydantic import LanceModel, Vector
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from gateway.server import create_server as create_gateway
@@ -40,15 +42,22 @@ MEDIA = list(REFERENCE)
 
 
 @pytest.fixture(scope="module")
-def data_root(servers, imagebind_embedder, tmp_path_factory) -> tuple[str, Path]:
-    """(a gateway's address, its store's data root): the table ``media`` is filled once."""
+def data_root(servers, imagebind_embedder, imagebind_dir, tmp_path_factory) -> tuple[str, Path]:
+    """(a gateway's address, its store's data root): the table ``media`` is filled once. The
+    gateway reads media files under the fixtures' directory and URLs from 127.0.0.1."""
     root = tmp_path_factory.mktemp("imagebind-tables")
     store = servers.start(
         create_store, StoreSettings(data_root=str(root), maintenance_interval_s=0, **QUIET)
     )
     gateway = servers.start(
         create_gateway,
-        GatewaySettings(embedder_addr=imagebind_embedder, store_addr=store, **QUIET),
+        GatewaySettings(
+            embedder_addr=imagebind_embedder,
+            store_addr=store,
+            media_roots=str(imagebind_dir),
+            media_hosts="127.0.0.1",
+            **QUIET,
+        ),
     )
     wait_until_serving(gateway, timeout=120)
     return gateway, root
@@ -130,6 +139,72 @@ def test_a_text_query_searches_audio_rows(table, imagebind_embedder, imagebind_d
     )
     everything = table.search("a low hum").limit(len(MEDIA)).to_list()
     assert len(everything) == len(MEDIA)
+
+
+@pytest.fixture(scope="module")
+def fixtures_url(imagebind_dir):
+    with serving_directory(imagebind_dir) as url:
+        yield url
+
+
+def test_a_string_column_names_files_and_urls(table, data_root, imagebind_dir, fixtures_url):
+    """LanceDB's ``uri: str = func.SourceField()``: a path, a file:// URI or a URL is read
+    (within the gateway's --media-roots and --media-hosts) and embedded in its modality, the
+    same vector as its bytes; a string that names nothing is text."""
+    func = table.embedding_functions["vector"].function
+
+    class Named(LanceModel):
+        uri: str = func.SourceField()
+        vector: Vector(func.ndims()) = func.VectorField()  # type: ignore[valid-type]
+
+    uris = {
+        "red.png": str(imagebind_dir / "red.png"),
+        "blue.png": (imagebind_dir / "blue.png").as_uri(),
+        "tone-440.wav": f"{fixtures_url}/tone-440.wav",
+        "colours.mp4": f"{fixtures_url}/colours.mp4",
+    }
+    db = embedsearch.connect(f"grpc://{data_root[0]}")
+    named = db.create_table("named", schema=Named)
+    named.add([{"uri": uri} for uri in [*uris.values(), "a low hum"]])
+    by_bytes = stored_vectors(table)
+    rows = {row["uri"]: np.asarray(row["vector"]) for row in named.to_arrow().to_pylist()}
+    for name, uri in uris.items():
+        np.testing.assert_allclose(rows[uri], by_bytes[name], rtol=1e-5, atol=1e-5)
+    text = func.compute_source_embeddings(["a low hum"])[0]
+    np.testing.assert_allclose(rows["a low hum"], text, rtol=1e-5, atol=1e-5)
+
+    found = table.search(f"{fixtures_url}/tone-880.wav").limit(1).to_list()
+    assert found[0]["name"] == "tone-880.wav"
+    found = table.search(str(imagebind_dir / "blue.png")).limit(1).to_list()
+    assert found[0]["name"] == "blue.png"
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("/etc/hosts.png", PermissionDenied),  # outside --media-roots
+        ("http://localhost:1/red.png", PermissionDenied),  # not on --media-hosts
+        ("{dir}/missing.png", InvalidArgument),
+        ("{url}/missing.wav", InvalidArgument),
+    ],
+)
+def test_a_reference_that_cannot_be_read_fails_the_add(
+    table, data_root, imagebind_dir, fixtures_url, uri, error
+):
+    """One unreadable reference fails the whole add with the reason, and writes nothing."""
+    func = table.embedding_functions["vector"].function
+
+    class Named(LanceModel):
+        uri: str = func.SourceField()
+        vector: Vector(func.ndims()) = func.VectorField()  # type: ignore[valid-type]
+
+    db = embedsearch.connect(f"grpc://{data_root[0]}")
+    named = db.create_table("refused", schema=Named, mode="overwrite")
+    good = str(imagebind_dir / "red.png")
+    bad = uri.format(dir=imagebind_dir, url=fixtures_url)
+    with pytest.raises(error):
+        named.add([{"uri": good}, {"uri": bad}])
+    assert named.count_rows() == 0
 
 
 def test_lancedb_opens_the_table_and_sees_the_binding(table, data_root):
