@@ -149,6 +149,7 @@ class EmbedderCore:
         # instances hold threads and models in use: they are never dropped.
         self._functions: Once[str, LoadedFunction] = Once(settings.function_cache_size)
         self._loaded: Once[str, LoadedFunction] = Once()
+        self._loaded_list: list[LoadedFunction] = []
 
     async def resolve(self, provider: str, args: dict[str, Any]) -> LoadedFunction:
         """The loaded function for a spec: validated and its secrets resolved once per spec as
@@ -228,7 +229,7 @@ class EmbedderCore:
         )
         if self.metrics:
             self.metrics.queue_depth.labels(provider).set_function(lambda: batcher.queued)
-        return LoadedFunction(
+        loaded = LoadedFunction(
             key=key,
             provider=provider,
             func=func,
@@ -238,6 +239,8 @@ class EmbedderCore:
             batcher=batcher,
             multi_vector=bool(getattr(type(func), "multi_vector", False)),
         )
+        self._loaded_list.append(loaded)
+        return loaded
 
     async def embed(
         self, provider: str, args: dict[str, Any], mode: str, inputs: list[Any]
@@ -286,6 +289,18 @@ class EmbedderCore:
         if loaded.multi_vector:
             return cached  # type: ignore[return-value]
         return np.stack(cached).astype(np.float32, copy=False)
+
+    async def count_tokens(self, loaded: LoadedFunction, mode: str, inputs: list[Any]) -> int:
+        """What ``inputs`` cost as the batcher counts it: the model's tokens (special tokens
+        included, after truncation) for a local model; an estimate for an API's."""
+        loop = asyncio.get_running_loop()
+        prepare = loaded.batcher.runner.prepare
+        prepared = await loop.run_in_executor(self._tokenizers, prepare, mode, inputs)
+        return sum(cost for _, cost in prepared)
+
+    def loaded_functions(self) -> list[LoadedFunction]:
+        """The functions whose models are loaded, oldest first."""
+        return list(self._loaded_list)
 
     def _count(self, provider: str, code: str) -> None:
         if self.metrics:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +13,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from embedder_service.core import EmbedderCore, LoadedFunction
+from embedder_service.http_api import HttpFace, HttpServer, start_http
 from embedder_service.metrics import EmbedderMetrics
 from embedder_service.plugins import load_plugins
 from embedder_service.providers import (  # noqa: F401 - importing them registers them
@@ -47,8 +50,13 @@ from embedsearch.contract.functions import EmbeddingFunction, sensitive_keys_of
 from embedsearch.contract.multivector import MultiVectors
 from embedsearch.contract.wire import pack_vectors
 from embedsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from service_kit.auth import token_guard
+from service_kit.paths import comma_list
 from service_kit.server import RpcMetrics, new_server
 
+log = logging.getLogger("embedder")
+# The HTTP face's bound port, by gRPC server (its --http-port may be 0: a free one).
+HTTP_PORTS: weakref.WeakKeyDictionary[grpc.aio.Server, int] = weakref.WeakKeyDictionary()
 SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 
@@ -87,6 +95,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self.reranking = reranking or RerankCore(
             core.settings, core.model_roots, core._tokenizers, core.metrics
         )
+        self.http: HttpServer | None = None  # the OpenAI-compatible face, when --http-port
 
     async def ListProviders(
         self, request: embedder_pb2.ListProvidersRequest, context: grpc.aio.ServicerContext
@@ -196,6 +205,21 @@ async def create_server(settings: EmbedderSettings) -> tuple[grpc.aio.Server, in
         for provider in preload:
             await core.resolve(provider, {})
 
+    if settings.http_port >= 0:
+        face = HttpFace(
+            core,
+            servicer.reranking,
+            token_guard(settings, [SERVICE]),
+            metrics,
+            aliases=settings.http_aliases(),
+            matryoshka=frozenset(comma_list(settings.http_matryoshka_models)),
+            max_body_bytes=settings.http_max_body_bytes,
+        )
+        servicer.http = await start_http(face, settings.host, settings.http_port)
+        HTTP_PORTS[server] = servicer.http.port
+        log.info(
+            "embedder OpenAI-compatible HTTP API on %s:%d/v1", settings.host, servicer.http.port
+        )
     readiness.warm_up(warm_up(), f"embedder, preloaded {preload or 'nothing'}")
     servicer.readiness = readiness  # the servicer, held by the server, keeps the warm-up alive
     return server, port

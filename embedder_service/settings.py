@@ -24,6 +24,26 @@ class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
 
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9451, ge=-1, le=65535, description="/metrics port; -1 is off.")
+    http_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Port of the OpenAI-compatible HTTP API (/v1/embeddings, /v1/models, "
+        "/v1/rerank) on --host; -1 is off, 0 picks a free one.",
+    )
+    http_model_aliases: str = Field(
+        "",
+        description="Model names the HTTP API answers to, as alias=model pairs "
+        "(comma-separated), e.g. text-embedding-3-small=sentence-transformers/all-MiniLM-L6-v2.",
+    )
+    http_matryoshka_models: str = Field(
+        "",
+        description="Model names (comma-separated, as clients send them) whose vectors the HTTP "
+        "API may cut to a shorter `dimensions`; any other model refuses a shorter length.",
+    )
+    http_max_body_bytes: int = Field(
+        64 << 20, ge=1, description="Largest HTTP request body; a larger one answers 413."
+    )
     preload: str = Field(
         "sentence-transformers",
         description="Providers whose default model is loaded before reporting SERVING "
@@ -80,6 +100,11 @@ class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
 
     def base_url_rules(self) -> tuple[str, ...]:
         return tuple(comma_list(self.allowed_base_urls))
+
+    def http_aliases(self) -> dict[str, str]:
+        """--http-model-aliases as {alias: model}."""
+        pairs = (entry.partition("=") for entry in comma_list(self.http_model_aliases))
+        return {alias.strip(): model.strip() for alias, sep, model in pairs if sep}
 
     def preloaded(self) -> list[str]:
         return comma_list(self.preload)

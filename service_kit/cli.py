@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="interface the three /metrics endpoints listen on (loopback: this machine only)",
     )
+    up.add_argument(
+        "--embedder-http-port",
+        type=int,
+        default=8051,
+        help="port of the embedder's OpenAI-compatible HTTP API on --internal-host (-1: off); "
+        "its api_key is EMBEDSEARCH_API_KEY, or one made up and printed at start",
+    )
     for name, grpc_port, metrics_port in (
         ("gateway", 50050, 9450),
         ("embedder", 50051, 9451),
@@ -76,6 +83,8 @@ def up(args: argparse.Namespace) -> int:
                 str(args.embedder_metrics_port),
                 "--metrics-host",
                 args.metrics_host,
+                "--http-port",
+                str(args.embedder_http_port),
             ],
         ),
         (
@@ -129,9 +138,18 @@ def up(args: argparse.Namespace) -> int:
     # Embedder and store take calls only with a token, made up now and handed over in the
     # environment (argv shows in ps), besides any the environment gives them already; the
     # gateway presents it. Clients never see it.
+    # The embedder's HTTP API takes a read-only token of its own: EMBEDSEARCH_API_KEY, or one
+    # made up now and printed below (it embeds and reranks; it reaches no table).
     token = secrets.token_urlsafe(32)
+    api_key = os.environ.get("EMBEDSEARCH_API_KEY") or f"es-{secrets.token_urlsafe(24)}"
+    extra = {"EMBEDDER": f"{api_key}:ro" if args.embedder_http_port >= 0 else None, "STORE": None}
     envs = {
-        name: {**env, f"{prefix}_AUTH_TOKENS": _joined(token, env.get(f"{prefix}_AUTH_TOKENS"))}
+        name: {
+            **env,
+            f"{prefix}_AUTH_TOKENS": _joined(
+                token, extra[prefix], env.get(f"{prefix}_AUTH_TOKENS")
+            ),
+        }
         for name, prefix in (("embedder", "EMBEDDER"), ("store", "STORE"))
     }
     envs["gateway"] = {**env, "GATEWAY_PEER_TOKEN": token, "GATEWAY_PEER_TOKEN_FILE": ""}
@@ -165,7 +183,13 @@ def up(args: argparse.Namespace) -> int:
             f"embedsearch is up\n"
             f"  gateway   grpc://{specs[2][1]}  (metrics {metrics['gateway']})\n"
             f"  embedder  {embedder_addr}  (metrics {metrics['embedder']})\n"
-            f"  store     {store_addr}  (metrics {metrics['store']})\n"
+            + (
+                f"  embeddings http://{internal}:{args.embedder_http_port}/v1  "
+                f"(OpenAI-compatible; api_key {api_key})\n"
+                if args.embedder_http_port >= 0
+                else ""
+            )
+            + f"  store     {store_addr}  (metrics {metrics['store']})\n"
             f"  data      {os.path.abspath(args.data_dir)}\n"
             "Ctrl-C stops all three.",
             flush=True,
@@ -224,8 +248,10 @@ def up_command(
     ports: dict[str, int],
     metrics_ports: dict[str, int],
     embedder_python: str = sys.executable,
+    http_port: int = -1,
 ) -> list[str]:
-    """The argv of ``embedsearch up`` on the given ports (keys: gateway, embedder, store)."""
+    """The argv of ``embedsearch up`` on the given ports (keys: gateway, embedder, store), the
+    embedder's HTTP API on ``http_port`` (-1: off)."""
     command = [
         sys.executable,
         "-m",
@@ -237,6 +263,8 @@ def up_command(
         host,
         "--embedder-python",
         embedder_python,
+        "--embedder-http-port",
+        str(http_port),
     ]
     for name, port in ports.items():
         command += [f"--{name}-port", str(port), f"--{name}-metrics-port", str(metrics_ports[name])]
@@ -245,14 +273,18 @@ def up_command(
 
 @contextmanager
 def running(
-    data_dir: str, embedder_python: str = sys.executable, env: dict[str, str] | None = None
+    data_dir: str,
+    embedder_python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    http_port: int = -1,
 ) -> Iterator[str]:
     """``embedsearch up`` in a subprocess, on free loopback ports, as a deployment runs it
     (for tests and benchmarks): yields the gateway's address once every service is SERVING,
-    and stops the stack on the way out."""
+    and stops the stack on the way out. The embedder's HTTP API is on ``http_port`` (-1: off;
+    its key is ``EMBEDSEARCH_API_KEY`` in ``env``)."""
     ports = {name: free_port() for name in ("gateway", "embedder", "store")}
     metrics = {name: free_port() for name in ports}
-    command = up_command(data_dir, "127.0.0.1", ports, metrics, embedder_python)
+    command = up_command(data_dir, "127.0.0.1", ports, metrics, embedder_python, http_port)
     proc = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

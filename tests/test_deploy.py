@@ -190,7 +190,10 @@ def test_manifests_match_the_services_settings(overlay):
             )
         settings = settings_of(cls, env)
         named = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert named == {"grpc": settings.port, "metrics": settings.metrics_port}
+        expected = {"grpc": settings.port, "metrics": settings.metrics_port}
+        if getattr(settings, "http_port", -1) >= 0:  # the embedder's HTTP API
+            expected["http-api"] = settings.http_port
+        assert named == expected
         # Prometheus scrapes from another pod; the services' own default is loopback.
         assert settings.metrics_host == "0.0.0.0", component
         ports[component] = settings.port
@@ -211,8 +214,10 @@ def test_manifests_match_the_services_settings(overlay):
                 assert any(value.startswith(m) for m in mounts), f"{component}: {field} unmounted"
 
         service = services[component]
-        (grpc_port,) = service["spec"]["ports"]
-        assert grpc_port["name"] == "grpc" and grpc_port["targetPort"] == "grpc"
+        service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+        assert service_ports.keys() == named.keys() - {"metrics"}, component
+        for name, port in service_ports.items():
+            assert port["targetPort"] == name and port["port"] == named[name], (component, name)
         assert service["spec"]["selector"].items() <= pod_labels(workload).items()
         (metrics_port,) = services[f"{component}-metrics"]["spec"]["ports"]
         assert metrics_port["targetPort"] == "metrics" and metrics_port["port"] == named["metrics"]
