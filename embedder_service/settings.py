@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from embedder_service.batcher import BatchLimits
@@ -101,10 +101,19 @@ class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
     def base_url_rules(self) -> tuple[str, ...]:
         return tuple(comma_list(self.allowed_base_urls))
 
+    @field_validator("http_model_aliases")
+    @classmethod
+    def _aliases_are_pairs(cls, value: str) -> str:
+        for entry in comma_list(value):
+            alias, sep, model = entry.partition("=")
+            if not (sep and alias.strip() and model.strip()):
+                raise ValueError(f"{entry!r} is no alias=model pair")
+        return value
+
     def http_aliases(self) -> dict[str, str]:
         """--http-model-aliases as {alias: model}."""
         pairs = (entry.partition("=") for entry in comma_list(self.http_model_aliases))
-        return {alias.strip(): model.strip() for alias, sep, model in pairs if sep}
+        return {alias.strip(): model.strip() for alias, _, model in pairs}
 
     def preloaded(self) -> list[str]:
         return comma_list(self.preload)
