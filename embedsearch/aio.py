@@ -700,8 +700,8 @@ class AsyncQuery(_AsyncResults, Query):  # type: ignore[misc]
 
 class AsyncVectorQuery(AsyncQuery):
     """LanceDB's ``AsyncVectorQuery``: a nearest-neighbour search, with ``column``,
-    ``distance_type``, ``nprobes``, ``refine_factor``, ``ef``, ``bypass_vector_index`` and
-    ``distance_range`` from the sync :class:`Query`."""
+    ``distance_type``, ``nprobes``, ``refine_factor``, ``ef``, ``target_recall``,
+    ``bypass_vector_index`` and ``distance_range`` from the sync :class:`Query`."""
 
     def column(self, column: str) -> AsyncVectorQuery:
         """The vector column to search."""

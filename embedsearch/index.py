@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from embedsearch.contract.convert import METRIC_TO_PB
+from embedsearch.contract.convert import METRIC_TO_PB, calibration_from_pb
 from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.values import IndexCalibration
 from embedsearch.v1 import common_pb2
 
 DistanceType = Literal["l2", "cosine", "dot"]
@@ -261,6 +262,8 @@ class IndexStatistics:
     distance_type: str | None = None
     num_indices: int | None = None
     loss: float | None = None
+    # Ours: the recall levels the store measured for a vector index (None until calibrated).
+    calibration: IndexCalibration | None = None
 
     def __getitem__(self, key: str) -> Any:
         """LanceDB's older dict-shaped statistics: ``stats["num_indexed_rows"]``."""
@@ -276,6 +279,9 @@ class IndexStatistics:
             distance_type=_METRICS.get(stats.distance_type),
             num_indices=stats.num_indices,
             loss=stats.loss if stats.HasField("loss") else None,
+            calibration=(
+                calibration_from_pb(stats.calibration) if stats.HasField("calibration") else None
+            ),
         )
 
 

@@ -726,6 +726,17 @@ class Query:
         self._request.ef = ef
         return self
 
+    def target_recall(self, recall: float) -> Query:
+        """Ask for a recall@k in (0, 1] instead of ``nprobes``, ``refine_factor`` and ``ef``
+        (which must then be left unset): the store uses the cheapest parameters its calibration
+        of the vector index measured to reach it, and searches exactly when none did (or the
+        index is not calibrated yet). ``index_stats(name).calibration`` shows the levels.
+
+        >>> table.search(vector).target_recall(0.95).limit(10).to_list()  # doctest: +SKIP
+        """
+        self._request.target_recall = recall
+        return self
+
     def with_row_id(self, enabled: bool = True) -> Query:
         """Also return ``_rowid``."""
         self._request.with_row_id = enabled

@@ -156,6 +156,7 @@ class Search:
     distance_lower_bound: float | None = None
     distance_upper_bound: float | None = None
     reranker: RerankSpec | None = None  # None: hybrid results fused by RRF, others as found
+    target_recall: float | None = None  # None: nprobes, refine_factor and ef as given
 
 
 @dataclass

@@ -35,8 +35,8 @@ from embedsearch.contract.errors import (
 )
 from embedsearch.contract.schema import conform, is_multivector, is_vector, vector_dims
 from embedsearch.contract.text import brief
-from embedsearch.contract.values import ReadParams, TakeParams
-from store_service import exact, indexes
+from embedsearch.contract.values import IndexCalibration, ReadParams, TakeParams
+from store_service import calibration, exact, indexes
 from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec, IndexStats
 from store_service.settings import StoreSettings
@@ -119,6 +119,7 @@ class SearchParams:
     tag: str = ""
     schema_fingerprint: str = ""
     projections: dict[str, str] = field(default_factory=dict)
+    target_recall: float | None = None
 
 
 @dataclass
@@ -221,11 +222,16 @@ class TableCatalog:
         self.holds = VersionHolds()
         self.limits = self.settings.expression_limits()
         self._lock = threading.Lock()
-        self._vector_indexed: dict[tuple[str, int], set[str]] = {}
+        # Per (table, version): its vector columns with an index, and that index's name.
+        self._vector_indexed: dict[tuple[str, int], dict[str, str]] = {}
         self._fingerprints: dict[tuple[str, int], str] = {}
         self.conflicts: Counter[str] = Counter()
         self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
-        self.builder = IndexBuilder(self.settings.index_build_threads, self.commit)
+        self.builder = IndexBuilder(
+            self.settings.index_build_threads, self.commit, on_built=self._built
+        )
+        # Calibrations read from their files, by (table, index); None: the index has none.
+        self._calibrations: dict[tuple[str, str], IndexCalibration | None] = {}
         # Told (table, what) after every commit, on the committing thread (maintenance counts).
         self.on_commit: Callable[[str, str], None] | None = None
 
@@ -583,6 +589,7 @@ class TableCatalog:
         self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] != name}
         self.exact.forget(name)
         self.builder.forget(name)
+        self._calibrations = {k: v for k, v in self._calibrations.items() if k[0] != name}
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -837,7 +844,7 @@ class TableCatalog:
         Exact queries on the latest version (no vector index on the column, or
         ``bypass_vector_index``) are answered from the in-memory matrix; the rest by Lance.
         """
-        dataset, snapshot = self._planned(name, params)
+        dataset, snapshot, params = self._planned(name, params)
         if snapshot is not None:
             row_ids, distances = self._exact_hits(name, snapshot, params)
             return self._exact_rows(name, snapshot, params, row_ids, distances)
@@ -850,7 +857,7 @@ class TableCatalog:
         empty when nothing is found, so that callers learn the columns."""
         available = self.dataset(name, params.version, params.tag).count_rows()
         params = replace(params, k=max(1, min(params.k, available - params.offset)))
-        dataset, snapshot = self._planned(name, params, streamed=True)
+        dataset, snapshot, params = self._planned(name, params, streamed=True)
         if snapshot is None:
             try:
                 reader = dataset.scanner(**self._nearest_args(dataset, params)).to_reader()
@@ -878,18 +885,43 @@ class TableCatalog:
 
     def _planned(
         self, name: str, params: SearchParams, streamed: bool = False
-    ) -> tuple[lance.LanceDataset, exact.Snapshot | None]:
-        """Check a search and choose how it runs: the dataset read, and the in-memory matrix
+    ) -> tuple[lance.LanceDataset, exact.Snapshot | None, SearchParams]:
+        """Check a search and choose how it runs: the dataset read, the in-memory matrix
         when the search is exact (no vector index on the column, or ``bypass_vector_index``)
-        on the latest version and the matrix fits the cache; None sends it to Lance."""
+        on the latest version and the matrix fits the cache (None sends it to Lance), and the
+        parameters, with those a ``target_recall`` stands for filled in."""
         dataset = self.dataset(name, params.version, params.tag)
         self.check_fingerprint(name, dataset, params.schema_fingerprint)
         _check_search(name, dataset.schema, params, max_k=None if streamed else _MAX_K)
         self._projection(dataset.schema, params.columns, params.projections)
+        if params.target_recall is not None:
+            params = self._tuned(name, dataset, params)
         self._check_window(params.k, params.offset, params.refine_factor, params.ef, streamed)
         if not self._exact_applies(name, dataset, params):
-            return dataset, None
-        return dataset, self.exact.snapshot(name, dataset, params.vector_column)
+            return dataset, None, params
+        return dataset, self.exact.snapshot(name, dataset, params.vector_column), params
+
+    def _tuned(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> SearchParams:
+        """``params`` with the cheapest calibrated search parameters that reach its
+        target_recall; an exact search when the index has no calibration (yet) or none of its
+        levels reaches the target. A column without a vector index is searched exactly anyway."""
+        assert params.target_recall is not None
+        calibration.check_target(
+            params.target_recall, params.nprobes, params.refine_factor, params.ef
+        )
+        if is_multivector(dataset.schema.field(params.vector_column)):
+            return replace(params, bypass_vector_index=True)  # no calibration of MaxSim
+        index = self._vector_indexed_columns(name, dataset).get(params.vector_column)
+        if params.bypass_vector_index or index is None:
+            return params
+        found = self.calibration(name, index)
+        level = found.level_for(params.target_recall) if found else None
+        if level is None:
+            return replace(params, bypass_vector_index=True)
+        # Lance's HNSW needs ef at least the candidates it gathers: (k + offset) x refine.
+        wanted = (params.k + params.offset) * max(level.refine_factor, 1)
+        ef = max(level.ef, wanted) if level.ef else 0
+        return replace(params, nprobes=level.nprobes, refine_factor=level.refine_factor, ef=ef)
 
     def _exact_applies(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> bool:
         if not self.exact.max_bytes or params.version or params.tag:
@@ -901,13 +933,15 @@ class TableCatalog:
             or params.vector_column not in self._vector_indexed_columns(name, dataset)
         )
 
-    def _vector_indexed_columns(self, name: str, dataset: lance.LanceDataset) -> set[str]:
+    def _vector_indexed_columns(self, name: str, dataset: lance.LanceDataset) -> dict[str, str]:
+        """The vector columns with an index at ``dataset``'s version, and the index of each
+        (memoized: reading the index list costs more than a small search)."""
         key = (name, dataset.version)
         found = self._vector_indexed.get(key)
         if found is None:
             schema = dataset.schema
             found = {
-                column
+                column: desc.name
                 for desc in dataset.describe_indices()
                 for column in desc.field_names
                 if column in schema.names and is_vector(schema.field(column))
@@ -1120,7 +1154,7 @@ class TableCatalog:
         """How the query would run, without running it: Lance's physical plan, or this
         store's own plan for an exact search answered from the in-memory matrix."""
         if isinstance(query, SearchParams):
-            dataset, snapshot = self._planned(name, query)
+            dataset, snapshot, query = self._planned(name, query)
             if snapshot is not None:
                 if query.filter:  # planned, not run: a filter that does not parse fails here
                     check = {
@@ -1230,7 +1264,93 @@ class TableCatalog:
         stats = indexes.statistics(self.dataset(name), index_name)
         if stats is None:
             raise NotFound(f"table {name!r} has no index {index_name!r}; see list_indices()")
+        if stats.index_type in indexes.VECTOR_TYPES:
+            stats.calibration = self.calibration(name, index_name)
         return stats
+
+    # -- recall calibration ------------------------------------------------------------------
+
+    def calibration(self, name: str, index_name: str) -> IndexCalibration | None:
+        """The last calibration of a vector index (None: it has none), read once from its file."""
+        key = (name, index_name)
+        if key not in self._calibrations:
+            data = self.root.read_beside(name, calibration.side_path(index_name))
+            self._calibrations[key] = calibration.from_json(data) if data else None
+        return self._calibrations[key]
+
+    def calibrate(self, name: str, index_name: str) -> IndexCalibration:
+        """Measure the recall of the vector index ``index_name`` at the latest version, and
+        keep the result (:mod:`store_service.calibration`)."""
+        with self.holding(name):
+            dataset = self.dataset(name)
+            stats = indexes.statistics(dataset, index_name)
+            desc = next((d for d in dataset.describe_indices() if d.name == index_name), None)
+            if stats is None or desc is None or stats.index_type not in indexes.VECTOR_TYPES:
+                raise NotFound(f"table {name!r} has no vector index {index_name!r}")
+            column = desc.field_names[0]
+            if not is_vector(dataset.schema.field(column)):
+                raise FailedPrecondition(f"index {index_name!r} is on a multi-vector column")
+            settings = self.settings
+            metric = stats.distance_type or "l2"
+            found = calibration.calibrate(
+                dataset,
+                column,
+                stats.index_type,
+                _partitions(dataset, index_name),
+                metric,
+                k=settings.calibration_k,
+                sample_size=settings.calibration_queries,
+                levels=settings.calibration_levels,
+            )
+        with self.writing(name, f"recording the calibration of index {index_name!r}"):
+            self.root.write_beside(
+                name, calibration.side_path(index_name), calibration.to_json(found, metric)
+            )
+        self._calibrations[(name, index_name)] = found
+        log.info(
+            "calibrated index %s of %s: %s",
+            index_name,
+            name,
+            ", ".join(
+                f"{lv.recall}: nprobes={lv.nprobes} rf={lv.refine_factor} ef={lv.ef}"
+                for lv in found.levels
+            )
+            or "no level reached",
+        )
+        return found
+
+    def calibrations_due(self, name: str) -> list[str]:
+        """Vector indexes of ``name`` with no calibration, or one made before the table grew
+        by ``calibration_growth`` (none while they are being built)."""
+        if not self.settings.calibrate_indexes:
+            return []
+        dataset = self.dataset(name)
+        building = {b.name for b in self.builder.pending(name)}
+        rows = dataset.count_rows()
+        due = []
+        schema = dataset.schema
+        for desc in dataset.describe_indices():
+            column = desc.field_names[0] if desc.field_names else ""
+            if desc.name in building or column not in schema.names:
+                continue
+            if not is_vector(schema.field(column)):
+                continue
+            if indexes.index_type_name(desc.index_type) not in indexes.VECTOR_TYPES:
+                continue
+            last = self.calibration(name, desc.name)
+            if last is None or rows > last.num_rows * (1 + self.settings.calibration_growth):
+                due.append(desc.name)
+        return due
+
+    def _built(self, spec: IndexSpec) -> None:
+        """After a build (on its worker thread): calibrate a new vector index."""
+        self._calibrations.pop((spec.table, spec.name), None)
+        if not self.settings.calibrate_indexes or spec.index_type not in indexes.VECTOR_TYPES:
+            return
+        try:
+            self.calibrate(spec.table, spec.name)
+        except (EmbedsearchError, OSError, ValueError, RuntimeError) as exc:
+            log.warning("could not calibrate index %s of %s: %s", spec.name, spec.table, exc)
 
     def drop_index(self, name: str, index_name: str, ignore_missing: bool = False) -> None:
         dataset = self.dataset(name)
@@ -1240,6 +1360,8 @@ class TableCatalog:
             raise NotFound(f"table {name!r} has no index {index_name!r}")
         self.commit(name, "drop_index", lambda ds: ds.drop_index(index_name))
         self.builder.forget(name, index_name)
+        self._calibrations[(name, index_name)] = None
+        self.root.delete_beside(name, calibration.side_path(index_name))
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -1335,6 +1457,12 @@ class StagedAppend:
             ),
         )
         return WriteResult(version=after.version, rows_inserted=self.rows)
+
+
+def _partitions(dataset: lance.LanceDataset, index_name: str) -> int:
+    """IVF partitions of a vector index (its first segment's)."""
+    segments = _index_stats(dataset, index_name).get("indices") or [{}]
+    return int(segments[0].get("num_partitions", 1) or 1)
 
 
 def _index_stats(dataset: lance.LanceDataset, index_name: str) -> dict[str, Any]:

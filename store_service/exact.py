@@ -169,9 +169,11 @@ def nearest(
     return pool[order], exact[order]
 
 
-def _vectors(column: pa.ChunkedArray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+def vectors_of(column: pa.ChunkedArray | pa.Array, dims: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows x dims float32 matrix, non-null mask) of a fixed_size_list column."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    array = column
     valid = (
         np.ones(len(array), bool)
         if array.null_count == 0
@@ -290,7 +292,7 @@ def _refresh(base: Snapshot | None, dataset: lance.LanceDataset, column: str) ->
             columns=[column], with_row_id=True, with_row_address=True, fragments=to_read
         ).to_table()
         where = snapshot.positions(table.column("_rowaddr").to_numpy())
-        matrix, valid = _vectors(table.column(column), dims)
+        matrix, valid = vectors_of(table.column(column), dims)
         buffers.matrix[where] = matrix
         buffers.row_ids[where] = table.column("_rowid").to_numpy()
         buffers.sq_norms[where] = np.einsum("ij,ij->i", matrix, matrix)

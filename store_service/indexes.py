@@ -288,16 +288,19 @@ class IndexBuilder:
     """Runs builds on ``threads`` worker threads and remembers how each one is going.
 
     ``run(table, action)`` is the catalog's retrying commit: a build whose commit loses a race
-    with a writer is built again on the new version.
+    with a writer is built again on the new version. ``on_built(spec)`` runs on the worker
+    after a build is ready (the catalog calibrates vector indexes there).
     """
 
     def __init__(
         self,
         threads: int,
         run: Callable[[str, str, Callable[[lance.LanceDataset], Any]], Any],
+        on_built: Callable[[IndexSpec], None] | None = None,
     ) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="index-build")
         self._run = run
+        self._on_built = on_built
         self._builds: dict[tuple[str, str], _Build] = {}
         self._lock = threading.Lock()
 
@@ -329,6 +332,8 @@ class IndexBuilder:
         state.status, state.stage, state.progress = "ready", "", 1.0
         state.future.set_result(None)
         log.info("index %s on %s is ready", spec.name, spec.table)
+        if self._on_built is not None:
+            self._on_built(spec)  # the index serves meanwhile; a build queued after waits
 
     def pending(self, table: str) -> list[IndexInfo]:
         """Builds of ``table`` that are running or failed (ready ones are in the manifest)."""

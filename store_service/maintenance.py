@@ -81,7 +81,8 @@ class Maintenance:
 
     A background pass only does what a table needs: compaction once it has
     ``compact_min_fragments`` small fragments or enough deleted rows, ``optimize_indices``
-    once rows are unindexed, and cleanup of versions older than ``retention_s``.
+    once rows are unindexed, a recall calibration of vector indexes whose table has grown by
+    ``calibration_growth``, and cleanup of versions older than ``retention_s``.
     """
 
     def __init__(self, catalog: TableCatalog, settings: StoreSettings) -> None:
@@ -132,7 +133,9 @@ class Maintenance:
         delete_unverified: bool = False,
         error_if_tagged: bool = False,
     ) -> OptimizeResult:
-        """Compact, add unindexed rows to indexes, and remove old versions, for one table.
+        """Compact, add unindexed rows to indexes, calibrate vector indexes whose table grew
+        past ``calibration_growth`` (or that have no calibration), and remove old versions,
+        for one table.
 
         ``error_if_tagged`` refuses before anything is done when a tagged version would be old
         enough to go (LanceDB's optimize); ``delete_unverified`` as in
@@ -159,6 +162,9 @@ class Maintenance:
         ):
             self.catalog.commit(name, "optimize_indices", lambda ds: ds.optimize.optimize_indices())
             self._count("optimize_indices")
+        for index_name in self.catalog.calibrations_due(name):
+            self.catalog.calibrate(name, index_name)
+            self._count("calibrate")
         result.versions_removed, result.bytes_removed = self.catalog.cleanup(
             name, older_than, delete_unverified=delete_unverified
         )

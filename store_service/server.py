@@ -39,6 +39,7 @@ from embedsearch.contract.wire import (
 )
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
 from service_kit.server import RpcMetrics, new_server
+from service_kit.tracing import span
 from store_service import tags
 from store_service.catalog import (
     SearchParams,
@@ -282,10 +283,12 @@ class StoreServicer(SchemaMaintenanceServicer, store_pb2_grpc.StoreServicer):
     async def Search(
         self, request: store_pb2.StoreSearchRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.StoreSearchResponse:
-        result = await self._run(
-            request, self.catalog.search, request.name, search_from_pb(request)
-        )
-        return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
+        with span("store.search", table=request.name):
+            result = await self._run(
+                request, self.catalog.search, request.name, search_from_pb(request)
+            )
+        with span("store.encode_ipc"):
+            return store_pb2.StoreSearchResponse(arrow_ipc=table_to_ipc(result))
 
     async def ListIndexes(
         self, request: store_pb2.StoreListIndexesRequest, context: grpc.aio.ServicerContext

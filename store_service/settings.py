@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from service_kit.memory import MMAP_THRESHOLD_BYTES
@@ -98,6 +98,30 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
         "version is removed only once its successor is this old, so a request on it in another "
         "store process sharing the root (deadlines are at most 300 s) has finished.",
     )
+    calibrate_indexes: bool = Field(
+        True,
+        description="Measure each vector index's recall against exact search after it is "
+        "built, so that searches may ask for a target_recall.",
+    )
+    calibration_levels: list[float] = Field(
+        default_factory=lambda: [0.8, 0.9, 0.95, 0.99],
+        min_length=1,
+        description="Recall levels a calibration finds the cheapest search parameters for.",
+    )
+    calibration_k: int = Field(10, ge=1, le=1000, description="The k of recall@k calibrated.")
+    calibration_queries: int = Field(
+        100,
+        ge=10,
+        le=10_000,
+        description="Rows of the table used as calibration queries (each also blended with "
+        "another into one more query).",
+    )
+    calibration_growth: float = Field(
+        0.2,
+        gt=0,
+        description="Calibrate an index again (in maintenance or optimize) once its table has "
+        "grown by this fraction of the rows it had when last calibrated.",
+    )
     max_columns: int = Field(1024, ge=1, description="Most columns in a table's schema.")
     max_search_window: int = Field(
         100_000, ge=1, description="Most rows one search gathers: k + offset."
@@ -108,6 +132,13 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
         description="Most candidates one search asks Lance for, (k + offset) x refine_factor "
         "and ef: Lance allocates them up front.",
     )
+
+    @field_validator("calibration_levels")
+    @classmethod
+    def _levels_are_recalls(cls, levels: list[float]) -> list[float]:
+        if not all(0 < level <= 1 for level in levels):
+            raise ValueError(f"calibration levels must lie in (0, 1], got {levels}")
+        return sorted(set(levels))
 
     def expression_limits(self) -> ExpressionLimits:
         return self.group(ExpressionLimits)

@@ -8,7 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pyarrow.fs as pafs
 
@@ -122,6 +122,31 @@ class Root:
 
     def _path_of(self, name: str) -> str:
         return f"{self._path}/{name}{SUFFIX}"
+
+    def read_beside(self, name: str, relative: str) -> bytes | None:
+        """The file ``relative`` inside table ``name``'s directory, beside Lance's own (which
+        Lance and LanceDB ignore); None when there is none."""
+        try:
+            with self._fs.open_input_stream(f"{self._path_of(name)}/{relative}") as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def write_beside(self, name: str, relative: str, data: bytes) -> None:
+        """Replace the file ``relative`` inside table ``name``'s directory in one step (a
+        local file is written aside and renamed; an object store's put is atomic)."""
+        path = f"{self._path_of(name)}/{relative}"
+        self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        staged = path if "://" in self.uri else f"{path}.{uuid.uuid4().hex}.partial"
+        with self._fs.open_output_stream(staged) as stream:
+            stream.write(data)
+        if staged != path:
+            self._fs.move(staged, path)
+
+    def delete_beside(self, name: str, relative: str) -> None:
+        """Remove the file ``relative`` inside table ``name``'s directory, if there is one."""
+        with suppress(FileNotFoundError):
+            self._fs.delete_file(f"{self._path_of(name)}/{relative}")
 
     def exists(self, name: str) -> bool:
         # On object stores a "directory" exists while any object lies under its prefix.

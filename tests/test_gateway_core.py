@@ -21,9 +21,11 @@ from embedsearch.contract import convert as contract_convert
 from embedsearch.contract.values import (
     CompactionResult,
     FragmentLengths,
+    IndexCalibration,
     IndexStats,
     OptimizeResult,
     ReadParams,
+    RecallLevel,
     TableStatistics,
     TagInfo,
     TakeParams,
@@ -326,7 +328,18 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
     "ListIndexes": [lambda: convert.indexes_to_pb([INDEX])],
     "DropIndex": [gateway_pb2.DropIndexResponse],
     "IndexStats": [
-        lambda: contract_convert.index_stats_to_pb(IndexStats("i", "IVF_PQ", 1, 2, "dot", 3, 0.5))
+        lambda: contract_convert.index_stats_to_pb(
+            IndexStats(
+                "i",
+                "IVF_PQ",
+                1,
+                2,
+                "dot",
+                3,
+                0.5,
+                IndexCalibration(10, 100, 5, 2, 1.5, [RecallLevel(0.9, 4, 2, 8, 0.93, 1.5)], 0.99),
+            )
+        )
     ],
     "ListVersions": [
         lambda: convert.versions_to_pb([TableVersion(2, 0.5, ["v2"], {"k": "v"})]),
@@ -390,6 +403,7 @@ SEARCH = Search(
     True,
     0.5,
     2.5,
+    target_recall=0.9,
 )
 READ = Read("t", ReadParams("id = 1", ["id"], 5, 2, 3, True, {"double": "id * 2"}))
 MERGE = MergeInsert("t", ["id"], ROWS, True, "c1", True, True, "c2", BAD)

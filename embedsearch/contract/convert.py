@@ -13,9 +13,11 @@ from embedsearch.contract.errors import InvalidArgument
 from embedsearch.contract.values import (
     CompactionResult,
     FragmentLengths,
+    IndexCalibration,
     IndexInfo,
     IndexParams,
     IndexStats,
+    RecallLevel,
     TableStatistics,
 )
 from embedsearch.v1 import common_pb2
@@ -210,12 +212,25 @@ def index_to_pb(index: IndexInfo) -> common_pb2.IndexInfo:
     return value_to_pb(index, common_pb2.IndexInfo, index_type=index_type_to_pb(index.index_type))
 
 
+def calibration_from_pb(calibration: common_pb2.IndexCalibration) -> IndexCalibration:
+    levels = [params_from_pb(level, RecallLevel) for level in calibration.levels]
+    return params_from_pb(calibration, IndexCalibration, levels=levels)
+
+
+def calibration_to_pb(calibration: IndexCalibration) -> common_pb2.IndexCalibration:
+    levels = [value_to_pb(level, common_pb2.RecallLevel) for level in calibration.levels]
+    return value_to_pb(calibration, common_pb2.IndexCalibration, levels=levels)
+
+
 def index_stats_from_pb(stats: common_pb2.IndexStatistics) -> IndexStats:
     return params_from_pb(
         stats,
         IndexStats,
         index_type=index_type_from_pb(stats.index_type),
         distance_type=metric_from_pb(stats.distance_type) or "",
+        calibration=(
+            calibration_from_pb(stats.calibration) if stats.HasField("calibration") else None
+        ),
     )
 
 
@@ -225,6 +240,7 @@ def index_stats_to_pb(stats: IndexStats) -> common_pb2.IndexStatistics:
         common_pb2.IndexStatistics,
         index_type=index_type_to_pb(stats.index_type),
         distance_type=metric_to_pb(stats.distance_type),
+        calibration=calibration_to_pb(stats.calibration) if stats.calibration else None,
     )
 
 

@@ -23,6 +23,38 @@ class IndexInfo:
 
 
 @dataclass
+class RecallLevel:
+    """The cheapest search parameters measured to reach one recall level (``common.proto``
+    RecallLevel); zero ``refine_factor`` and ``ef`` are unset."""
+
+    recall: float
+    nprobes: int = 0
+    refine_factor: int = 0
+    ef: int = 0
+    measured_recall: float = 0.0
+    latency_ms: float = 0.0
+
+
+@dataclass
+class IndexCalibration:
+    """Recall@k of a vector index against its search parameters, measured on a sample of the
+    table's own vectors (``common.proto`` IndexCalibration)."""
+
+    k: int
+    sample_queries: int
+    num_rows: int
+    version: int
+    calibrated_at: float
+    levels: list[RecallLevel] = field(default_factory=list)
+    max_recall: float = 0.0
+
+    def level_for(self, target: float) -> RecallLevel | None:
+        """The cheapest level that reaches ``target``; None when none does."""
+        reaching = [level for level in self.levels if level.recall >= target - 1e-9]
+        return min(reaching, key=lambda level: level.latency_ms, default=None)
+
+
+@dataclass
 class IndexStats:
     """One index's statistics (``common.proto`` IndexStatistics); ``index_type`` as in
     :class:`IndexInfo`, ``distance_type`` "" for a scalar or full-text index."""
@@ -34,6 +66,7 @@ class IndexStats:
     distance_type: str = ""
     num_indices: int = 0
     loss: float | None = None
+    calibration: IndexCalibration | None = None
 
 
 @dataclass
