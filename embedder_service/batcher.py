@@ -4,6 +4,9 @@ Requests are prepared (tokenized) as they arrive, on tokenizer threads; the batc
 oldest inputs, sorts a window of them by length so padding stays small, computes identical inputs
 once, and runs the batch on the function's inference thread while the next requests are already
 being tokenized. Scattering the vectors back to their requests happens on the event loop.
+
+A lone input that finds the model idle and nothing queued (a query, most often) skips all that:
+it is tokenized and run in one hop to the inference thread, with no batch to form or wait for.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedder_service.budget import Budget
 from embedsearch.contract.errors import Overloaded
+from service_kit.tracing import Captured, capture, span
 
 MAX_RETRY_AFTER_S = 10.0  # the longest back-off a full queue asks callers for
 # How many queued inputs are sorted by length together; a larger window pads less, waits longer.
@@ -86,6 +90,7 @@ class _Request:
     future: asyncio.Future[np.ndarray]
     enqueued: float
     deadline: float | None = None  # time.monotonic() by which the caller wants an answer
+    trace: Captured | None = None  # where its queueing and inference spans go, when traced
 
 
 @dataclass(eq=False)
@@ -188,8 +193,13 @@ class Batcher:
                 f"{self.limits.max_queued_inputs}); retry after {wait_s:.2f}s",
                 retry_after_s=wait_s,
             )
+        if len(inputs) == 1 and self._idle():
+            return await self._at_once(mode, inputs, deadline)
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._tokenizers, self.runner.prepare, mode, inputs)
+        with span("embed.tokenize", inputs=len(inputs)):
+            prepared = await loop.run_in_executor(
+                self._tokenizers, self.runner.prepare, mode, inputs
+            )
         request = _Request(
             mode,
             len(inputs),
@@ -198,6 +208,7 @@ class Batcher:
             loop.create_future(),
             time.perf_counter(),
             deadline,
+            capture(),
         )
         self._queue.extend(
             _Item(request, i, key, payload, cost)
@@ -214,6 +225,59 @@ class Batcher:
             self._queue = collections.deque(i for i in self._queue if i.request is not request)
             request.future.cancel()
             raise
+
+    def _idle(self) -> bool:
+        """Nothing queued, a batch slot free, and no batch window to wait for."""
+        return (
+            not self._queue and self._in_flight < self.concurrency and self.limits.max_wait_s == 0
+        )
+
+    async def _at_once(self, mode: str, inputs: list[Any], deadline: float | None) -> Any:
+        """Embed a lone input on an idle model: tokenized and run on the inference thread in
+        one hop. It holds a batch slot while it runs, so inputs arriving meanwhile queue and
+        batch as usual; a caller that gives up leaves it to finish, as a batch would."""
+        trace, arrived = capture(), time.perf_counter()
+        budget = Budget(deadline)
+        self._in_flight += 1
+        job = asyncio.get_running_loop().run_in_executor(
+            self._inference, budget.run, self._prepare_and_run, mode, inputs
+        )
+        job.add_done_callback(self._slot_freed)
+        try:
+            vectors, cost, (started, tokenized, ended) = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            budget.abandoned.set()
+            raise
+        if len(vectors) != 1:
+            raise RuntimeError(f"1 input gave {len(vectors)} vectors")
+        if trace is not None:
+            trace.record("embed.queue", arrived, started)
+            trace.record("embed.tokenize", started, tokenized, {"inputs": 1})
+            trace.record("embed.inference", tokenized, ended, {"batch.size": 1, "batch.unique": 1})
+        self._seconds_per_input += 0.2 * (ended - tokenized - self._seconds_per_input)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    size=1,
+                    unique=1,
+                    padded_tokens=cost,
+                    queue_s=[started - arrived],
+                    inference_s=ended - tokenized,
+                )
+            )
+        return vectors if isinstance(vectors, list) else np.asarray(vectors, dtype=np.float32)
+
+    def _prepare_and_run(self, mode: str, inputs: list[Any]) -> tuple[Any, int, tuple[float, ...]]:
+        """On the inference thread: the vectors, the input's cost, and when each step began."""
+        started = time.perf_counter()
+        [(payload, cost)] = self.runner.prepare(mode, inputs)
+        tokenized = time.perf_counter()
+        vectors = self.runner.run(mode, [payload])
+        return vectors, cost, (started, tokenized, time.perf_counter())
+
+    def _slot_freed(self, _: object) -> None:
+        self._in_flight -= 1
+        self._arrived.set()  # the batch loop may start what queued meanwhile
 
     async def _loop(self) -> None:
         try:
@@ -325,7 +389,9 @@ class Batcher:
             request.remaining -= 1
             if request.remaining == 0:
                 request.future.set_result(request.vectors)
-        took = time.perf_counter() - started
+        ended = time.perf_counter()
+        _record_spans(batch, len(payloads), started, ended)
+        took = ended - started
         self._seconds_per_input += 0.2 * (took / len(payloads) - self._seconds_per_input)
         if self._on_batch is not None:
             self._on_batch(
@@ -337,6 +403,17 @@ class Batcher:
                     inference_s=took,
                 )
             )
+
+
+def _record_spans(batch: list[_Item], unique: int, started: float, ended: float) -> None:
+    """Each traced caller's wait in the queue and the batch its inputs ran in."""
+    requests = {id(item.request): item.request for item in batch if item.request.trace}
+    for request in requests.values():
+        trace = request.trace
+        assert trace is not None
+        trace.record("embed.queue", request.enqueued, started)
+        attributes = {"batch.size": len(batch), "batch.unique": unique}
+        trace.record("embed.inference", started, ended, attributes)
 
 
 def _budget(batch: list[_Item]) -> Budget:

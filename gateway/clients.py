@@ -13,12 +13,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import Message
 
-from embedsearch.contract.channels import (
-    channel_credentials,
-    channel_options,
-    target_of,
-    typed_errors,
-)
+from embedsearch.contract.channels import aio_channel, channel_credentials, typed_errors
 from embedsearch.contract.convert import (
     CREATE_MODE_TO_PB,
     index_from_pb,
@@ -66,6 +61,7 @@ from gateway.values import (
 )
 from service_kit.auth import PeerToken
 from service_kit.deadline import remaining
+from service_kit.tracing import Tracing
 
 # Inputs per Embed request (under the embedder's default --max-inputs-per-request, 2048), and
 # such requests in flight per embed.
@@ -90,15 +86,11 @@ class Peer:
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
         token: PeerToken | None = None,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
         self.name = f"{self.kind} at {address}"
         self.token = token
-        target, options = target_of(address), channel_options(max_message_bytes)
-        self.channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials
-            else grpc.aio.insecure_channel(target, options=options)
-        )
+        self.channel = aio_channel(address, max_message_bytes, credentials, interceptors)
         self.stub = self.stub_class(self.channel)
 
     async def call(self, method: str, request: Any) -> Any:
@@ -192,9 +184,9 @@ class EmbedderClient(Peer):
 
         step = EMBED_REQUEST_INPUTS if media is None else MEDIA_REQUEST_INPUTS
         parts = [inputs[i : i + step] for i in range(0, len(inputs), step)] or [inputs]
+        if len(parts) == 1:  # a query, most often: awaited here, with no task to schedule
+            return await one(parts[0])
         vectors = await asyncio.gather(*(one(part) for part in parts))
-        if len(vectors) == 1:
-            return vectors[0]
         if isinstance(vectors[0], MultiVectors):
             return MultiVectors.concat(vectors)  # type: ignore[arg-type]
         return np.concatenate(vectors)
@@ -366,16 +358,20 @@ class StoreClient(SchemaMaintenanceStore, Peer):
         return write_from_pb(await self.call("Restore", restore_to_pb(name, version)))
 
 
-def connect_peers(settings: GatewaySettings) -> tuple[EmbedderClient, StoreClient]:
-    """Channels to both peers, with the TLS and token settings they share."""
+def connect_peers(
+    settings: GatewaySettings, tracing: Tracing | None = None
+) -> tuple[EmbedderClient, StoreClient]:
+    """Channels to both peers, with the TLS and token settings they share; with ``tracing``,
+    every call carries a CLIENT span and sends its trace context on."""
     credentials = channel_credentials(
         settings.peer_tls_ca_file, settings.peer_tls_cert_file, settings.peer_tls_key_file
     )
     token = PeerToken.configure(settings.peer_token, settings.peer_token_file)
     limit = settings.max_message_bytes
+    interceptors = tracing.client_interceptors() if tracing else None
     return (
-        EmbedderClient(settings.embedder_addr, limit, credentials, token),
-        StoreClient(settings.store_addr, limit, credentials, token),
+        EmbedderClient(settings.embedder_addr, limit, credentials, token, interceptors),
+        StoreClient(settings.store_addr, limit, credentials, token, interceptors),
     )
 
 
@@ -395,6 +391,7 @@ VECTOR_ONLY = (
     "bypass_vector_index",
     "distance_lower_bound",
     "distance_upper_bound",
+    "target_recall",
 )
 
 

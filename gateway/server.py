@@ -57,6 +57,8 @@ from gateway.server_schema import SchemaMaintenanceServicer
 from gateway.settings import GatewaySettings
 from gateway.values import Chunk
 from service_kit.server import RpcMetrics, new_server
+from service_kit.settings import TracingSettings
+from service_kit.tracing import start as start_tracing
 
 SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 __all__ = ["GatewayServicer", "create_server", "rows_from_pb"]
@@ -220,7 +222,8 @@ def table_named(request: Any) -> str:
 async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int]:
     """Build the gateway, bound but not started; SERVING once both peers answer SERVING."""
     metrics = RpcMetrics("gateway", CollectorRegistry())
-    embedder, store = connect_peers(settings)
+    tracing = start_tracing(settings.group(TracingSettings), settings.service_name)
+    embedder, store = connect_peers(settings, tracing)
     servicer = GatewayServicer(GatewayCore(embedder, store, settings))
     server, port, readiness = await new_server(
         settings,
@@ -228,6 +231,7 @@ async def create_server(settings: GatewaySettings) -> tuple[grpc.aio.Server, int
         lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, s),
         metrics,
         subject=table_named,
+        tracing=tracing,
     )
     readiness.warm_up(
         wait_serving([embedder, store]),

@@ -38,7 +38,9 @@ from service_kit.auth import Guard, token_guard
 from service_kit.deadline import set_deadline
 from service_kit.launch import PARENT_PID_ENV
 from service_kit.memory import return_large_blocks_to_the_system
-from service_kit.settings import ServiceSettings
+from service_kit.settings import ServiceSettings, TracingSettings
+from service_kit.tracing import Tracing, span
+from service_kit.tracing import start as start_tracing
 from service_kit.validate import parse_request
 
 log = logging.getLogger("service_kit")
@@ -249,7 +251,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(data: bytes, context: grpc.aio.ServicerContext) -> Any:
                 async with answering(context) as call:
-                    request = parse_request(request_class, data)
+                    with span("parse"):
+                        request = parse_request(request_class, data)
                     call.subject = subject(request)
                     return await inner(request, context)
 
@@ -275,7 +278,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 data: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 async with answering(context) as call:
-                    request = parse_request(request_class, data)
+                    with span("parse"):
+                        request = parse_request(request_class, data)
                     call.subject = subject(request)
                     async for response in inner(request, context):
                         yield response
@@ -360,6 +364,13 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
 
 # The health of each server built by new_server, for drain() to turn NOT_SERVING.
 _READINESS: weakref.WeakKeyDictionary[grpc.aio.Server, Readiness] = weakref.WeakKeyDictionary()
+# The tracing of each server that traces, for drain() to flush.
+_TRACING: weakref.WeakKeyDictionary[grpc.aio.Server, Tracing] = weakref.WeakKeyDictionary()
+
+
+def tracing_of(server: grpc.aio.Server) -> Tracing | None:
+    """The tracing of a server built by :func:`new_server`; None where tracing is off."""
+    return _TRACING.get(server)
 
 
 async def new_server(
@@ -368,8 +379,12 @@ async def new_server(
     add_servicers: Callable[[grpc.aio.Server], None],
     metrics: RpcMetrics,
     subject: Callable[[Any], str] | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.aio.Server, int, Readiness]:
     """Build a gRPC server with our interceptor, health, reflection and limits, and bind it.
+
+    With ``--otlp-endpoint`` set, a tracing interceptor goes in front of ours (or ``tracing``,
+    where the service built it first to trace its own channels: the gateway).
 
     The server is not started; health answers NOT_SERVING until :meth:`Readiness.set`.
     Callers need one of the settings' bearer tokens when any is configured (a read-only one
@@ -387,9 +402,13 @@ async def new_server(
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
-    server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics, subject, guard)], options=options
-    )
+    tracing = tracing or start_tracing(settings.group(TracingSettings), settings.service_name)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics, subject, guard)]
+    if tracing is not None:
+        interceptors.insert(0, tracing.server_interceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    if tracing is not None:
+        _TRACING[server] = tracing
     add_servicers(server)
     readiness = Readiness(service_full_names)
     _READINESS[server] = readiness
@@ -461,11 +480,14 @@ async def serve(
 async def drain(server: grpc.aio.Server, grace_s: float) -> None:
     """Stop ``server`` gracefully: health turns NOT_SERVING for good first, so that probes and
     load balancers stop sending, then calls in flight get ``grace_s`` seconds to finish while
-    new ones are refused."""
+    new ones are refused; the spans of a server that traces are sent last."""
     readiness = _READINESS.get(server)
     if readiness is not None:
         await readiness.servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
+    tracing = _TRACING.get(server)
+    if tracing is not None:  # the last calls' spans
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def die_with_parent() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
@@ -17,7 +17,26 @@ MMAP_THRESHOLD_HELP = (
 )
 
 
-class ServiceSettings(BaseSettings):
+class TracingSettings(BaseModel):
+    """Where a service sends its traces (service_kit/tracing.py); a group of ServiceSettings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector that receives the service's traces, e.g. "
+        "http://otel-collector:4317 (http:// plaintext, https:// TLS); empty: tracing off.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the traces started here that are recorded; a caller's "
+        "traceparent decides for the traces it starts.",
+    )
+
+
+class ServiceSettings(TracingSettings, BaseSettings):
     """Listening address, metrics endpoint, limits, callers' tokens and logging of one service.
 
     Every field is a flag (``--metrics-port``) and an environment variable with the service's

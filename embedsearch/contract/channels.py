@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
@@ -50,6 +50,20 @@ def channel_credentials(
         private_key=read_pem(key_file, "the TLS client key file"),
         certificate_chain=read_pem(cert_file, "the TLS client certificate file"),
     )
+
+
+def aio_channel(
+    address: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``address`` with our options: TLS when ``credentials`` are given,
+    and ``interceptors`` (a service's tracing, say) on every call."""
+    target, options = target_of(address), channel_options(max_message_bytes)
+    if credentials:
+        return grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
 
 
 def target_of(address: str) -> str:
