@@ -194,6 +194,10 @@ class EmbedderCore:
         configure = getattr(func, "configure", None)
         if configure is not None:
             configure(self.settings.retry_base_s, self._retry_counter(provider))
+        # The engine of a local model is the server's choice (--backend), never the spec's.
+        use_backend = getattr(func, "use_backend", None)
+        if use_backend is not None:
+            use_backend(self.settings.inference_backend)
         return func
 
     def _retry_counter(self, provider: str) -> Any:

@@ -7,16 +7,18 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from embedder_service.backends import BackendSettings
 from embedder_service.batcher import BatchLimits
 from embedder_service.guards import RequestLimits
 from service_kit.paths import comma_list, real_dirs
 from service_kit.settings import ServiceSettings
 
 
-# The batch and request limits are groups of their own, declared on their models: their fields
-# are flags and variables like the rest (--max-batch-size, EMBEDDER_MAX_BATCH_SIZE), and the
-# core takes them as those models (batch_limits, request_limits).
-class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
+# The batch and request limits and the backend are groups of their own, declared on their
+# models: their fields are flags and variables like the rest (--max-batch-size,
+# EMBEDDER_MAX_BATCH_SIZE, --backend), and the core takes them as those models (batch_limits,
+# request_limits, inference_backend).
+class EmbedderSettings(BatchLimits, RequestLimits, BackendSettings, ServiceSettings):
     """Settings of embedder_service."""
 
     model_config = SettingsConfigDict(env_prefix="EMBEDDER_")
@@ -90,6 +92,11 @@ class EmbedderSettings(BatchLimits, RequestLimits, ServiceSettings):
     def request_limits(self) -> RequestLimits:
         """--max-text-bytes and the other bounds of a request, as the guards take them."""
         return self.group(RequestLimits)
+
+    @property
+    def inference_backend(self) -> BackendSettings:
+        """--backend and --onnx-cache-dir, as the local text providers take them."""
+        return self.group(BackendSettings)
 
     def plugin_modules(self) -> list[str]:
         return comma_list(self.plugins)

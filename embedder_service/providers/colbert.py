@@ -40,6 +40,9 @@ class ColbertEmbeddings(HuggingFaceEmbeddings):
     """
 
     multi_vector: ClassVar[bool] = True
+    # One vector per token: the ONNX export serves single-vector models, so this one stays on
+    # torch whatever --backend says.
+    onnx_ready: ClassVar[bool] = False
     pipeline_class: ClassVar[type[TokenPipeline]] = TokenVectors
 
     @staticmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,6 +11,7 @@ from embedder_service.providers import BUILTIN
 from embedder_service.providers.local import (
     ROOTS_HINT,
     Device,
+    LocalTextEmbeddings,
     TokenPipeline,
     mean_pool,
     model_loading,
@@ -19,13 +19,12 @@ from embedder_service.providers.local import (
     run_in_batches,
     weights_dir,
 )
-from embedsearch.contract.functions import TextEmbeddingFunction
 
 _HINT = f"set name to a local directory holding the model and its tokenizer {ROOTS_HINT}"
 
 
 @BUILTIN.register("huggingface")
-class HuggingFaceEmbeddings(TextEmbeddingFunction):
+class HuggingFaceEmbeddings(LocalTextEmbeddings):
     """Mean-pooled last hidden states of a transformers model (the default is ColBERTv2's BERT)."""
 
     default_model: ClassVar[str] = "colbert-ir/colbertv2.0"
@@ -39,7 +38,6 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
     batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
 
     _loaded: tuple[Any, Any, str] | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def _load(self) -> tuple[Any, Any, str]:
         with self._lock:
@@ -47,7 +45,7 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
                 from transformers import AutoModel, AutoTokenizer
 
                 device = resolve_device(self.device)
-                path = weights_dir(self.name, _HINT)
+                path = self.weights()
                 with model_loading(self.name, _HINT):
                     tokenizer = AutoTokenizer.from_pretrained(
                         path, trust_remote_code=self.trust_remote_code
@@ -64,7 +62,13 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
     # The tokenize/forward pipeline the batcher runs, and what the forward pass returns.
     pipeline_class: ClassVar[type[TokenPipeline]] = TokenPipeline
 
-    def pipeline(self) -> TokenPipeline:
+    def weights(self) -> str:
+        return weights_dir(self.name, _HINT)
+
+    def torch_model(self) -> Any:
+        return self._load()[1]
+
+    def torch_pipeline(self) -> TokenPipeline:
         tokenizer, model, device = self._load()
         max_length = min(self.max_length, getattr(tokenizer, "model_max_length", self.max_length))
 
@@ -78,7 +82,7 @@ class HuggingFaceEmbeddings(TextEmbeddingFunction):
         """One vector per input: the mean of its tokens' last hidden states."""
         return mean_pool(hidden, features["attention_mask"])
 
-    def ndims(self) -> int:
+    def torch_ndims(self) -> int:
         """The model's hidden size."""
         return int(self._load()[1].config.hidden_size)
 

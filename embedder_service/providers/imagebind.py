@@ -242,6 +242,11 @@ class ImageBindRunner:
 
         args, data_module = self.video_args, self.data
         duration = args["clip_duration"]
+        # pytorchvideo sets decord's torch bridge when first imported, but decord keeps its
+        # bridge per thread, and this may run on any tokenizer or inference thread.
+        import decord
+
+        decord.bridge.set_bridge("torch")
         try:
             video = select_video_class("decord")(io.BytesIO(data), f"input {row}", False)
             sampler = ConstantClipsPerVideoSampler(

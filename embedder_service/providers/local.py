@@ -8,14 +8,15 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import AfterValidator
+from pydantic import AfterValidator, PrivateAttr
 
+from embedder_service.backends import BackendSettings
 from embedder_service.guards import looks_like_path
 from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
-from embedsearch.contract.functions import check_texts
+from embedsearch.contract.functions import TextEmbeddingFunction, check_texts
 from embedsearch.contract.text import brief
 
 log = logging.getLogger("embedder_service")
@@ -59,7 +60,10 @@ def resolve_device(device: str) -> str:
 
 
 def _check_device(device: str) -> str:
-    resolve_device(device)
+    # 'auto' is always valid: resolving it here would import torch into an embedder that runs
+    # the onnx backend (the provider resolves it when it loads).
+    if device != "auto":
+        resolve_device(device)
     return device
 
 
@@ -177,3 +181,62 @@ def run_in_batches(pipeline: Any, mode: str, inputs: list[Any], batch_size: int)
         for start in range(0, len(prepared), batch_size)
         for output in pipeline.run(mode, prepared[start : start + batch_size])
     ]
+
+
+class LocalTextEmbeddings(TextEmbeddingFunction):
+    """A text model run on this server, by torch or by ONNX Runtime (the embedder's --backend).
+
+    Subclasses load the torch model (:meth:`torch_model`, :meth:`torch_pipeline`,
+    :meth:`torch_ndims`) and name its weights (:meth:`weights`); this class picks the engine.
+    The backend is the server's, not an argument: a table's metadata never names it.
+    """
+
+    # Whether the forward pass gives one vector per input, which the ONNX export serves.
+    onnx_ready: ClassVar[bool] = True
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _backend: BackendSettings = PrivateAttr(default_factory=BackendSettings)
+    _onnx: Any = PrivateAttr(default=None)
+
+    def use_backend(self, backend: BackendSettings) -> None:
+        """Run on ``backend`` (the embedder calls this before anything is loaded)."""
+        self._backend = backend
+
+    def weights(self) -> str:
+        """The directory the model loads from."""
+        raise NotImplementedError
+
+    def torch_model(self) -> Any:
+        """The loaded torch module the forward pass runs."""
+        raise NotImplementedError
+
+    def torch_pipeline(self) -> TokenPipeline:
+        raise NotImplementedError
+
+    def torch_ndims(self) -> int:
+        raise NotImplementedError
+
+    def on_onnx(self) -> bool:
+        return self._backend.onnx and self.onnx_ready
+
+    def pipeline(self) -> Any:
+        """Tokenize per request, batch across callers, forward on the inference thread."""
+        return self.onnx_pipeline() if self.on_onnx() else self.torch_pipeline()
+
+    def ndims(self) -> int:
+        return self.onnx_pipeline().ndims if self.on_onnx() else self.torch_ndims()
+
+    def onnx_pipeline(self) -> Any:
+        """The ONNX Runtime pipeline, exported on first use into --onnx-cache-dir."""
+        with self._lock:
+            if self._onnx is None:
+                from embedder_service.backends.onnx_runtime import ExportSpec, load_pipeline
+
+                cls = type(self)
+                spec = ExportSpec(
+                    f"{cls.__module__}:{cls.__qualname__}", self.model_dump(), self.weights()
+                )
+                self._onnx = load_pipeline(
+                    spec, self._backend, self.device, self.normalize, self.name
+                )
+            return self._onnx

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,12 +11,13 @@ from embedder_service.providers import BUILTIN
 from embedder_service.providers.local import (
     ROOTS_HINT,
     Device,
+    LocalTextEmbeddings,
     TokenPipeline,
     model_loading,
     resolve_device,
+    run_in_batches,
     weights_dir,
 )
-from embedsearch.contract.functions import TextEmbeddingFunction
 
 
 def bundled_model_path() -> str:
@@ -35,7 +35,7 @@ _PROMPT_NAMES = {"query": ("query",), "source": ("document", "passage", "corpus"
 
 
 @BUILTIN.register("sentence-transformers")
-class SentenceTransformerEmbeddings(TextEmbeddingFunction):
+class SentenceTransformerEmbeddings(LocalTextEmbeddings):
     """Text embeddings from a sentence-transformers model, local directory or cached hub name."""
 
     default_model: ClassVar[str] = "all-MiniLM-L6-v2 (bundled)"
@@ -48,7 +48,6 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
     batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
 
     _model: Any = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def model(self) -> Any:
         """The loaded SentenceTransformer (fp16 on a GPU), loaded on first use."""
@@ -58,7 +57,7 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # one JSON log line per event, no bars
-                path = self._weights()
+                path = self.weights()
                 device = resolve_device(self.device)
                 with model_loading(self.name, _HINT):
                     model = SentenceTransformer(
@@ -69,7 +68,7 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
                 self._model = model.eval()
             return self._model
 
-    def _weights(self) -> str:
+    def weights(self) -> str:
         """The directory to load: the bundled model, a checked path, or a cached hub model."""
         if self.name in _BUNDLED_ALIASES:
             return bundled_model_path()
@@ -77,8 +76,10 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
         org = [] if "/" in self.name else [f"sentence-transformers/{self.name}"]
         return weights_dir(self.name, _HINT, [*org, self.name])
 
-    def pipeline(self) -> TokenPipeline:
-        """Tokenize per request, batch across callers, forward on the inference thread."""
+    def torch_model(self) -> Any:
+        return self.model()
+
+    def torch_pipeline(self) -> TokenPipeline:
         model = self.model()
         prompts = {
             mode: next((model.prompts[n] for n in names if n in model.prompts), "")
@@ -93,10 +94,12 @@ class SentenceTransformerEmbeddings(TextEmbeddingFunction):
             prompts=prompts,
         )
 
-    def ndims(self) -> int:
+    def torch_ndims(self) -> int:
         return int(self.generate_embeddings(["ndims probe"]).shape[1])
 
     def generate_embeddings(self, texts: list[str]) -> np.ndarray:
+        if self.on_onnx():
+            return np.asarray(run_in_batches(self.pipeline(), "source", texts, self.batch_size))
         return self.model().encode(
             texts,
             batch_size=self.batch_size,
