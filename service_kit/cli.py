@@ -17,6 +17,12 @@ from embedsearch.contract.errors import FailedPrecondition, Unavailable
 from service_kit.launch import PARENT_PID_ENV, free_port, require_server_extra
 
 READY_TIMEOUT_S = 180.0
+# The Ray jobs' subcommands (ray_jobs/cli.py).
+JOBS = {
+    "ingest": "embed a corpus (Parquet, JSONL, CSV, Lance) into a table with Ray",
+    "reembed": "backfill a vector column under a new function with Ray, then bind it",
+    "index": "build a vector, scalar or full-text index with Ray workers",
+}
 # After its grace period (10 s by default) a stopping service cancels what is left; past this,
 # the launcher kills it.
 STOP_TIMEOUT_S = 15.0
@@ -58,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     ):
         up.add_argument(f"--{name}-port", type=int, default=grpc_port)
         up.add_argument(f"--{name}-metrics-port", type=int, default=metrics_port)
+    # The Ray jobs (ray_jobs/, the `ray` extra) parse their own arguments: only named here.
+    for name, summary in JOBS.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -305,12 +314,19 @@ def running(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
     try:
         require_server_extra(f"embedsearch {args.command}")
     except FailedPrecondition as exc:
         print(f"embedsearch: {exc}", file=sys.stderr)
         return 2
+    if args.command in JOBS:
+        from ray_jobs.cli import main as run_job
+
+        return run_job([args.command, *rest])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return up(args)
 
 

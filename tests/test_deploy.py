@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -142,11 +143,60 @@ def env_name(cls: type[ServiceSettings], field: str) -> str:
 def test_kubectl_renders_every_overlay_and_the_operator_manifests():
     for overlay in OVERLAYS:
         assert render(K8S / "overlays" / overlay)
-    assert {"dev", "gpu", "object-store"} <= set(OVERLAYS)
+    assert {"dev", "gpu", "object-store", "ray"} <= set(OVERLAYS)
     assert {o["kind"] for o in render(ROOT / "deploy/prometheus/operator")} == {
         "PodMonitor",
         "PrometheusRule",
     }
+
+
+# Custom resources, by (apiVersion, kind): their CRD's schema, with the Kubernetes objects it
+# embeds (pod templates, Services) left open, each validated against the Kubernetes schemas.
+CRD_SCHEMAS = {("ray.io/v1", "RayJob"): ROOT / "tests" / "schemas" / "kuberay-rayjob-v1.7.0.yaml"}
+
+
+def strict_schema(schema: Any) -> Any:
+    """An openAPIV3 schema that refuses unknown fields, as ``kubectl --validate=strict`` does
+    (a structural schema would silently prune them), except where it keeps them on purpose."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    strict = {key: strict_schema(value) for key, value in schema.items()}
+    if "properties" in strict and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        strict.setdefault("additionalProperties", False)
+    return strict
+
+
+def embedded_pod_templates(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """A RayJob's pod templates (head, worker groups), as core/v1 PodTemplate objects."""
+    cluster = obj["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "t"},
+            "template": g["template"],
+        }
+        for g in groups
+    ]
+
+
+def validate_object(obj: dict[str, Any], version: str) -> None:
+    """Validate ``obj`` against the Kubernetes schemas of ``version``, or its CRD's schema."""
+    crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
+    if crd is None:
+        kubernetes_validate.validate(obj, version, strict=True)
+        return
+    import jsonschema
+
+    try:
+        jsonschema.validate(obj, strict_schema(yaml.safe_load(crd.read_text())))
+    except jsonschema.ValidationError as exc:
+        raise kubernetes_validate.ValidationError(exc, crd.name) from exc
+    for template in embedded_pod_templates(obj):
+        kubernetes_validate.validate(template, version, strict=True)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -154,11 +204,31 @@ def test_every_rendered_object_validates_against_the_kubernetes_schemas(overlay)
     for obj in render(K8S / "overlays" / overlay):
         for version in KUBERNETES_VERSIONS:
             try:
-                kubernetes_validate.validate(obj, version, strict=True)
+                validate_object(obj, version)
             except kubernetes_validate.ValidationError as exc:
                 pytest.fail(
                     f"{overlay}: {obj['kind']}/{obj['metadata']['name']} on {version}: {exc}"
                 )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ["spec", "entrypont"],
+        ["spec", "rayClusterSpec", "headGroupSpec", "rayStartParam"],
+        ["spec", "rayClusterSpec", "workerGroupSpecs", 1, "template", "spec", "nodeSelecter"],
+    ],
+    ids=["rayjob", "cluster", "pod-template"],
+)
+def test_crd_validation_catches_a_misspelt_field(path):
+    rayjob = next(o for o in objects("ray", "RayJob"))
+    broken = yaml.safe_load(yaml.safe_dump(rayjob))
+    parent = broken
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_object(broken, KUBERNETES_VERSIONS[1])
 
 
 def test_schema_validation_catches_a_misspelt_field():
@@ -351,6 +421,40 @@ def test_object_store_overlay_runs_several_stores_on_a_bucket():
     assert workloads("dev")["store"]["spec"]["volumeClaimTemplates"]
 
 
+def test_ray_overlay_ingests_into_the_object_store_buckets_tables():
+    """The RayJob runs `embedsearch ingest` (flags the command takes) where the stores read:
+    their data root and bucket credentials; CPU and GPU worker groups; pods locked down."""
+    from ray_jobs.cli import parser
+
+    (rayjob,) = objects("ray", "RayJob")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    env = container_env("ray", head)  # the driver runs on the head
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if v is not None}, clear=True):
+        args = parser().parse_args(rayjob["spec"]["entrypoint"].split()[1:])
+    assert args.command == "ingest" and args.table
+    (store,) = workloads("ray")["store"]["spec"]["template"]["spec"]["containers"]
+    stores = settings_of(StoreSettings, container_env("ray", store))
+    assert stores.data_root.startswith("s3://") and args.data_root == stores.data_root
+    assert {"secretRef": {"name": "embedsearch-s3"}} in head["envFrom"]
+    assert settings_of(EmbedderSettings, env).max_batch_size > 0  # the embedder's limits
+    assert {p["name"]: p["containerPort"] for p in head["ports"]}["job-metrics"] == int(
+        args.metrics_port
+    )
+    groups = {g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]}
+    (gpu,) = groups["gpu"]["containers"]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert groups["gpu"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    (cpu,) = groups["cpu"]["containers"]
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
+    for pod in [cluster["headGroupSpec"]["template"]["spec"], *groups.values()]:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", "/dev/shm"}
+
+
 def test_prometheus_finds_every_service_through_its_metrics_service():
     """The scrape config's SRV names and the PodMonitor match the manifests."""
     rendered = render(K8S / "overlays" / "tls")
@@ -422,6 +526,10 @@ def test_dockerfile_pins_its_base_runs_as_non_root_and_has_the_entry_points():
         if not sources[0].startswith("--from="):  # from the build context, not a stage
             assert all((ROOT / source).exists() for source in sources), sources
     assert ["deploy/healthcheck.py", HEALTHCHECK[1]] in copies  # where the TLS probes run it
+    # Every package pyproject installs is in the image's sources.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for pattern in packages["packages"]["find"]["include"]:
+        assert [pattern.rstrip("*")] * 2 in [c[:2] for c in copies], pattern
     images = {
         c["image"].split(":")[0]
         for o in OVERLAYS
