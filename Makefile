@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install install-multimodal protos run test lint bench clean
+.PHONY: help install install-multimodal install-chroma protos run test lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(PIP_LOCAL) -e '.[server,test,apis]'
+	$(PIP) install -q $(PIP_LOCAL) -e '.[server,test,apis,onnx,ray]'
 	touch $(STAMP)
 
 $(STUBS): $(STAMP) $(PROTOS)
@@ -64,8 +64,11 @@ lint: install ## Run ruff
 bench: install ## Run the benchmarks in bench/ (ONLY=<name> for one); prints JSON lines
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(ONLY)
 
+install-chroma: install ## Chroma's own env, a baseline of bench/search_text_e2e.py (made on first use too)
+	$(PY) -c "from bench.search_text_e2e import chroma_python; chroma_python()"
+
 clean: ## Remove the virtualenvs and generated stubs
-	rm -rf $(VENV) $(MULTIMODAL_VENV) embedsearch/v1
+	rm -rf $(VENV) $(MULTIMODAL_VENV) .venv-chroma embedsearch/v1
 
 .PHONY: proto-descriptor prometheus-rule
 

@@ -43,7 +43,7 @@ from gateway.mapping import (
     pick_binding,
     schema_with_bindings,
 )
-from gateway.media import MediaReader
+from gateway.media import MediaReader, is_reference
 from gateway.rerank import reranked_search
 from gateway.schema import SchemaMaintenanceCore
 from gateway.values import (
@@ -464,7 +464,7 @@ class GatewayCore(SchemaMaintenanceCore):
             _bad_rows(good, why, field, bad, drop, fill)
             return fill
         inputs = [source[i] for i in np.flatnonzero(ok)]
-        media = await self._media_for(binding)
+        media = await self._media_for(binding, inputs)
         embedded = await self.embedder.embed(
             binding.provider, binding.args, "source", inputs, media
         )
@@ -615,13 +615,15 @@ class GatewayCore(SchemaMaintenanceCore):
         if not embeddable(search.query):
             raise InvalidArgument("the query is empty")
         query: Any = search.query
-        media = await self._media_for(binding)
+        media = await self._media_for(binding, [query])
         vectors = await self.embedder.embed(binding.provider, binding.args, "query", [query], media)
         return vectors if isinstance(vectors, MultiVectors) else vectors[0]
 
-    async def _media_for(self, binding: Binding) -> MediaReader | None:
-        """The media reader where the function embeds more than text (its string inputs may
-        then name files and URLs, gateway/media.py); None for a text-only function."""
+    async def _media_for(self, binding: Binding, inputs: list[Any]) -> MediaReader | None:
+        """The media reader where some input names a file or URL and the function embeds more
+        than text (gateway/media.py); None otherwise. Plain text asks the embedder nothing."""
+        if not any(is_reference(value) for value in inputs):
+            return None
         if binding.provider not in self._modalities:
             providers = await self.embedder.list_providers()
             self._modalities.update((p.name, p.modalities) for p in providers)
