@@ -107,13 +107,15 @@ def ours(
 
 
 @contextmanager
-def stack(data_dir: Path, otlp_endpoint: str = "") -> Iterator[str]:
+def stack(
+    data_dir: Path, otlp_endpoint: str = "", env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``embedsearch up`` in subprocesses; every service traces to ``otlp_endpoint`` if given."""
     from service_kit.cli import running
 
-    env = {}
+    env = dict(env or {})
     if otlp_endpoint:
-        env = {f"{s}_OTLP_ENDPOINT": otlp_endpoint for s in ("GATEWAY", "EMBEDDER", "STORE")}
+        env |= {f"{s}_OTLP_ENDPOINT": otlp_endpoint for s in ("GATEWAY", "EMBEDDER", "STORE")}
         env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     with running(str(data_dir), env=env) as address:
         yield f"grpc://{address}"
@@ -313,7 +315,7 @@ def off_cost_per_query() -> float:
 
 def run() -> None:
     from bench.common import emit, percentiles
-    from bench.corpus import embedded
+    from bench.corpus import cache_dir, embedded
 
     texts = prose_paragraphs(CORPUS_SIZE + WARMUP + QUERIES)
     corpus, warmup, queries = texts[:CORPUS_SIZE], texts[CORPUS_SIZE:-QUERIES], texts[-QUERIES:]
@@ -329,16 +331,22 @@ def run() -> None:
             print(f"{NAME}: Chroma could not run: {exc}\n{detail[-2000:]}", file=sys.stderr)
         with stack(root / "grpc") as uri:
             results["grpc"] = ours(uri, corpus, vectors, warmup, queries)
+        # The same stack with the embedder on ONNX Runtime (its export cached across runs).
+        onnx_cache = str(cache_dir() / "onnx")
+        onnx = {"EMBEDDER_BACKEND": "onnx", "EMBEDDER_ONNX_CACHE_DIR": onnx_cache}
+        with stack(root / "grpc-onnx", env=onnx) as uri:
+            results["grpc_onnx"] = ours(uri, corpus, vectors, warmup, queries)
         results["embedded"] = ours(str(root / "embedded"), corpus, vectors, warmup, queries)
         traced, steps = traced_run(corpus, vectors, warmup, queries, root)
 
     labels = {
         "grpc": "ours over gRPC",
+        "grpc_onnx": "ours over gRPC, embedder --backend onnx",
         "embedded": "ours embedded",
         "chroma": "Chroma server, client-side embedding",
         "lancedb": "LanceDB in-process search(text)",
     }
-    for mine in ("grpc", "embedded"):
+    for mine in ("grpc", "grpc_onnx", "embedded"):
         for cache in ("cold", "warm"):
             ours50, ours99 = percentiles(getattr(results[mine], cache))
             for base in ("chroma", "lancedb"):
