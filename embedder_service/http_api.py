@@ -18,7 +18,6 @@ import base64
 import contextlib
 import json
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +40,7 @@ from embedsearch.contract.errors import (
     status_code_name,
 )
 from embedsearch.contract.text import brief
-from service_kit.server import RpcMetrics
+from service_kit.server import Outcome, RpcMetrics
 
 # HTTP status of each gRPC status code (google.rpc.Code's own HTTP mapping).
 HTTP_STATUS = {
@@ -109,7 +108,7 @@ class HttpFace:
     core: EmbedderCore
     reranker: RerankCore
     guard: Callable[[str, Sequence[tuple[str, Any]]], None] | None
-    metrics: RpcMetrics | None
+    metrics: RpcMetrics
     aliases: dict[str, str] = field(default_factory=dict)  # --http-model-aliases
     matryoshka: frozenset[str] = frozenset()  # --http-matryoshka-models
     max_body_bytes: int = 64 << 20
@@ -132,34 +131,26 @@ class HttpFace:
     def _handler(
         self, method: str, handle: Callable[[Request], Awaitable[dict[str, Any]]]
     ) -> Callable[[Request], Awaitable[Response]]:
+        """``handle`` answering in JSON, its errors in OpenAI's shape, each request recorded in
+        the service's request metrics as a gRPC call is (``method`` its label)."""
+
         async def endpoint(request: Request) -> Response:
-            with self._recorded(method) as outcome:
-                try:
-                    return JSONResponse(await handle(request))
-                except EmbedsearchError as exc:
-                    outcome[0] = status_code_name(exc)
-                    return error_response(exc)
-                except HttpError as exc:
-                    outcome[0] = exc.code
-                    return exc.response()
+            out = Outcome(self.metrics, method)
+            try:
+                answer: Response = JSONResponse(await handle(request))
+            except EmbedsearchError as exc:
+                out.close(status_code_name(exc))
+                return error_response(exc)
+            except HttpError as exc:
+                out.close(exc.code)
+                return exc.response()
+            except BaseException:
+                out.close("INTERNAL")
+                raise
+            out.close()
+            return answer
 
         return endpoint
-
-    @contextlib.contextmanager
-    def _recorded(self, method: str) -> Iterator[list[str]]:
-        outcome, start = ["OK"], time.perf_counter()
-        if self.metrics:
-            self.metrics.in_flight.inc()
-        try:
-            yield outcome
-        except BaseException:
-            outcome[0] = "INTERNAL"
-            raise
-        finally:
-            if self.metrics:
-                self.metrics.in_flight.dec()
-                self.metrics.requests.labels(method, outcome[0]).inc()
-                self.metrics.latency.labels(method).observe(time.perf_counter() - start)
 
     def _authorize(self, request: Request, method: str) -> None:
         if self.guard is not None:

@@ -20,6 +20,7 @@ their bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import urllib.parse
@@ -67,7 +68,16 @@ class MediaReader:
     async def resolve(self, inputs: Sequence[str | bytes]) -> list[str | bytes]:
         """``inputs`` with each reference replaced by the bytes it names; text and bytes kept."""
         slots = asyncio.Semaphore(READS_IN_FLIGHT)
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            # An HTTP client only where some reference is a URL; files need none.
+            urls = any(is_reference(v) and _is_url(str(v)) for v in inputs)
+            client = (
+                await stack.enter_async_context(
+                    httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+                )
+                if urls
+                else None
+            )
 
             async def one(value: str | bytes) -> str | bytes:
                 if not is_reference(value):
@@ -77,8 +87,9 @@ class MediaReader:
 
             return list(await asyncio.gather(*(one(value) for value in inputs)))
 
-    async def read(self, reference: str, client: httpx.AsyncClient) -> bytes:
-        if reference.lower().startswith(URL_SCHEMES):
+    async def read(self, reference: str, client: httpx.AsyncClient | None) -> bytes:
+        if _is_url(reference):
+            assert client is not None  # resolve() opens one whenever a URL is among the inputs
             return await self._fetch(reference, client)
         return await asyncio.to_thread(self._read_file, reference)
 
@@ -150,6 +161,10 @@ class MediaReader:
         if not data:
             raise InvalidArgument(f"{brief(reference)} is empty")
         return data
+
+
+def _is_url(reference: str) -> bool:
+    return reference.lower().startswith(URL_SCHEMES)
 
 
 def _check_status(url: str, status: int) -> None:

@@ -75,7 +75,7 @@ class RpcMetrics:
         )
 
 
-class _Outcome:
+class Outcome:
     """Records one call's status code and latency when the call ends, and what it is about."""
 
     def __init__(self, metrics: RpcMetrics, method: str) -> None:
@@ -102,7 +102,7 @@ class _Outcome:
 MAX_STATUS_MESSAGE_BYTES = 1024
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out: _Outcome) -> None:
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, out: Outcome) -> None:
     """End a failed call with the status its error maps to; unexpected errors become INTERNAL.
 
     The status carries the error's reason, metadata, retry delay and field violations as a
@@ -134,10 +134,10 @@ async def _answering(
     method: str,
     context: grpc.aio.ServicerContext,
     admit: Callable[[], None] | None = None,
-) -> AsyncIterator[_Outcome]:
+) -> AsyncIterator[Outcome]:
     """Around one call: admit it, record its deadline, code and latency, and map a raised
     error to a status."""
-    out = _Outcome(metrics, method)
+    out = Outcome(metrics, method)
     set_deadline(context.time_remaining())
     try:
         if admit is not None:
@@ -243,7 +243,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             None if guard is None else lambda: guard(details.method, details.invocation_metadata)
         )
 
-        def answering(context: grpc.aio.ServicerContext) -> AbstractAsyncContextManager[_Outcome]:
+        def answering(context: grpc.aio.ServicerContext) -> AbstractAsyncContextManager[Outcome]:
             return _answering(metrics, method, context, admit)
 
         if handler.unary_unary:
