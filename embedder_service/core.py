@@ -219,11 +219,12 @@ class EmbedderCore:
         runner: Runner = (
             await loop.run_in_executor(inference, pipeline) if pipeline else FunctionRunner(func)
         )
-        limits = self.batch_limits
-        batch_size = min(limits.max_batch_size, int(getattr(func, "batch_size", 10**9)))
+        limits = self.batch_limits.for_device(
+            str(getattr(runner, "device", "cpu")), int(getattr(func, "batch_size", 10**9))
+        )
         batcher = Batcher(
             runner,
-            limits.model_copy(update={"max_batch_size": batch_size}),
+            limits,
             self._tokenizers,
             inference,
             on_batch=(lambda stats: self.metrics.record_batch(provider, stats))

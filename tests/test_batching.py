@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import urllib.request
@@ -219,6 +220,14 @@ def test_batch_limits_are_settings_with_flags_and_variables(monkeypatch):
         EmbedderSettings.from_cli(["--max-batch-size", "0"])
     explained = EmbedderSettings.explain(refused.value)
     assert "--max-batch-size (or EMBEDDER_MAX_BATCH_SIZE)" in explained
+
+
+def test_padding_bound_follows_the_device_unless_set():
+    unset = BatchLimits(max_batch_size=64)
+    on_cpu, on_gpu = unset.for_device("cpu", 32), unset.for_device("cuda:0", 256)
+    assert (on_cpu.padding_slack, on_cpu.max_batch_size) == (0.3, 32)
+    assert (on_gpu.padding_slack, on_gpu.max_batch_size) == (math.inf, 64)
+    assert BatchLimits(padding_slack=1.0).for_device("cuda", 32).padding_slack == 1.0
 
 
 def test_plugin_module_provider(servers):

@@ -130,6 +130,8 @@ class OnnxPipeline:
 
         manifest = json.loads((directory / MANIFEST).read_text())
         self.session = session
+        # Where the graph runs, as torch names devices: the batcher bounds padding by it.
+        self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.normalize = normalize
         self.ndims = int(manifest["ndims"])
         self.max_length = int(manifest["max_length"])
