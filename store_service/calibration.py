@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import lance
 import numpy as np
 
-from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.errors import InvalidArgument, Unavailable
 from embedsearch.contract.values import IndexCalibration, RecallLevel
 from store_service.exact import vectors_of
 
@@ -150,18 +151,21 @@ def _measure(
     metric: str,
     setting: Setting,
 ) -> Measured:
-    nearest = {"column": column, "k": k + 1, "metric": metric, "nprobes": setting.nprobes}
+    nearest = {"column": column, "metric": metric, "nprobes": setting.nprobes}
     if setting.refine_factor:
         nearest["refine_factor"] = setting.refine_factor
     if setting.ef:
         nearest["ef"] = setting.ef
     recalls, seconds = [], []
     for query, own_id, expected in zip(queries, own, truth, strict=True):
+        # A query that is a row asks for one more, its own row, which is dropped; any other
+        # asks for k, as a search does: a larger k gathers more candidates and flatters.
+        wanted = k + 1 if own_id >= 0 else k
         start = time.perf_counter()
         found = dataset.to_table(
             columns=[],
             with_row_id=True,
-            nearest={**nearest, "q": query},
+            nearest={**nearest, "k": wanted, "q": query},
             disable_scoring_autoprojection=True,  # row ids are all it needs; Lance warns else
         )
         seconds.append(time.perf_counter() - start)
@@ -173,6 +177,57 @@ def _measure(
     # The median: a query slowed by other work on the machine does not move it.
     latency_ms = float(np.median(seconds)) * 1000
     return Measured(setting, mean, max(0.0, mean - Z * spread), latency_ms)
+
+
+class ServedQueries:
+    """A uniform sample of the query vectors each vector column was searched with since the
+    store started: a reservoir of ``size`` per (table, column) (Vitter's algorithm R), so that
+    calibration can measure recall on the queries users send rather than on stand-ins made
+    from the table's rows.
+
+    Kept in memory only: query vectors can reveal what users asked, and the sample refills
+    from traffic after a restart. Recording a search costs one vector copy at most.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[str, str], np.ndarray] = {}
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def record(self, table: str, column: str, vector: np.ndarray) -> None:
+        if not self.size or vector.ndim != 1 or not np.isfinite(vector).all():
+            return
+        key = (table, column)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is None or kept.shape[1] != len(vector):  # a new column of that name
+                kept = self._kept[key] = np.empty((self.size, len(vector)), np.float32)
+                self._seen[key] = 0
+            seen = self._seen[key]
+            slot = seen if seen < self.size else int(self._rng.integers(0, seen + 1))
+            if slot < self.size:
+                kept[slot] = vector
+            self._seen[key] = seen + 1
+
+    def sample(self, table: str, column: str) -> np.ndarray:
+        """A copy of the kept queries (fewer than ``size`` until that many were served)."""
+        with self._lock:
+            kept = self._kept.get((table, column))
+            if kept is None:
+                return np.empty((0, 0), np.float32)
+            return kept[: min(self._seen[(table, column)], self.size)].copy()
+
+    def full(self, table: str, column: str) -> bool:
+        """Whether ``size`` queries of this column have been served (and ``size`` > 0)."""
+        with self._lock:
+            return bool(self.size) and self._seen.get((table, column), 0) >= self.size
+
+    def forget(self, table: str) -> None:
+        with self._lock:
+            for key in [key for key in self._kept if key[0] == table]:
+                del self._kept[key], self._seen[key]
 
 
 def cheapest(measured: list[Measured], level: float) -> Measured | None:
@@ -229,22 +284,27 @@ def calibrate(
     k: int,
     sample_size: int,
     levels: list[float],
+    served: np.ndarray | None = None,
+    stop: threading.Event | None = None,
 ) -> IndexCalibration:
     """Measure recall@k of the index on ``column`` for a grid of settings and keep, per level,
     the :func:`cheapest` whose recall's lower confidence bound reaches the level.
 
-    The queries are ``sample_size`` of the table's own vectors, each query's own row left out
-    of both the exact and the indexed results, so that it scores as a new vector would, and as
-    many blends of two of them (:func:`blends`). A table's own rows alone flatter an index
-    where rows come in near-copies: a row's siblings share its partition, so one probe finds
-    them, while real queries fall between clusters (measured: 0.49-0.70 recall at a "0.95"
-    setting on bench/store_search's ``copies`` data with own rows only).
-    Probing more partitions stops at the highest level or once recall stops rising.
+    The queries are ``served`` ones where given (:class:`ServedQueries`): the distribution
+    searches really come from. Otherwise ``sample_size`` of the table's own vectors, each
+    query's own row left out of both the exact and the indexed results, so that it scores as
+    a new vector would, and as many blends of two of them (:func:`blends`). A table's own
+    rows alone flatter an index where rows come in near-copies: a row's siblings share its
+    partition, so one probe finds them, while real queries fall between clusters (measured:
+    0.49-0.70 recall at a "0.95" setting on bench/store_search's ``copies`` data with own rows
+    only, 0.77-0.89 with the blends, 0.95 and above with served queries).
+    Probing more partitions stops at the highest level or once recall stops rising. ``stop``
+    set (the store is shutting down) abandons it with Unavailable between two settings.
     """
-    rows, row_ids = sample(dataset, column, sample_size)
-    mixed = blends(rows, metric)
-    queries = np.concatenate([rows, mixed]) if len(rows) else rows
-    own = np.concatenate([row_ids.astype(np.int64), np.full(len(mixed), -1, np.int64)])
+    if served is not None and len(served):
+        queries, own = served, np.full(len(served), -1, np.int64)
+    else:
+        queries, own = _stand_ins(dataset, column, sample_size, metric)
     if len(queries) == 0:
         return IndexCalibration(k, 0, dataset.count_rows(), dataset.version, time.time())
     exact = exact_neighbours(dataset, column, queries, k + 1, metric)
@@ -253,12 +313,14 @@ def calibrate(
     top = max(levels)
     # The fewest partitions any setting so far needed to reach the top level: probing more
     # than that with a costlier refine or ef cannot be cheaper.
-    enough = partitions
+    enough, reached = partitions, False
     for refine_factor, ef in secondaries(index_type):
         previous = -1.0
         if ef and ef < (k + 1) * max(refine_factor, 1):
             continue  # Lance's HNSW needs ef >= the candidates asked for
         for nprobes in (p for p in _probes(partitions) if p <= enough):
+            if stop is not None and stop.is_set():
+                raise Unavailable("the store is stopping; the calibration was abandoned")
             found = _measure(
                 dataset,
                 column,
@@ -271,13 +333,13 @@ def calibrate(
             )
             measured.append(found)
             if found.lower >= top:
-                enough = min(enough, nprobes)
+                enough, reached = min(enough, nprobes), True
                 break
             if nprobes >= 8 and found.recall - previous < PLATEAU:
                 break
             previous = found.recall
-        if enough == 1:
-            break
+        if reached and enough == 1:
+            break  # one probe reached the top level: a costlier setting cannot be cheaper
     chosen = []
     for level in sorted(levels):
         best = cheapest(measured, level)
@@ -300,4 +362,18 @@ def calibrate(
         calibrated_at=time.time(),
         levels=chosen,
         max_recall=round(float(max((m.lower for m in measured), default=0.0)), 4),
+        served_queries=len(served) if served is not None else 0,
+        partitions=partitions,
     )
+
+
+def _stand_ins(
+    dataset: lance.LanceDataset, column: str, size: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(queries, each one's own row id or -1): ``size`` of the table's rows and as many
+    blends of two of them."""
+    rows, row_ids = sample(dataset, column, size)
+    mixed = blends(rows, metric)
+    queries = np.concatenate([rows, mixed]) if len(rows) else rows
+    own = np.concatenate([row_ids.astype(np.int64), np.full(len(mixed), -1, np.int64)])
+    return queries, own

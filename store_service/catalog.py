@@ -232,6 +232,9 @@ class TableCatalog:
         )
         # Calibrations read from their files, by (table, index); None: the index has none.
         self._calibrations: dict[tuple[str, str], IndexCalibration | None] = {}
+        self.served = calibration.ServedQueries(settings.calibration_served_queries)
+        # Set when the server stops: work in the background (calibration) gives up early.
+        self.stopping = threading.Event()
         # Told (table, what) after every commit, on the committing thread (maintenance counts).
         self.on_commit: Callable[[str, str], None] | None = None
 
@@ -590,6 +593,7 @@ class TableCatalog:
         self.exact.forget(name)
         self.builder.forget(name)
         self._calibrations = {k: v for k, v in self._calibrations.items() if k[0] != name}
+        self.served.forget(name)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -894,6 +898,8 @@ class TableCatalog:
         self.check_fingerprint(name, dataset, params.schema_fingerprint)
         _check_search(name, dataset.schema, params, max_k=None if streamed else _MAX_K)
         self._projection(dataset.schema, params.columns, params.projections)
+        if not (params.version or params.tag):  # calibration measures the latest version
+            self.served.record(name, params.vector_column, params.vector)
         if params.target_recall is not None:
             params = self._tuned(name, dataset, params)
         self._check_window(params.k, params.offset, params.refine_factor, params.ef, streamed)
@@ -1301,6 +1307,8 @@ class TableCatalog:
                 k=settings.calibration_k,
                 sample_size=settings.calibration_queries,
                 levels=settings.calibration_levels,
+                served=self.served.sample(name, column) if self.served.full(name, column) else None,
+                stop=self.stopping,
             )
         with self.writing(name, f"recording the calibration of index {index_name!r}"):
             self.root.write_beside(
@@ -1320,8 +1328,11 @@ class TableCatalog:
         return found
 
     def calibrations_due(self, name: str) -> list[str]:
-        """Vector indexes of ``name`` with no calibration, or one made before the table grew
-        by ``calibration_growth`` (none while they are being built)."""
+        """Vector indexes of ``name`` with no calibration, one made before the table grew by
+        ``calibration_growth`` or before its IVF partitions changed (Lance's optimize_indices
+        splits and joins them, which moves recall both ways), or one made from the table's
+        rows where enough served queries are now kept to calibrate from (none while they are
+        being built)."""
         if not self.settings.calibrate_indexes:
             return []
         dataset = self.dataset(name)
@@ -1338,9 +1349,27 @@ class TableCatalog:
             if indexes.index_type_name(desc.index_type) not in indexes.VECTOR_TYPES:
                 continue
             last = self.calibration(name, desc.name)
-            if last is None or rows > last.num_rows * (1 + self.settings.calibration_growth):
+            if (
+                last is None
+                or rows > last.num_rows * (1 + self.settings.calibration_growth)
+                or (not last.served_queries and self.served.full(name, column))
+                or self._relaid(dataset, desc, last)
+            ):
                 due.append(desc.name)
         return due
+
+    @staticmethod
+    def _relaid(dataset: lance.LanceDataset, desc: Any, last: IndexCalibration) -> bool:
+        """Whether the index has other IVF partitions than when ``last`` was made: rows merged
+        into the same partitions leave a calibration good (the growth rule covers them);
+        Lance's split or join of partitions does not. Statistics are read only when a
+        segment is newer than the calibration."""
+        changed_at = max(
+            (seg.created_at.timestamp() for seg in desc.segments if seg.created_at), default=0.0
+        )
+        return (
+            changed_at > last.calibrated_at and _partitions(dataset, desc.name) != last.partitions
+        )
 
     def _built(self, spec: IndexSpec) -> None:
         """After a build (on its worker thread): calibrate a new vector index."""

@@ -462,6 +462,7 @@ async def create_server(settings: StoreSettings) -> tuple[grpc.aio.Server, int]:
         try:
             await server.wait_for_termination()
         finally:
+            catalog.stopping.set()  # a calibration in the background gives up
             worker.cancel()
 
     async def warm_up() -> None:

@@ -116,6 +116,14 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
         description="Rows of the table used as calibration queries (each also blended with "
         "another into one more query).",
     )
+    calibration_served_queries: int = Field(
+        200,
+        ge=0,
+        le=10_000,
+        description="Query vectors kept per vector column, a uniform sample of those served "
+        "since start (in memory only); once that many were served, calibration measures "
+        "recall on them instead of on the table's rows. 0: keep none.",
+    )
     calibration_growth: float = Field(
         0.2,
         gt=0,

@@ -37,8 +37,8 @@ class RecallLevel:
 
 @dataclass
 class IndexCalibration:
-    """Recall@k of a vector index against its search parameters, measured on a sample of the
-    table's own vectors (``common.proto`` IndexCalibration)."""
+    """Recall@k of a vector index against its search parameters, measured on a sample of
+    served queries or of the table's own vectors (``common.proto`` IndexCalibration)."""
 
     k: int
     sample_queries: int
@@ -47,6 +47,8 @@ class IndexCalibration:
     calibrated_at: float
     levels: list[RecallLevel] = field(default_factory=list)
     max_recall: float = 0.0
+    served_queries: int = 0
+    partitions: int = 0
 
     def level_for(self, target: float) -> RecallLevel | None:
         """The cheapest level that reaches ``target``; None when none does."""
