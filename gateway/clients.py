@@ -264,6 +264,9 @@ class StoreClient(SchemaMaintenanceStore, Peer):
         async def requests() -> AsyncIterator[store_pb2.StoreAddRequest]:
             async for rows in chunks:
                 yield add_to_pb(name, rows, fingerprint, overwrite)
+            # The store commits only a stream that says it is complete: to its server a
+            # stream cancelled between two messages looks like one that ended.
+            yield add_to_pb(name, None, fingerprint, overwrite)
 
         return write_from_pb(await self.stream("AddStream", requests()))
 
@@ -467,8 +470,14 @@ def create_table_to_pb(
 
 
 def add_to_pb(
-    name: str, rows: pa.Table, fingerprint: str, overwrite: bool
+    name: str, rows: pa.Table | None, fingerprint: str, overwrite: bool
 ) -> store_pb2.StoreAddRequest:
+    """An Add, or one message of an AddStream; ``rows`` None: the stream's last message, which
+    holds no rows and says that the stream is complete."""
+    if rows is None:
+        return store_pb2.StoreAddRequest(
+            name=name, schema_fingerprint=fingerprint, overwrite=overwrite, last=True
+        )
     return store_pb2.StoreAddRequest(
         name=name, arrow_ipc=table_to_ipc(rows), schema_fingerprint=fingerprint, overwrite=overwrite
     )

@@ -232,7 +232,7 @@ class TableCatalog:
         )
         # Calibrations read from their files, by (table, index); None: the index has none.
         self._calibrations: dict[tuple[str, str], IndexCalibration | None] = {}
-        self.served = calibration.ServedQueries(settings.calibration_served_queries)
+        self.served = calibration.ServedQueries(self.settings.calibration_served_queries)
         # Set when the server stops: work in the background (calibration) gives up early.
         self.stopping = threading.Event()
         # Told (table, what) after every commit, on the committing thread (maintenance counts).

@@ -26,7 +26,7 @@ from embedsearch.contract.convert import (
     projections_from_pb,
     value_to_pb,
 )
-from embedsearch.contract.errors import InvalidArgument
+from embedsearch.contract.errors import Cancelled, InvalidArgument
 from embedsearch.contract.multivector import query_vectors
 from embedsearch.contract.text import brief
 from embedsearch.contract.values import OptimizeResult, ReadParams, TakeParams
@@ -214,7 +214,10 @@ class StoreServicer(SchemaMaintenanceServicer, store_pb2_grpc.StoreServicer):
         context: grpc.aio.ServicerContext,
     ) -> common_pb2.WriteResult:
         staged: StagedAppend | None = None
+        finished = False
         async for request in request_iterator:
+            if finished:
+                raise InvalidArgument("AddStream: a message came after the one marked last")
             if staged is None:
                 staged = await self._run(
                     request,
@@ -228,9 +231,16 @@ class StoreServicer(SchemaMaintenanceServicer, store_pb2_grpc.StoreServicer):
                     f"an AddStream writes one table: message names {brief(request.name)} "
                     f"after {staged.name!r}; nothing was written"
                 )
-            await self._run(request, staged.add, ipc_to_table(request.arrow_ipc))
+            if request.arrow_ipc:
+                await self._run(request, staged.add, ipc_to_table(request.arrow_ipc))
+            finished = request.last
         if staged is None:
             raise InvalidArgument("AddStream needs at least one message naming the table")
+        if not finished:
+            raise Cancelled(
+                "AddStream ended before a message marked last: the client cancelled or broke "
+                "off the stream, and nothing was written"
+            )
         return write_to_pb(await asyncio.to_thread(staged.commit))
 
     async def MergeInsert(

@@ -415,7 +415,10 @@ PEER_REQUESTS: dict[str, list[Callable[[], Message]]] = {
     "ListTables": [lambda: clients.list_tables_to_pb("a", 3)],
     "DropTable": [lambda: clients.drop_table_to_pb("t", True)],
     "Add": [lambda: clients.add_to_pb("t", ROWS, "f1", True)],
-    "AddStream": [lambda: clients.add_to_pb("t", ROWS, "f1", True)],
+    "AddStream": [
+        lambda: clients.add_to_pb("t", ROWS, "f1", True),
+        lambda: clients.add_to_pb("t", None, "f1", True),  # the stream's last message
+    ],
     "MergeInsert": [lambda: clients.merge_insert_to_pb(MERGE, ROWS, "f1")],
     "Delete": [lambda: clients.delete_to_pb("t", "id = 1")],
     "Update": [lambda: clients.update_to_pb("t", "id = 1", {"id": "2"})],
@@ -511,6 +514,7 @@ NOT_SENT = {
     ("TextSearch", "tag"): "no tags in the public API",
     ("Restore", "tag"): "no tags in the public API",
     ("DropIndex", "ignore_missing"): "LanceDB's drop_index refuses an unknown index",
+    ("Add", "last"): "only an AddStream's final message says the stream is complete",
     ("SearchStream", "tag"): "no tags in the public API",
     ("ExplainPlan", "search.tag"): "no tags in the public API",
     ("ExplainPlan", "text_search.tag"): "no tags in the public API",

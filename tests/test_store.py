@@ -365,3 +365,24 @@ def test_batch_over_the_message_limit(servers, tmp_path, table_name):
     assert describe(stub, table_name).version == 1
     stub.Add(store_pb2.StoreAddRequest(name=table_name, arrow_ipc=rows(list(range(100)))))
     assert describe(stub, table_name).num_rows == 100
+
+
+def test_add_stream_commits_only_a_stream_marked_complete(store_stub, table):
+    """To a grpc aio server, a stream its client cancelled between two messages ends like one
+    the client finished; so the store commits only after a message marked ``last``."""
+    before = describe(store_stub, table).version
+    chunks = [
+        store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([1, 2])),
+        store_pb2.StoreAddRequest(name=table, arrow_ipc=rows([3])),
+    ]
+    expect_code(
+        grpc.StatusCode.CANCELLED, lambda: store_stub.AddStream(iter(chunks)), "marked last"
+    )
+    assert describe(store_stub, table).version == before  # nothing committed
+    done = store_stub.AddStream(iter([*chunks, store_pb2.StoreAddRequest(name=table, last=True)]))
+    assert done.rows_inserted == 3
+    after = describe(store_stub, table)
+    assert (after.version, after.num_rows) == (before + 1, 3)
+    late = [*chunks[:1], store_pb2.StoreAddRequest(name=table, last=True), chunks[1]]
+    expect_code(grpc.StatusCode.INVALID_ARGUMENT, lambda: store_stub.AddStream(iter(late)), "after")
+    assert describe(store_stub, table).version == after.version
