@@ -197,7 +197,9 @@ class ServedQueries:
         self._seen: dict[tuple[str, str], int] = {}
 
     def record(self, table: str, column: str, vector: np.ndarray) -> None:
-        if not self.size or vector.ndim != 1 or not np.isfinite(vector).all():
+        """Keep ``vector`` (checked finite where the request was parsed) with the sample's
+        probability; a query of several vectors (MaxSim) is not calibrated, so not kept."""
+        if not self.size or vector.ndim != 1:
             return
         key = (table, column)
         with self._lock:
@@ -211,18 +213,20 @@ class ServedQueries:
                 kept[slot] = vector
             self._seen[key] = seen + 1
 
-    def sample(self, table: str, column: str) -> np.ndarray:
-        """A copy of the kept queries (fewer than ``size`` until that many were served)."""
+    def sample(self, table: str, column: str) -> np.ndarray | None:
+        """A copy of the kept queries once the sample is :meth:`full`, else None."""
         with self._lock:
-            kept = self._kept.get((table, column))
-            if kept is None:
-                return np.empty((0, 0), np.float32)
-            return kept[: min(self._seen[(table, column)], self.size)].copy()
+            if not self._full(table, column):
+                return None
+            return self._kept[(table, column)].copy()
 
     def full(self, table: str, column: str) -> bool:
         """Whether ``size`` queries of this column have been served (and ``size`` > 0)."""
         with self._lock:
-            return bool(self.size) and self._seen.get((table, column), 0) >= self.size
+            return self._full(table, column)
+
+    def _full(self, table: str, column: str) -> bool:
+        return bool(self.size) and self._seen.get((table, column), 0) >= self.size
 
     def forget(self, table: str) -> None:
         with self._lock:

@@ -233,6 +233,9 @@ class TableCatalog:
         # Calibrations read from their files, by (table, index); None: the index has none.
         self._calibrations: dict[tuple[str, str], IndexCalibration | None] = {}
         self.served = calibration.ServedQueries(self.settings.calibration_served_queries)
+        # IVF partitions of each vector index, by (dataset uri, index), with the segments they
+        # were read from (a segment never changes; optimize replaces it).
+        self._partition_counts: dict[tuple[str, str], tuple[tuple[str, ...], int]] = {}
         # Set when the server stops: work in the background (calibration) gives up early.
         self.stopping = threading.Event()
         # Told (table, what) after every commit, on the committing thread (maintenance counts).
@@ -1302,12 +1305,12 @@ class TableCatalog:
                 dataset,
                 column,
                 stats.index_type,
-                _partitions(dataset, index_name),
+                self._partition_count(dataset, desc),
                 metric,
                 k=settings.calibration_k,
                 sample_size=settings.calibration_queries,
                 levels=settings.calibration_levels,
-                served=self.served.sample(name, column) if self.served.full(name, column) else None,
+                served=self.served.sample(name, column),
                 stop=self.stopping,
             )
         with self.writing(name, f"recording the calibration of index {index_name!r}"):
@@ -1358,18 +1361,28 @@ class TableCatalog:
                 due.append(desc.name)
         return due
 
-    @staticmethod
-    def _relaid(dataset: lance.LanceDataset, desc: Any, last: IndexCalibration) -> bool:
+    def _relaid(self, dataset: lance.LanceDataset, desc: Any, last: IndexCalibration) -> bool:
         """Whether the index has other IVF partitions than when ``last`` was made: rows merged
         into the same partitions leave a calibration good (the growth rule covers them);
-        Lance's split or join of partitions does not. Statistics are read only when a
-        segment is newer than the calibration."""
+        Lance's split or join of partitions does not. Only a segment newer than the
+        calibration can have changed them."""
         changed_at = max(
             (seg.created_at.timestamp() for seg in desc.segments if seg.created_at), default=0.0
         )
         return (
-            changed_at > last.calibrated_at and _partitions(dataset, desc.name) != last.partitions
+            changed_at > last.calibrated_at
+            and self._partition_count(dataset, desc) != last.partitions
         )
+
+    def _partition_count(self, dataset: lance.LanceDataset, desc: Any) -> int:
+        """IVF partitions of a vector index (its first segment's), read from its statistics
+        once per set of segments: maintenance asks on every pass."""
+        segments = tuple(sorted(seg.uuid for seg in desc.segments))
+        key = (dataset.uri, desc.name)
+        known = self._partition_counts.get(key)
+        if known is None or known[0] != segments:
+            known = self._partition_counts[key] = (segments, _partitions(dataset, desc.name))
+        return known[1]
 
     def _built(self, spec: IndexSpec) -> None:
         """After a build (on its worker thread): calibrate a new vector index."""
