@@ -139,19 +139,22 @@ class Captured:
 
     tracer: Tracer
     context: Context
+    # Wall-clock time minus perf_counter time, read once: every span of the call maps the same
+    # perf_counter instant to the same time (two reads apart differ by the time between them,
+    # which put a step's end a few hundred nanoseconds after the next step's start).
+    offset_ns: int = field(default_factory=lambda: time.time_ns() - time.perf_counter_ns())
 
     def record(
         self, name: str, start: float, end: float, attributes: dict[str, Any] | None = None
     ) -> None:
         """A finished span from ``start`` to ``end`` (``time.perf_counter()`` seconds)."""
-        offset = time.time_ns() - time.perf_counter_ns()
         done = self.tracer.start_span(
             name,
             context=self.context,
             attributes=attributes,
-            start_time=int(start * 1e9) + offset,
+            start_time=int(start * 1e9) + self.offset_ns,
         )
-        done.end(end_time=int(end * 1e9) + offset)
+        done.end(end_time=int(end * 1e9) + self.offset_ns)
 
 
 def capture() -> Captured | None:
