@@ -8,7 +8,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lance
@@ -27,8 +27,10 @@ SIDE_DIR = "_embedsearch/calibration"
 # The lower confidence bound of a mean recall that must reach a level: mean less this many
 # standard errors of the per-query recalls (about 97.5% one-sided).
 Z = 2.0
-# refine_factor values tried for indexes that quantize vectors (0: no refine step).
-REFINE_FACTORS = (0, 2, 5, 10, 20, 40)
+# refine_factor values tried for indexes that quantize vectors (0: no refine step). The largest
+# serve tables of near-copies, where the k nearest hide among many rows of equal codes; from
+# the store's in-memory matrix a refine of 80 costs little more than one of 20.
+REFINE_FACTORS = (0, 2, 5, 10, 20, 40, 80)
 # ef values tried for HNSW sub-indexes.
 EF_VALUES = (20, 40, 80, 160, 320)
 # Stop probing more partitions once the mean recall gains less than this per doubling.
@@ -46,6 +48,10 @@ class Setting:
     nprobes: int
     refine_factor: int = 0
     ef: int = 0
+
+
+# A search as the store serves it: the row ids of a query's k nearest rows under a setting.
+Search = Callable[[np.ndarray, int, Setting], np.ndarray]
 
 
 @dataclass
@@ -150,6 +156,7 @@ def _measure(
     k: int,
     metric: str,
     setting: Setting,
+    refined: Search | None = None,
 ) -> Measured:
     nearest = {"column": column, "metric": metric, "nprobes": setting.nprobes}
     if setting.refine_factor:
@@ -162,14 +169,21 @@ def _measure(
         # asks for k, as a search does: a larger k gathers more candidates and flatters.
         wanted = k + 1 if own_id >= 0 else k
         start = time.perf_counter()
-        found = dataset.to_table(
-            columns=[],
-            with_row_id=True,
-            nearest={**nearest, "k": wanted, "q": query},
-            disable_scoring_autoprojection=True,  # row ids are all it needs; Lance warns else
-        )
+        if refined is not None and setting.refine_factor:
+            ids = refined(query, wanted, setting)
+        else:
+            ids = (
+                dataset.to_table(
+                    columns=[],
+                    with_row_id=True,
+                    nearest={**nearest, "k": wanted, "q": query},
+                    disable_scoring_autoprojection=True,  # row ids are all it needs; Lance warns
+                )
+                .column("_rowid")
+                .to_numpy()
+            )
         seconds.append(time.perf_counter() - start)
-        got = _without(found.column("_rowid").to_numpy(), int(own_id), k)
+        got = _without(ids, int(own_id), k)
         recalls.append(len(got & expected) / max(len(expected), 1))
     values = np.asarray(recalls)
     spread = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
@@ -290,6 +304,7 @@ def calibrate(
     levels: list[float],
     served: np.ndarray | None = None,
     stop: threading.Event | None = None,
+    refined: Search | None = None,
 ) -> IndexCalibration:
     """Measure recall@k of the index on ``column`` for a grid of settings and keep, per level,
     the :func:`cheapest` whose recall's lower confidence bound reaches the level.
@@ -304,6 +319,9 @@ def calibrate(
     only, 0.77-0.89 with the blends, 0.95 and above with served queries).
     Probing more partitions stops at the highest level or once recall stops rising. ``stop``
     set (the store is shutting down) abandons it with Unavailable between two settings.
+    ``refined`` runs the settings with a refine step the way the store serves them (from its
+    in-memory matrix), so that their latencies, which pick the cheapest, are the served ones;
+    without it Lance runs them.
     """
     if served is not None and len(served):
         queries, own = served, np.full(len(served), -1, np.int64)
@@ -334,6 +352,7 @@ def calibrate(
                 k,
                 metric,
                 Setting(nprobes, refine_factor, ef),
+                refined,
             )
             measured.append(found)
             if found.lower >= top:

@@ -16,6 +16,8 @@ _OFFSET_MASK = np.uint64(0xFFFFFFFF)
 # Extra candidates re-ranked with exactly computed distances, so that the fast (expanded) form
 # of the distance cannot push a true neighbour past the cut by rounding.
 _SPARE = 16
+# The metrics whose distances this module computes as Lance does.
+METRICS = ("l2", "cosine", "dot")
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,16 @@ class _Buffers:
     def capacity(self) -> int:
         return len(self.row_ids)
 
-    def grown(self, used: int, needed: int) -> _Buffers:
-        """These buffers if ``needed`` rows fit, else larger copies holding the first ``used``."""
+    def grown(self, used: int, needed: int, limit: int) -> _Buffers:
+        """These buffers if ``needed`` rows fit, else larger copies holding the first ``used``:
+        an eighth larger (or ``needed``), but at most ``limit`` rows unless ``needed`` is more.
+        An eighth, not double: a table of 200,000 rows taking small writes holds 25,000 rows of
+        room, not 200,000, and while the copy is made both buffers live. Growing by a fixed
+        share still copies the column about 9 times over in all as it grows."""
         if needed <= self.capacity:
             return self
-        bigger = _Buffers.empty(max(needed, 2 * self.capacity), self.matrix.shape[1])
+        capacity = max(needed, min(self.capacity + self.capacity // 8, limit))
+        bigger = _Buffers.empty(capacity, self.matrix.shape[1])
         for name in ("matrix", "row_ids", "sq_norms", "valid"):
             getattr(bigger, name)[:used] = getattr(self, name)[:used]
         return bigger
@@ -88,6 +95,11 @@ class Snapshot:
     @property
     def nbytes(self) -> int:
         return self.used * self.dims * 4
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory of the matrix, grown ahead of the rows it holds."""
+        return self.buffers.matrix.nbytes
 
     def positions(self, row_addresses: np.ndarray) -> np.ndarray:
         """Matrix rows of Lance row addresses (``_rowaddr``) of this version."""
@@ -191,48 +203,56 @@ class ExactCache:
     Appends read only the new fragments; deletions re-read only the row addresses of the
     fragments they touched; compaction reads the rewritten fragments. A snapshot is never
     modified after it is published, so readers need no lock.
+
+    ``max_bytes`` bounds the matrices of all columns together. Columns are admitted first
+    come, first served, and are kept until their table is dropped or outgrows what is left:
+    a column that does not fit is searched by Lance instead. Nothing is evicted to make room,
+    so two large columns cannot take turns reading themselves in.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def fits(self, dataset: lance.LanceDataset, column: str) -> bool:
-        """Whether the column at this version is small enough to keep in memory."""
-        dims = dataset.schema.field(column).type.list_size
-        rows = sum(f.metadata.physical_rows for f in dataset.get_fragments())
-        return 0 < rows * dims * 4 <= self.max_bytes if self.max_bytes else False
+        # Refreshes run one at a time, so that admission sees every column's final size.
+        self._lock = threading.Lock()
 
     def snapshot(self, table: str, dataset: lance.LanceDataset, column: str) -> Snapshot | None:
-        """The column at ``dataset``'s version, or None if it is too large to cache."""
+        """The column at ``dataset``'s version, or None if it does not fit the bound."""
         key = (table, column)
         current = self._snapshots.get(key)
         if current is not None and current.version == dataset.version:
             return current
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with self._lock:
             current = self._snapshots.get(key)
             if current is not None and current.version == dataset.version:
                 return current
-            if not self.fits(dataset, column):
+            if current is not None and current.version > dataset.version:
+                if dataset.latest_version >= current.version:
+                    # A reader of an older version than the matrix (it took its handle before a
+                    # write another reader has seen): Lance serves it, and the matrix stays.
+                    return None
+                current = None  # the table was dropped and made anew (by another store)
+            dims = dataset.schema.field(column).type.list_size
+            rows = sum(f.metadata.physical_rows for f in dataset.get_fragments())
+            others = sum(s.held_bytes for k, s in self._snapshots.items() if k != key)
+            room = (self.max_bytes - others) // (dims * 4)
+            if rows == 0 or rows > room:
                 self._snapshots.pop(key, None)
                 return None
-            # A snapshot newer than the handle means the table was dropped and made anew.
-            base = current if current and current.version < dataset.version else None
-            fresh = _refresh(base, dataset, column)
+            fresh = _refresh(current, dataset, column, room)
             self._snapshots[key] = fresh
             return fresh
 
     def forget(self, table: str) -> None:
-        for key in [k for k in self._snapshots if k[0] == table]:
-            self._snapshots.pop(key, None)
+        # Under the lock: a refresh of the table that was under way is dropped too.
+        with self._lock:
+            for key in [k for k in self._snapshots if k[0] == table]:
+                del self._snapshots[key]
 
     def stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(rows, bytes) held per (table, column)."""
-        return {k: (int(s.alive.sum()), s.nbytes) for k, s in self._snapshots.items()}
+        held = list(self._snapshots.items())  # one step: refreshes may change the dict
+        return {k: (int(s.alive.sum()), s.held_bytes) for k, s in held}
 
 
 def _slot_key(fragment: lance.LanceFragment) -> tuple[tuple[str, ...], tuple[Any, ...]]:
@@ -247,8 +267,11 @@ def _slot_key(fragment: lance.LanceFragment) -> tuple[tuple[str, ...], tuple[Any
     return files, deletions
 
 
-def _refresh(base: Snapshot | None, dataset: lance.LanceDataset, column: str) -> Snapshot:
-    """``base`` brought to ``dataset``'s version, reading as little as possible."""
+def _refresh(
+    base: Snapshot | None, dataset: lance.LanceDataset, column: str, limit: int
+) -> Snapshot:
+    """``base`` brought to ``dataset``'s version, reading as little as possible, in buffers
+    of at most ``limit`` rows (unless the version has more)."""
     dims = dataset.schema.field(column).type.list_size
     if base is not None and (base.dims != dims or base.column != column):
         base = None
@@ -272,9 +295,9 @@ def _refresh(base: Snapshot | None, dataset: lance.LanceDataset, column: str) ->
     used = base.used if base else 0
     if base is None or (used - kept_rows) > max(used // 3, 4096):
         # Start over from the fragments still live (no IO: their rows are copied).
-        buffers, alive, slots, used = _repack(base, slots, new_rows, dims)
+        buffers, alive, slots, used = _repack(base, slots, new_rows, dims, limit)
     else:
-        buffers = base.buffers.grown(used, used + new_rows)
+        buffers = base.buffers.grown(used, used + new_rows, limit)
         alive = np.zeros(used + new_rows, bool)
         for slot in slots.values():
             alive[slot.start : slot.start + slot.rows] = base.alive[
@@ -314,10 +337,10 @@ def _refresh(base: Snapshot | None, dataset: lance.LanceDataset, column: str) ->
 
 
 def _repack(
-    base: Snapshot | None, slots: dict[int, _Slot], new_rows: int, dims: int
+    base: Snapshot | None, slots: dict[int, _Slot], new_rows: int, dims: int, limit: int
 ) -> tuple[_Buffers, np.ndarray, dict[int, _Slot], int]:
     kept = sum(s.rows for s in slots.values())
-    buffers = _Buffers.empty(max(kept + new_rows, 1024), dims)
+    buffers = _Buffers.empty(max(kept + new_rows, min(1024, limit)), dims)
     alive = np.zeros(kept + new_rows, bool)
     moved: dict[int, _Slot] = {}
     cursor = 0

@@ -346,7 +346,8 @@ class StoreCollector(Collector):
         yield runs
         cached = GaugeMetricFamily(
             "store_exact_cache_bytes",
-            "Bytes of vectors held in memory for exact search.",
+            "Bytes of in-memory vector matrices (exact search, and the refine step of indexed "
+            "search), with the room grown ahead of their rows.",
             labels=["table", "column"],
         )
         for (name, column), (_, nbytes) in self.maintenance.catalog.exact.stats().items():

@@ -42,8 +42,10 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
     exact_cache_max_bytes: int = Field(
         2 * GiB,
         ge=0,
-        description="Largest vector column (rows x dims x 4 bytes) kept in memory for exact "
-        "search; larger columns use Lance's flat search. 0 turns the cache off.",
+        description="Memory for vector columns (rows x dims x 4 bytes) kept as matrices, all "
+        "tables together, for exact search and the refine step of indexed search; first come, "
+        "first served. A column that does not fit uses Lance's flat search and refine. 0 turns "
+        "the cache off.",
     )
     # Lance's session caches the manifest of every version it reads; each lists every fragment,
     # so a table taking many small commits fills the cache by versions x fragments. Only the
