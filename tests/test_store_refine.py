@@ -248,3 +248,43 @@ def test_a_reader_of_an_older_version_leaves_the_matrix_where_it_is(tmp_path: An
     assert remade.version < new.version
     fresh = cache.snapshot("moving", remade, "vector")
     assert fresh is not None and fresh.used == 20
+
+
+def test_searches_refined_while_rows_arrive_stay_consistent(store: Store) -> None:
+    """Searches racing appends: each answer is ordered, from rows that exist, with the exact
+    distances of those rows; whichever version a search read, and whether the matrix or Lance
+    refined it (a search that took its handle before the matrix moved on goes to Lance)."""
+    import threading
+
+    name = indexed_table(store, "refine_racing", "l2")
+    queries = make_rows_vectors(8, seed=21)
+    options = {"k": 10, "nprobes": 2, "refine_factor": 5, "columns": ["id", "vector"]}
+    done, problems = threading.Event(), []
+
+    def search_until_done() -> None:
+        turn = 0
+        while not done.is_set() or turn < 20:
+            query = queries[turn % len(queries)]
+            found = store.search(name, query, **options)
+            vectors = np.stack(found.column("vector").to_numpy(zero_copy_only=False))
+            exact = ((vectors - query) ** 2).sum(axis=1)
+            distances = found.column("_distance").to_numpy()
+            if found.num_rows != 10 or not np.allclose(distances, exact, rtol=1e-4, atol=1e-5):
+                problems.append((turn, found.column("id").to_pylist(), distances, exact))
+            if np.any(np.diff(distances) < 0):
+                problems.append((turn, "out of order", distances))
+            turn += 1
+
+    searchers = [threading.Thread(target=search_until_done) for _ in range(3)]
+    for searcher in searchers:
+        searcher.start()
+    try:
+        for batch in range(15):
+            store.add(name, range(10_000 + batch * 20, 10_000 + (batch + 1) * 20), seed=30 + batch)
+    finally:
+        done.set()
+        for searcher in searchers:
+            searcher.join(timeout=120)
+    assert not problems, problems[:3]
+    for query in queries:
+        same_as_lance(store, name, query, **{k: v for k, v in options.items() if k != "columns"})
