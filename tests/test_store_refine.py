@@ -139,13 +139,12 @@ def test_lance_refines_where_the_matrix_does_not_apply(store: Store) -> None:
     store.add(name, range(6000, 6100), seed=13)
     query = make_rows_vectors(1, seed=14)[0]
     base = {"k": 10, "nprobes": 2, "refine_factor": 5}
+    nearest = store.search(name, query, **base).column("_distance").to_numpy()
     cases: list[dict[str, Any]] = [
         {"filter": "category = 'c1'", "postfilter": True},
-        {"distance_range": None},  # filled in below: it needs the distances
+        {"distance_range": (float(nearest[2]), float(nearest[-1]) + 1.0)},
         {"version": before},
     ]
-    nearest = store.search(name, query, **base).column("_distance").to_numpy()
-    cases[1] = {"distance_range": (float(nearest[2]), float(nearest[-1]) + 1.0)}
     for case in cases:
         options = dict(case)
         request: dict[str, Any] = {**base, **options}
