@@ -1057,12 +1057,22 @@ class TableCatalog:
             return None
         if params.distance_lower_bound is not None or params.distance_upper_bound is not None:
             return None
-        index = self._vector_indexed_columns(name, dataset).get(params.vector_column)
-        if index is None or params.bypass_vector_index or not self.exact.max_bytes:
+        if params.bypass_vector_index:
             return None
-        if index.metric not in exact.METRICS or params.metric not in (None, "", index.metric):
+        found = self._refine_matrix(name, dataset, params.vector_column)
+        if found is None or params.metric not in (None, "", found[1]):
             return None
-        snapshot = self.exact.snapshot(name, dataset, params.vector_column)
+        return found
+
+    def _refine_matrix(
+        self, name: str, dataset: lance.LanceDataset, column: str
+    ) -> tuple[exact.Snapshot, str] | None:
+        """The matrix of an indexed vector column, and its index's metric, where this store
+        can refine from it: a metric it computes as Lance does, and room in the bound."""
+        index = self._vector_indexed_columns(name, dataset).get(column)
+        if index is None or index.metric not in exact.METRICS or not self.exact.max_bytes:
+            return None
+        snapshot = self.exact.snapshot(name, dataset, column)
         return None if snapshot is None else (snapshot, index.metric)
 
     def _refine_candidates(
@@ -1377,12 +1387,11 @@ class TableCatalog:
         self, name: str, dataset: lance.LanceDataset, column: str
     ) -> calibration.Search | None:
         """How calibration runs a setting with a refine step as searches are served: from
-        the column's in-memory matrix (:meth:`_refine_source`), where it fits."""
-        probe = SearchParams(vector_column=column, vector=np.zeros(0, np.float32), refine_factor=1)
-        source = self._refine_source(name, dataset, probe)
-        if source is None:
+        the column's in-memory matrix (:meth:`_refine_matrix`), where it fits."""
+        found = self._refine_matrix(name, dataset, column)
+        if found is None:
             return None
-        snapshot, metric = source
+        snapshot, metric = found
 
         def search(query: np.ndarray, k: int, setting: calibration.Setting) -> np.ndarray:
             params = SearchParams(

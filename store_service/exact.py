@@ -93,10 +93,6 @@ class Snapshot:
         return self.buffers.matrix.shape[1]
 
     @property
-    def nbytes(self) -> int:
-        return self.used * self.dims * 4
-
-    @property
     def held_bytes(self) -> int:
         """Memory of the matrix, grown ahead of the rows it holds."""
         return self.buffers.matrix.nbytes
