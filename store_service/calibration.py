@@ -31,8 +31,16 @@ Z = 2.0
 # serve tables of near-copies, where the k nearest hide among many rows of equal codes; from
 # the store's in-memory matrix a refine of 80 costs little more than one of 20.
 REFINE_FACTORS = (0, 2, 5, 10, 20, 40, 80)
+# refine_factor values tried for HNSW sub-indexes, whose graphs need ef >= the candidates
+# asked for: (k + 1) x 80 would be an ef of 880. A refine of 2 from the in-memory matrix let
+# fewer partitions reach 0.95 on bench/store_search's prose data, faster than more partitions
+# without one.
+HNSW_REFINE_FACTORS = (0, 2, 5, 20)
 # ef values tried for HNSW sub-indexes.
 EF_VALUES = (20, 40, 80, 160, 320)
+# A setting is first measured on this share of the queries (at least PREFIX_MIN of them); it is
+# measured on the rest only if it may still be the cheapest for some level (:func:`calibrate`).
+PREFIX_SHARE, PREFIX_MIN = 0.25, 25
 # Stop probing more partitions once the mean recall gains less than this per doubling.
 PLATEAU = 0.002
 # Latencies within this fraction of each other are too close to call.
@@ -57,9 +65,15 @@ Search = Callable[[np.ndarray, int, Setting], np.ndarray]
 @dataclass
 class Measured:
     setting: Setting
-    recall: float  # mean recall@k over the sample
+    recall: float  # mean recall@k over the queries measured
     lower: float  # its lower confidence bound
     latency_ms: float
+    complete: bool = True  # measured on every query; False: abandoned after the first ones
+
+
+# Whether a setting measured on the first queries is worth the rest: (its median latency in
+# ms, the upper confidence bound of its mean recall) -> bool.
+Worth = Callable[[float, float], bool]
 
 
 def side_path(index_name: str) -> str:
@@ -96,10 +110,10 @@ def check_target(target: float, nprobes: int, refine_factor: int, ef: int) -> No
 def secondaries(index_type: str) -> list[tuple[int, int]]:
     """(refine_factor, ef) pairs worth trying for an index kind, cheapest first."""
     quantized = not index_type.endswith("FLAT")
-    refines = REFINE_FACTORS if quantized else (0,)
     if "HNSW" in index_type:
-        return [(refine, ef) for refine in refines[::2] for ef in EF_VALUES]
-    return [(refine, 0) for refine in refines]
+        refines = HNSW_REFINE_FACTORS if quantized else (0,)
+        return [(refine, ef) for refine in refines for ef in EF_VALUES]
+    return [(refine, 0) for refine in (REFINE_FACTORS if quantized else (0,))]
 
 
 def _probes(partitions: int) -> Iterator[int]:
@@ -157,14 +171,21 @@ def _measure(
     metric: str,
     setting: Setting,
     refined: Search | None = None,
+    worth: Worth | None = None,
 ) -> Measured:
     nearest = {"column": column, "metric": metric, "nprobes": setting.nprobes}
     if setting.refine_factor:
         nearest["refine_factor"] = setting.refine_factor
     if setting.ef:
         nearest["ef"] = setting.ef
-    recalls, seconds = [], []
+    recalls: list[float] = []
+    seconds: list[float] = []
+    prefix = max(PREFIX_MIN, round(len(queries) * PREFIX_SHARE))
     for query, own_id, expected in zip(queries, own, truth, strict=True):
+        if worth is not None and len(recalls) == prefix < len(queries):
+            so_far = _summary(setting, recalls, seconds)
+            if not worth(so_far.latency_ms, so_far.recall + (so_far.recall - so_far.lower)):
+                return dataclasses.replace(so_far, complete=False)
         # A query that is a row asks for one more, its own row, which is dropped; any other
         # asks for k, as a search does: a larger k gathers more candidates and flatters.
         wanted = k + 1 if own_id >= 0 else k
@@ -185,12 +206,21 @@ def _measure(
         seconds.append(time.perf_counter() - start)
         got = _without(ids, int(own_id), k)
         recalls.append(len(got & expected) / max(len(expected), 1))
+    return _summary(setting, recalls, seconds)
+
+
+def _summary(setting: Setting, recalls: list[float], seconds: list[float]) -> Measured:
     values = np.asarray(recalls)
     spread = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     mean = float(values.mean())
     # The median: a query slowed by other work on the machine does not move it.
     latency_ms = float(np.median(seconds)) * 1000
     return Measured(setting, mean, max(0.0, mean - Z * spread), latency_ms)
+
+
+def _fastest(measured: list[Measured], level: float) -> float:
+    """The latency of the fastest setting measured whose recall bound reaches ``level``."""
+    return min((m.latency_ms for m in measured if m.lower >= level), default=math.inf)
 
 
 class ServedQueries:
@@ -331,8 +361,19 @@ def calibrate(
         return IndexCalibration(k, 0, dataset.count_rows(), dataset.version, time.time())
     exact = exact_neighbours(dataset, column, queries, k + 1, metric)
     truth = [_without(ids, int(own_id), k) for ids, own_id in zip(exact, own, strict=True)]
-    measured: list[Measured] = []
+    measured: list[Measured] = []  # settings measured on every query
+    best_lower = 0.0  # the highest recall bound of any setting, measured on all queries or not
     top = max(levels)
+
+    def fast_enough(latency_ms: float, level: float) -> bool:
+        """Whether a setting this fast may still be the cheapest reaching ``level``."""
+        return latency_ms <= _fastest(measured, level) * (1 + NOISE)
+
+    def worth(latency_ms: float, upper: float) -> bool:
+        """Whether a setting may be the cheapest for some level it may reach. Only those are
+        measured on every query: most of a sweep's settings are slower ones."""
+        return any(upper >= level and fast_enough(latency_ms, level) for level in levels)
+
     # The fewest partitions any setting so far needed to reach the top level: probing more
     # than that with a costlier refine or ef cannot be cheaper.
     enough, reached = partitions, False
@@ -353,11 +394,17 @@ def calibrate(
                 metric,
                 Setting(nprobes, refine_factor, ef),
                 refined,
+                worth,
             )
-            measured.append(found)
-            if found.lower >= top:
-                enough, reached = min(enough, nprobes), True
-                break
+            best_lower = max(best_lower, found.lower)
+            if not found.complete:
+                if not any(fast_enough(found.latency_ms, level) for level in levels):
+                    break  # slower than a setting reaching every level; more probes are slower
+            else:
+                measured.append(found)
+                if found.lower >= top:
+                    enough, reached = min(enough, nprobes), True
+                    break
             if nprobes >= 8 and found.recall - previous < PLATEAU:
                 break
             previous = found.recall
@@ -384,7 +431,7 @@ def calibrate(
         version=dataset.version,
         calibrated_at=time.time(),
         levels=chosen,
-        max_recall=round(float(max((m.lower for m in measured), default=0.0)), 4),
+        max_recall=round(best_lower, 4),
         served_queries=len(served) if served is not None else 0,
         partitions=partitions,
     )

@@ -243,3 +243,38 @@ def test_a_calibration_gives_up_when_the_store_stops(tmp_path: Any) -> None:
         calibration.calibrate(
             dataset, "vector", "IVF_PQ", 4, "l2", k=K, sample_size=20, levels=[0.9], stop=stop
         )
+
+
+def test_a_setting_that_cannot_be_the_cheapest_is_abandoned_after_the_first_queries(
+    tmp_path: Any,
+) -> None:
+    """Calibration measures a setting on every query only while it may be the cheapest for
+    some level: here the refine factor of 80 is made far slower than the settings that reach
+    every level before it, so it is measured on the first queries and dropped."""
+    dataset = lance.write_dataset(rows(points(3000, seed=16)), tmp_path / "t.lance")
+    dataset.create_index("vector", "IVF_PQ", num_partitions=8, num_sub_vectors=4)
+    queries = points(80, seed=17)
+    calls: dict[calibration.Setting, int] = {}
+
+    def served(query: np.ndarray, k: int, setting: calibration.Setting) -> np.ndarray:
+        calls[setting] = calls.get(setting, 0) + 1
+        if setting.refine_factor == 80:
+            time.sleep(0.05)  # slower than any other setting, by far
+        nearest = {"column": "vector", "q": query, "k": k, "nprobes": setting.nprobes}
+        found = dataset.to_table(
+            columns=["_distance"],
+            with_row_id=True,
+            nearest={**nearest, "refine_factor": setting.refine_factor},
+        )
+        return found.column("_rowid").to_numpy()
+
+    found = calibration.calibrate(
+        dataset, "vector", "IVF_PQ", 8, "l2", k=K, sample_size=80, levels=[0.5, 0.9, 0.99],
+        served=queries, refined=served,
+    )  # fmt: skip
+    prefix = max(calibration.PREFIX_MIN, round(len(queries) * calibration.PREFIX_SHARE))
+    slow = [setting for setting in calls if setting.refine_factor == 80]
+    assert slow and all(calls[setting] == prefix for setting in slow)
+    assert max(calls.values()) == len(queries)  # the others were measured on every query
+    assert [lv.recall for lv in found.levels] == [0.5, 0.9, 0.99]
+    assert all(lv.refine_factor != 80 for lv in found.levels)

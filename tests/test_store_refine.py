@@ -224,7 +224,8 @@ def test_calibration_runs_refine_settings_through_the_served_search(tmp_path: An
         dataset, "vector", "IVF_PQ", 8, "l2", served=queries, refined=served, **common
     )
     assert calls and all(setting.refine_factor for setting in calls)
-    assert by_store.max_recall == by_lance.max_recall
+    # Which settings are measured on every query depends on their latencies (a slow one is
+    # abandoned), and so does the highest recall bound seen; the levels reached do not.
     assert [lv.recall for lv in by_store.levels] == [lv.recall for lv in by_lance.levels]
 
 
