@@ -441,9 +441,12 @@ def _stand_ins(
     dataset: lance.LanceDataset, column: str, size: int, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(queries, each one's own row id or -1): ``size`` of the table's rows and as many
-    blends of two of them."""
+    blends of two of them, in turn, so that the first queries a setting is measured on
+    (:data:`PREFIX_SHARE`) are of both kinds."""
     rows, row_ids = sample(dataset, column, size)
     mixed = blends(rows, metric)
-    queries = np.concatenate([rows, mixed]) if len(rows) else rows
-    own = np.concatenate([row_ids.astype(np.int64), np.full(len(mixed), -1, np.int64)])
-    return queries, own
+    if len(mixed) != len(rows):  # fewer than two rows: nothing to blend
+        return rows, row_ids.astype(np.int64)
+    queries = np.stack([rows, mixed], axis=1).reshape(-1, rows.shape[1])
+    own = np.stack([row_ids.astype(np.int64), np.full(len(rows), -1, np.int64)], axis=1)
+    return queries, own.ravel()
