@@ -37,6 +37,7 @@ from embedsearch.table import (
     _set_query,
     add_request,
     merge_result,
+    streamed_head,
     update_request,
     versions_from_pb,
 )
@@ -419,13 +420,14 @@ class AsyncTable:
         failed: list[BaseException] = []
 
         async def requests() -> AsyncIterator[gateway_pb2.AddRequest]:
-            first: gateway_pb2.AddRequest | None = head
+            first: gateway_pb2.AddRequest | None = streamed_head(head)
             try:
                 while (
                     request := await asyncio.to_thread(self._next_request, batches, first)
                 ) is not None:
                     first = None
                     yield request
+                yield gateway_pb2.AddRequest(last=True)
             except BaseException as exc:  # gRPC would report it as a cancelled call
                 failed.append(exc)
                 raise

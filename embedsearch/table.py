@@ -109,6 +109,15 @@ def add_request(
     return request
 
 
+def streamed_head(head: gateway_pb2.AddRequest) -> gateway_pb2.AddRequest:
+    """An AddStream's first message: the add's options, and the promise that a message marked
+    ``last`` ends the stream, so that a stream broken off mid-way (a crash, a kill) commits
+    nothing; the stream's final message is ``AddRequest(last=True)``."""
+    request = gateway_pb2.AddRequest(ends_with_last=True)
+    request.MergeFrom(head)
+    return request
+
+
 def _slices(rows: pa.Table) -> Iterator[pa.Table]:
     for start in range(0, max(rows.num_rows, 1), CHUNK_ROWS):
         yield rows.slice(start, CHUNK_ROWS)
@@ -356,13 +365,15 @@ class Table(IndexMethods, SchemaMaintenance):
             return AddResult(self._write("Add", add_request(head, self._rows(rows))).version)
 
         failed: list[BaseException] = []
+        first = streamed_head(head)
 
         def requests() -> Iterator[gateway_pb2.AddRequest]:
             try:
                 with progress_bar(total, f"add {self.name}") as bar:
                     for index, batch in enumerate(batches):
-                        yield add_request(head if index == 0 else None, self._rows(batch))
+                        yield add_request(first if index == 0 else None, self._rows(batch))
                         bar.update(batch.num_rows)
+                yield gateway_pb2.AddRequest(last=True)
             except BaseException as exc:  # gRPC would report it as a bare "iterating requests"
                 failed.append(exc)
                 raise

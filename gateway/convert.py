@@ -283,8 +283,9 @@ def create_table_from_pb(request: gateway_pb2.CreateTableRequest) -> CreateTable
 
 
 def chunk_from_pb(request: gateway_pb2.AddRequest) -> Chunk:
-    rows, bad = rows_from_pb(request.rows), bad_vectors_from_pb(request)
-    return value_from_pb(request, Chunk, rows=rows, bad=bad)
+    ending = request.last and not request.HasField("rows")  # a final message without rows
+    rows = None if ending else rows_from_pb(request.rows)
+    return value_from_pb(request, Chunk, rows=rows, bad=bad_vectors_from_pb(request))
 
 
 def merge_insert_from_pb(request: gateway_pb2.MergeInsertRequest) -> MergeInsert:

@@ -15,6 +15,7 @@ from embedsearch.contract.errors import (
     BadVectors as BadVectorsError,
 )
 from embedsearch.contract.errors import (
+    Cancelled,
     EmbedsearchError,
     FailedPrecondition,
     InvalidArgument,
@@ -291,6 +292,11 @@ class GatewayCore(SchemaMaintenanceCore):
 
     async def add(self, chunk: Chunk) -> WriteResult:
         """Embed the rows' missing vectors, then append them as one commit."""
+        if chunk.last or chunk.ends_with_last or chunk.rows is None:
+            raise InvalidArgument(
+                "last and ends_with_last mark the end of an AddStream; an Add is one message "
+                "and needs rows"
+            )
 
         async def attempt(table: Descriptor) -> WriteResult:
             rows = self._conform(chunk.rows, table.schema, table.bindings, chunk.bad)
@@ -304,6 +310,8 @@ class GatewayCore(SchemaMaintenanceCore):
 
         The store commits the whole stream as one version when it ends; with commit_per_chunk
         every chunk is its own version. An error stops both stages and commits nothing more.
+        A stream whose first message set ends_with_last ends only with a message marked last:
+        without one, its client broke off, and it commits nothing (CANCELLED).
         A stream cannot be replayed, so it starts from a fresh descriptor (one store call more).
         """
         first = await anext(chunks, None)
@@ -314,27 +322,40 @@ class GatewayCore(SchemaMaintenanceCore):
         # writer raises it after writing what came before (kept with commit_per_chunk).
         embedded: asyncio.Queue[pa.Table | Exception | None] = asyncio.Queue(maxsize=2)
 
+        def broken_off() -> Cancelled:
+            kept = (
+                "earlier chunks stay committed" if first.commit_per_chunk else "nothing was written"
+            )
+            return Cancelled(
+                "AddStream ended without its message marked last (its first message set "
+                f"ends_with_last): the client crashed or broke off the stream; {kept}"
+            )
+
         async def embed_all() -> None:
             chunk: Chunk | None = first
-            index = 0
+            index, ended = 0, False
             try:
                 while chunk is not None:
+                    if ended:
+                        raise InvalidArgument("a message came after the one marked last")
                     if chunk.table not in ("", first.table):
                         raise InvalidArgument(
                             f"an AddStream writes one table: message {index} names "
                             f"{chunk.table[:80]!r} after {first.table!r}"
                         )
-                    rows = self._conform(chunk.rows, table.schema, table.bindings, first.bad)
-                    await embedded.put(
-                        await self.embed_rows(rows, table.schema, table.bindings, first.bad)
-                    )
+                    if chunk.rows is not None:
+                        rows = self._conform(chunk.rows, table.schema, table.bindings, first.bad)
+                        await embedded.put(
+                            await self.embed_rows(rows, table.schema, table.bindings, first.bad)
+                        )
+                    ended = chunk.last
                     chunk, index = await anext(chunks, None), index + 1
             except EmbedsearchError as exc:
                 await embedded.put(exc.reworded(f"chunk {index}: {exc}"))
             except Exception as exc:
                 await embedded.put(exc)
             else:
-                await embedded.put(None)
+                await embedded.put(None if ended or not first.ends_with_last else broken_off())
 
         async def tables() -> AsyncIterator[pa.Table]:
             while (rows := await embedded.get()) is not None:

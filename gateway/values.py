@@ -97,10 +97,12 @@ class Chunk:
     """Rows to add: an Add, or one message of an AddStream."""
 
     table: str
-    rows: Rows
+    rows: Rows | None  # None: an AddStream's final message, marked last, without rows
     bad: BadVectors = field(default_factory=BadVectors)
     commit_per_chunk: bool = False
     overwrite: bool = False
+    ends_with_last: bool = False
+    last: bool = False
 
 
 @dataclass

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -475,6 +480,48 @@ CASES = [
         False,
     ),
     (
+        "stream-message-after-last",
+        lambda t: (
+            "AddStream",
+            iter(
+                [
+                    gateway_pb2.AddRequest(
+                        table=t, ends_with_last=True, rows=arrow_rows(id=[7], text=["x"])
+                    ),
+                    gateway_pb2.AddRequest(last=True),
+                    gateway_pb2.AddRequest(rows=arrow_rows(id=[8], text=["y"])),
+                ]
+            ),
+        ),
+        INVALID,
+        "after the one marked last",
+        False,
+    ),
+    (
+        "stream-ends-without-its-last",
+        lambda t: (
+            "AddStream",
+            iter(
+                [
+                    gateway_pb2.AddRequest(
+                        table=t, ends_with_last=True, rows=arrow_rows(id=[7], text=["x"])
+                    ),
+                    gateway_pb2.AddRequest(rows=arrow_rows(id=[8], text=["y"])),
+                ]
+            ),
+        ),
+        grpc.StatusCode.CANCELLED,
+        "nothing was written",
+        False,
+    ),
+    (
+        "add-marked-last",
+        lambda t: ("Add", gateway_pb2.AddRequest(table=t, last=True)),
+        INVALID,
+        "an Add is one message",
+        False,
+    ),
+    (
         "ipc-duplicate-columns",
         lambda t: add(t, duplicate_columns()),
         INVALID,
@@ -572,6 +619,45 @@ def test_bad_request_is_refused_and_changes_nothing(
     assert state(gateway_stub, table) == before
     assert gateway_stub.ListTables(gateway_pb2.ListTablesRequest()).names == names
     assert len(CASES) >= 30
+
+
+STREAMING_CLIENT = """
+import sys, time, grpc
+from helpers import arrow_rows
+from embedsearch.v1 import gateway_pb2, gateway_pb2_grpc
+stub = gateway_pb2_grpc.GatewayStub(grpc.insecure_channel(sys.argv[1]))
+def requests():
+    yield gateway_pb2.AddRequest(
+        table=sys.argv[2], ends_with_last=True, rows=arrow_rows(id=[50], text=["first chunk"])
+    )
+    yield gateway_pb2.AddRequest(rows=arrow_rows(id=[51], text=["second chunk"]))
+    print("sent", flush=True)
+    time.sleep(600)  # killed here, before its message marked last
+    yield gateway_pb2.AddRequest(last=True)
+stub.AddStream(requests())
+"""
+
+
+def test_a_stream_whose_client_is_killed_mid_way_writes_nothing(stack, gateway_stub, table):
+    """A killed client's stream ends, to the gateway, as a finished one does (measured with
+    grpcio's asyncio server: the request iterator ends, the call is not yet cancelled). With
+    ends_with_last its rows, which had reached the gateway, are not committed."""
+    before = state(gateway_stub, table)
+    tests = Path(__file__).parent
+    client = subprocess.Popen(
+        [sys.executable, "-c", STREAMING_CLIENT, stack.gateway, table],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])},
+    )
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == "sent"
+        time.sleep(2.0)  # the two chunks reach the gateway and are embedded meanwhile
+    finally:
+        client.kill()
+        client.wait(timeout=60)
+    time.sleep(2.0)  # what the gateway does once the stream has ended
+    assert state(gateway_stub, table) == before
 
 
 def test_k_zero_means_the_default_and_an_empty_table_searches_to_nothing(gateway_stub, table_name):
