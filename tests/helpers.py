@@ -128,3 +128,15 @@ def serving_directory(directory: Path, handler: type[QuietFiles] = QuietFiles) -
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def refined_by_lance(dataset: Any, query: Any, k: int, setting: Any) -> Any:
+    """Row ids of a query's k nearest under a calibration ``setting``, refined by Lance itself:
+    a ``refined`` search for ``calibration.calibrate`` that the store did not write."""
+    nearest = {"column": "vector", "q": query, "k": k, "nprobes": setting.nprobes}
+    found = dataset.to_table(
+        columns=["_distance"],
+        with_row_id=True,
+        nearest={**nearest, "refine_factor": setting.refine_factor},
+    )
+    return found.column("_rowid").to_numpy()

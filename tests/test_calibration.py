@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import QUIET, Servers, Stack
+from helpers import refined_by_lance
 
 import embedsearch
 from embedsearch.contract.channels import wait_until_serving
@@ -260,13 +261,7 @@ def test_a_setting_that_cannot_be_the_cheapest_is_abandoned_after_the_first_quer
         calls[setting] = calls.get(setting, 0) + 1
         if setting.refine_factor == 80:
             time.sleep(0.05)  # slower than any other setting, by far
-        nearest = {"column": "vector", "q": query, "k": k, "nprobes": setting.nprobes}
-        found = dataset.to_table(
-            columns=["_distance"],
-            with_row_id=True,
-            nearest={**nearest, "refine_factor": setting.refine_factor},
-        )
-        return found.column("_rowid").to_numpy()
+        return refined_by_lance(dataset, query, k, setting)
 
     found = calibration.calibrate(
         dataset, "vector", "IVF_PQ", 8, "l2", k=K, sample_size=80, levels=[0.5, 0.9, 0.99],

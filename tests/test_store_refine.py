@@ -12,6 +12,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import refined_by_lance
 from test_store_search import DIMS, METRICS, Store, assert_same, make_rows_vectors, wait_ready
 
 from embedsearch.contract.wire import pack_vectors
@@ -209,13 +210,7 @@ def test_calibration_runs_refine_settings_through_the_served_search(tmp_path: An
 
     def served(query: np.ndarray, k: int, setting: calibration.Setting) -> np.ndarray:
         calls.append(setting)
-        nearest = {"column": "vector", "q": query, "k": k, "nprobes": setting.nprobes}
-        found = dataset.to_table(
-            columns=["_distance"],
-            with_row_id=True,
-            nearest={**nearest, "refine_factor": setting.refine_factor},
-        )
-        return found.column("_rowid").to_numpy()
+        return refined_by_lance(dataset, query, k, setting)
 
     queries = make_rows_vectors(40, seed=6)
     common: dict[str, Any] = {"k": 10, "sample_size": 40, "levels": [0.5, 0.9, 0.99]}
