@@ -67,6 +67,7 @@ class Measured:
     setting: Setting
     recall: float  # mean recall@k over the queries measured
     lower: float  # its lower confidence bound
+    upper: float  # and its upper one
     latency_ms: float
     complete: bool = True  # measured on every query; False: abandoned after the first ones
 
@@ -184,7 +185,7 @@ def _measure(
     for query, own_id, expected in zip(queries, own, truth, strict=True):
         if worth is not None and len(recalls) == prefix < len(queries):
             so_far = _summary(setting, recalls, seconds)
-            if not worth(so_far.latency_ms, so_far.recall + (so_far.recall - so_far.lower)):
+            if not worth(so_far.latency_ms, so_far.upper):
                 return dataclasses.replace(so_far, complete=False)
         # A query that is a row asks for one more, its own row, which is dropped; any other
         # asks for k, as a search does: a larger k gathers more candidates and flatters.
@@ -215,7 +216,7 @@ def _summary(setting: Setting, recalls: list[float], seconds: list[float]) -> Me
     mean = float(values.mean())
     # The median: a query slowed by other work on the machine does not move it.
     latency_ms = float(np.median(seconds)) * 1000
-    return Measured(setting, mean, max(0.0, mean - Z * spread), latency_ms)
+    return Measured(setting, mean, max(0.0, mean - Z * spread), mean + Z * spread, latency_ms)
 
 
 def _fastest(measured: list[Measured], level: float) -> float:
