@@ -285,6 +285,13 @@ def lancedb_search(anchor: Any, level: Any) -> Callable[[np.ndarray], list[int]]
     return search
 
 
+def chosen(level: Any) -> str:
+    """A calibrated level's search parameters, as the baselines name them."""
+    if level is None:
+        return "exact (no calibrated level)"
+    return f"nprobes={level.nprobes} refine_factor={level.refine_factor} ef={level.ef}"
+
+
 def lancedb_tuned(
     anchor: Any, kind: str, params: dict[str, int], served: np.ndarray, queries: np.ndarray
 ) -> tuple[Any, Timing]:
@@ -362,12 +369,7 @@ def run_data_set(data: DataSet, tmp: Path) -> None:
             metric="l2", index_type=kind, vector_column_name="vector", replace=True, **params
         )
         anchor_build = time.perf_counter() - start
-        chosen = (
-            "exact (no calibrated level)"
-            if level is None
-            else f"nprobes={level.nprobes} refine_factor={level.refine_factor} ef={level.ef}"
-        )
-        baseline = f"lancedb in-process on the store's table (same {kind} build), {chosen}"
+        baseline = f"lancedb in-process on the store's table (same {kind} build), {chosen(level)}"
         measure = f"{name}_{kind.lower()}"
         emit(
             BENCH, f"{measure}_recall_at_10", recall(ours_timing.found, truth), "recall",
@@ -386,9 +388,7 @@ def run_data_set(data: DataSet, tmp: Path) -> None:
             BENCH, f"{measure}_cpu_per_query", ours_timing.cpu_ms, "ms", baseline,
             anchor_timing.cpu_ms, lower_is_better=True,
         )  # fmt: skip
-        own_chosen = "exact" if own is None else f"nprobes={own.nprobes} "
-        own_chosen += "" if own is None else f"refine_factor={own.refine_factor} ef={own.ef}"
-        tuned = f"lancedb in-process on the same build, at its own calibrated {own_chosen}"
+        tuned = f"lancedb in-process on the same build, at its own calibrated {chosen(own)}"
         emit(
             BENCH, f"{measure}_qps_vs_lancedb_tuned", ours_timing.qps, "queries/s", tuned,
             own_timing.qps, lower_is_better=False,

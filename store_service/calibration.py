@@ -219,9 +219,11 @@ def _summary(setting: Setting, recalls: list[float], seconds: list[float]) -> Me
     return Measured(setting, mean, max(0.0, mean - Z * spread), mean + Z * spread, latency_ms)
 
 
-def _fastest(measured: list[Measured], level: float) -> float:
-    """The latency of the fastest setting measured whose recall bound reaches ``level``."""
-    return min((m.latency_ms for m in measured if m.lower >= level), default=math.inf)
+def _within_noise(latency_ms: float, measured: list[Measured], level: float) -> bool:
+    """Whether a latency is within NOISE of the fastest setting measured whose recall bound
+    reaches ``level`` (True when none does): too close to call, or faster."""
+    fastest = min((m.latency_ms for m in measured if m.lower >= level), default=math.inf)
+    return latency_ms <= fastest * (1 + NOISE)
 
 
 class ServedQueries:
@@ -285,11 +287,8 @@ def cheapest(measured: list[Measured], level: float) -> Measured | None:
     does the least work (fewer partitions, a smaller refine), which timings too close to call
     on a busy machine or a small table cannot tell."""
     reaching = [m for m in measured if m.lower >= level]
-    if not reaching:
-        return None
-    fastest = min(m.latency_ms for m in reaching)
-    tied = [m for m in reaching if m.latency_ms <= fastest * (1 + NOISE)]
-    return min(tied, key=lambda m: (m.recall, m.latency_ms))
+    tied = [m for m in reaching if _within_noise(m.latency_ms, reaching, level)]
+    return min(tied, key=lambda m: (m.recall, m.latency_ms), default=None)
 
 
 def sample(
@@ -366,14 +365,10 @@ def calibrate(
     best_lower = 0.0  # the highest recall bound of any setting, measured on all queries or not
     top = max(levels)
 
-    def fast_enough(latency_ms: float, level: float) -> bool:
-        """Whether a setting this fast may still be the cheapest reaching ``level``."""
-        return latency_ms <= _fastest(measured, level) * (1 + NOISE)
-
     def worth(latency_ms: float, upper: float) -> bool:
         """Whether a setting may be the cheapest for some level it may reach. Only those are
         measured on every query: most of a sweep's settings are slower ones."""
-        return any(upper >= level and fast_enough(latency_ms, level) for level in levels)
+        return any(upper >= lv and _within_noise(latency_ms, measured, lv) for lv in levels)
 
     # The fewest partitions any setting so far needed to reach the top level: probing more
     # than that with a costlier refine or ef cannot be cheaper.
@@ -399,7 +394,7 @@ def calibrate(
             )
             best_lower = max(best_lower, found.lower)
             if not found.complete:
-                if not any(fast_enough(found.latency_ms, level) for level in levels):
+                if not any(_within_noise(found.latency_ms, measured, lv) for lv in levels):
                     break  # slower than a setting reaching every level; more probes are slower
             else:
                 measured.append(found)
