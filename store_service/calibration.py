@@ -56,6 +56,9 @@ class Setting:
     nprobes: int
     refine_factor: int = 0
     ef: int = 0
+    # The probed partitions are scanned from the store's memory (store_service.partitions),
+    # not searched by Lance's sub-index; refine_factor and ef are unused.
+    memory_scan: bool = False
 
 
 # A search as the store serves it: the row ids of a query's k nearest rows under a setting.
@@ -79,6 +82,11 @@ Worth = Callable[[float, float], bool]
 
 def side_path(index_name: str) -> str:
     return f"{SIDE_DIR}/{index_name}.json"
+
+
+def scan_path(index_name: str) -> str:
+    """Where the centroids of a calibration's memory-scan partitions are kept (.npy)."""
+    return f"{SIDE_DIR}/{index_name}.scan.npy"
 
 
 def to_json(calibration: IndexCalibration, metric: str) -> bytes:
@@ -117,10 +125,15 @@ def secondaries(index_type: str) -> list[tuple[int, int]]:
     return [(refine, 0) for refine in (REFINE_FACTORS if quantized else (0,))]
 
 
-def _probes(partitions: int) -> Iterator[int]:
+def _probes(partitions: int, finer: bool = False) -> Iterator[int]:
+    """1, 2, 4, 8, ... below ``partitions``, then ``partitions``; ``finer`` adds the steps
+    half-way between: 3, 6, 12, ... (a scan's cost grows with the partitions it probes)."""
     nprobes = 1
     while nprobes < partitions:
         yield nprobes
+        between = nprobes * 3 // 2
+        if finer and nprobes >= 2 and between < partitions:
+            yield between
         nprobes *= 2
     yield max(partitions, 1)
 
@@ -191,7 +204,7 @@ def _measure(
         # asks for k, as a search does: a larger k gathers more candidates and flatters.
         wanted = k + 1 if own_id >= 0 else k
         start = time.perf_counter()
-        if refined is not None and setting.refine_factor:
+        if refined is not None and (setting.refine_factor or setting.memory_scan):
             ids = refined(query, wanted, setting)
         else:
             ids = (
@@ -335,6 +348,7 @@ def calibrate(
     served: np.ndarray | None = None,
     stop: threading.Event | None = None,
     refined: Search | None = None,
+    scan_partitions: int = 0,
 ) -> IndexCalibration:
     """Measure recall@k of the index on ``column`` for a grid of settings and keep, per level,
     the :func:`cheapest` whose recall's lower confidence bound reaches the level.
@@ -351,7 +365,10 @@ def calibrate(
     set (the store is shutting down) abandons it with Unavailable between two settings.
     ``refined`` runs the settings with a refine step the way the store serves them (from its
     in-memory matrix), so that their latencies, which pick the cheapest, are the served ones;
-    without it Lance runs them.
+    without it Lance runs them. ``scan_partitions`` (which needs ``refined``) measures first
+    the settings that scan that many of the store's own partitions from memory
+    (:mod:`store_service.partitions`): usually the cheapest, so the pruning of Lance's settings
+    starts from them.
     """
     if served is not None and len(served):
         queries, own = served, np.full(len(served), -1, np.int64)
@@ -372,12 +389,16 @@ def calibrate(
 
     # The fewest partitions any setting so far needed to reach the top level: probing more
     # than that with a costlier refine or ef cannot be cheaper.
+    # Scans from memory leave it as it is: their cost per partition is not Lance's.
     enough, reached = partitions, False
-    for refine_factor, ef in secondaries(index_type):
+    sweeps = [(0, 0, True)] if scan_partitions and refined is not None else []
+    sweeps += [(refine_factor, ef, False) for refine_factor, ef in secondaries(index_type)]
+    for refine_factor, ef, scanned in sweeps:
         previous = -1.0
         if ef and ef < (k + 1) * max(refine_factor, 1):
             continue  # Lance's HNSW needs ef >= the candidates asked for
-        for nprobes in (p for p in _probes(partitions) if p <= enough):
+        probes = _probes(scan_partitions, True) if scanned else _probes(partitions)
+        for nprobes in (p for p in probes if scanned or p <= enough):
             if stop is not None and stop.is_set():
                 raise Unavailable("the store is stopping; the calibration was abandoned")
             found = _measure(
@@ -388,7 +409,7 @@ def calibrate(
                 truth,
                 k,
                 metric,
-                Setting(nprobes, refine_factor, ef),
+                Setting(nprobes, refine_factor, ef, scanned),
                 refined,
                 worth,
             )
@@ -399,7 +420,8 @@ def calibrate(
             else:
                 measured.append(found)
                 if found.lower >= top:
-                    enough, reached = min(enough, nprobes), True
+                    if not scanned:
+                        enough, reached = min(enough, nprobes), True
                     break
             if nprobes >= 8 and found.recall - previous < PLATEAU:
                 break
@@ -416,6 +438,7 @@ def calibrate(
                     nprobes=best.setting.nprobes,
                     refine_factor=best.setting.refine_factor,
                     ef=best.setting.ef,
+                    memory_scan=best.setting.memory_scan,
                     measured_recall=round(best.recall, 4),
                     latency_ms=round(best.latency_ms, 3),
                 )
@@ -430,6 +453,7 @@ def calibrate(
         max_recall=round(best_lower, 4),
         served_queries=len(served) if served is not None else 0,
         partitions=partitions,
+        scan_partitions=scan_partitions if any(lv.memory_scan for lv in chosen) else 0,
     )
 
 

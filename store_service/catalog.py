@@ -36,7 +36,7 @@ from embedsearch.contract.errors import (
 from embedsearch.contract.schema import conform, is_multivector, is_vector, vector_dims
 from embedsearch.contract.text import brief
 from embedsearch.contract.values import IndexCalibration, ReadParams, TakeParams
-from store_service import calibration, exact, indexes
+from store_service import calibration, exact, indexes, partitions
 from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec, IndexStats
 from store_service.settings import StoreSettings
@@ -120,6 +120,9 @@ class SearchParams:
     schema_fingerprint: str = ""
     projections: dict[str, str] = field(default_factory=dict)
     target_recall: float | None = None
+    # Set by target_recall's calibrated level, never by a caller: the nprobes partitions are
+    # scanned from memory (store_service.partitions).
+    memory_scan: bool = False
 
 
 class VectorIndex(NamedTuple):
@@ -234,11 +237,14 @@ class TableCatalog:
         self._fingerprints: dict[tuple[str, int], str] = {}
         self.conflicts: Counter[str] = Counter()
         self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
+        self.grouped = partitions.GroupedCache(self.exact)
         self.builder = IndexBuilder(
             self.settings.index_build_threads, self.commit, on_built=self._built
         )
         # Calibrations read from their files, by (table, index); None: the index has none.
         self._calibrations: dict[tuple[str, str], IndexCalibration | None] = {}
+        # And the partitions their memory-scan levels probe; None: they have none.
+        self._centroids: dict[tuple[str, str], partitions.Centroids | None] = {}
         self.served = calibration.ServedQueries(self.settings.calibration_served_queries)
         # IVF partitions of each vector index, by (dataset uri, index), with the segments they
         # were read from (a segment never changes; optimize replaces it).
@@ -601,8 +607,10 @@ class TableCatalog:
         self._vector_indexed = {k: v for k, v in self._vector_indexed.items() if k[0] != name}
         self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] != name}
         self.exact.forget(name)
+        self.grouped.forget(name)
         self.builder.forget(name)
         self._calibrations = {k: v for k, v in self._calibrations.items() if k[0] != name}
+        self._centroids = {k: v for k, v in self._centroids.items() if k[0] != name}
         self.served.forget(name)
 
     # -- writes ------------------------------------------------------------------------------
@@ -858,9 +866,9 @@ class TableCatalog:
         Exact queries on the latest version (no vector index on the column, or
         ``bypass_vector_index``) are answered from the in-memory matrix; the rest by Lance.
         """
-        dataset, snapshot, params = self._planned(name, params)
+        dataset, snapshot, params, grouped = self._planned(name, params)
         if snapshot is not None:
-            row_ids, distances = self._exact_hits(name, snapshot, params)
+            row_ids, distances = self._exact_hits(name, snapshot, params, grouped)
             return self._exact_rows(name, snapshot, params, row_ids, distances)
         refine = self._refine_source(name, dataset, params)
         if refine is not None:
@@ -876,7 +884,7 @@ class TableCatalog:
         empty when nothing is found, so that callers learn the columns."""
         available = self.dataset(name, params.version, params.tag).count_rows()
         params = replace(params, k=max(1, min(params.k, available - params.offset)))
-        dataset, snapshot, params = self._planned(name, params, streamed=True)
+        dataset, snapshot, params, _ = self._planned(name, params, streamed=True)
         if snapshot is None:
             try:
                 reader = dataset.scanner(**self._nearest_args(dataset, params)).to_reader()
@@ -904,11 +912,16 @@ class TableCatalog:
 
     def _planned(
         self, name: str, params: SearchParams, streamed: bool = False
-    ) -> tuple[lance.LanceDataset, exact.Snapshot | None, SearchParams]:
+    ) -> tuple[lance.LanceDataset, exact.Snapshot | None, SearchParams, partitions.Grouped | None]:
         """Check a search and choose how it runs: the dataset read, the in-memory matrix
         when the search is exact (no vector index on the column, or ``bypass_vector_index``)
-        on the latest version and the matrix fits the cache (None sends it to Lance), and the
-        parameters, with those a ``target_recall`` stands for filled in."""
+        on the latest version and the matrix fits the cache (None sends it to Lance), the
+        parameters, with those a ``target_recall`` stands for filled in, and the matrix's
+        grouping by partition when that level scans partitions from memory.
+
+        A level that scans from memory where the scan does not apply (a search filtered after
+        the fact, bounded by distance, streamed, of an older version, or a column that does
+        not fit the memory bound) is served by exact search, which keeps its promise."""
         dataset = self.dataset(name, params.version, params.tag)
         self.check_fingerprint(name, dataset, params.schema_fingerprint)
         _check_search(name, dataset.schema, params, max_k=None if streamed else _MAX_K)
@@ -918,9 +931,65 @@ class TableCatalog:
         if params.target_recall is not None:
             params = self._tuned(name, dataset, params)
         self._check_window(params.k, params.offset, params.refine_factor, params.ef, streamed)
+        if params.memory_scan:
+            scan = None if streamed else self._scan_source(name, dataset, params)
+            if scan is not None:
+                return dataset, scan[0], params, scan[1]
+            params = replace(params, memory_scan=False, nprobes=0, bypass_vector_index=True)
         if not self._exact_applies(name, dataset, params):
-            return dataset, None, params
-        return dataset, self.exact.snapshot(name, dataset, params.vector_column), params
+            return dataset, None, params, None
+        return dataset, self.exact.snapshot(name, dataset, params.vector_column), params, None
+
+    def _scan_source(
+        self, name: str, dataset: lance.LanceDataset, params: SearchParams
+    ) -> tuple[exact.Snapshot, partitions.Grouped] | None:
+        """The matrix and its grouping by the index's partitions to scan a search's probed
+        partitions from, where the scan applies (see :meth:`_planned`)."""
+        if params.postfilter or params.version or params.tag:
+            return None
+        if params.distance_lower_bound is not None or params.distance_upper_bound is not None:
+            return None
+        return self._grouping(name, dataset, params.vector_column)
+
+    def _grouping(
+        self,
+        name: str,
+        dataset: lance.LanceDataset,
+        column: str,
+        centroids: partitions.Centroids | None = None,
+    ) -> tuple[exact.Snapshot, partitions.Grouped] | None:
+        """The latest matrix of an indexed column, grouped by the partitions of its index's
+        calibration (or ``centroids``); None where there are none, or the grouping does not
+        fit the memory bound."""
+        found = self._refine_matrix(name, dataset, column)
+        index = self._vector_indexed_columns(name, dataset).get(column)
+        if found is None or index is None:
+            return None
+        if centroids is None:
+            centroids = self._scan_centroids(name, index)
+        if centroids is None or centroids.vectors.shape[1] != found[0].dims:
+            return None
+        grouped = self.grouped.grouped(name, found[0], centroids)
+        return None if grouped is None else (found[0], grouped)
+
+    def _scan_centroids(self, name: str, index: VectorIndex) -> partitions.Centroids | None:
+        """The memory-scan partitions of an index's calibration, read once from their file;
+        None when it has none, or the file is not the calibration's (a calibration stopped
+        between writing the two)."""
+        key = (name, index.name)
+        if key not in self._centroids:
+            found = self.calibration(name, index.name)
+            loaded = None
+            if found is not None and found.scan_partitions:
+                data = self.root.read_beside(name, calibration.scan_path(index.name))
+                try:
+                    loaded = partitions.Centroids.from_bytes(data, index.metric) if data else None
+                except (ValueError, OSError) as exc:
+                    log.warning("unreadable scan partitions of %s/%s: %s", name, index.name, exc)
+                if loaded is not None and len(loaded.vectors) != found.scan_partitions:
+                    loaded = None
+            self._centroids[key] = loaded
+        return self._centroids[key]
 
     def _tuned(self, name: str, dataset: lance.LanceDataset, params: SearchParams) -> SearchParams:
         """``params`` with the cheapest calibrated search parameters that reach its
@@ -939,6 +1008,10 @@ class TableCatalog:
         level = found.level_for(params.target_recall) if found else None
         if level is None:
             return replace(params, bypass_vector_index=True)
+        if level.memory_scan:
+            if params.metric not in (None, "", index.metric):
+                return replace(params, bypass_vector_index=True)  # calibrated for its metric
+            return replace(params, nprobes=level.nprobes, metric=index.metric, memory_scan=True)
         # Lance's HNSW needs ef at least the candidates it gathers: (k + offset) x refine.
         wanted = (params.k + params.offset) * max(level.refine_factor, 1)
         ef = max(level.ef, wanted) if level.ef else 0
@@ -976,9 +1049,14 @@ class TableCatalog:
         return found
 
     def _exact_hits(
-        self, name: str, snapshot: exact.Snapshot, params: SearchParams
+        self,
+        name: str,
+        snapshot: exact.Snapshot,
+        params: SearchParams,
+        grouped: partitions.Grouped | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids and distances of an exact search's results, best first, offset skipped."""
+        """Row ids and distances of an exact search's results, best first, offset skipped; of
+        a scan of the ``params.nprobes`` nearest partitions of ``grouped`` where given."""
         metric = params.metric or "l2"
         want = params.k + params.offset
         try:
@@ -986,15 +1064,20 @@ class TableCatalog:
         except (ValueError, OSError) as exc:
             self.fail(name, f"search with filter {brief(params.filter)} failed", exc)
         prefilter = allowed if not params.postfilter else None
-        rows, distances = exact.nearest(
-            snapshot,
-            params.vector,
-            want,
-            metric,
-            prefilter,
-            params.distance_lower_bound,
-            params.distance_upper_bound,
-        )
+        if grouped is not None:
+            rows, distances = partitions.nearest(
+                grouped, snapshot, params.vector, params.nprobes, want, metric, prefilter
+            )
+        else:
+            rows, distances = exact.nearest(
+                snapshot,
+                params.vector,
+                want,
+                metric,
+                prefilter,
+                params.distance_lower_bound,
+                params.distance_upper_bound,
+            )
         if params.postfilter and allowed is not None:
             keep = allowed[rows]
             rows, distances = rows[keep], distances[keep]
@@ -1253,7 +1336,7 @@ class TableCatalog:
         """How the query would run, without running it: Lance's physical plan, or this
         store's own plan for an exact search answered from the in-memory matrix."""
         if isinstance(query, SearchParams):
-            dataset, snapshot, query = self._planned(name, query)
+            dataset, snapshot, query, grouped = self._planned(name, query)
             if snapshot is not None:
                 if query.filter:  # planned, not run: a filter that does not parse fails here
                     check = {
@@ -1262,6 +1345,8 @@ class TableCatalog:
                         "with_row_id": True,
                     }
                     self._explained(name, self._scan(name, dataset, "explaining", check), False)
+                if grouped is not None:
+                    return _scan_plan(query, grouped, snapshot.used)
                 return _exact_plan(query, snapshot.used)
             refine = self._refine_source(name, dataset, query)
             if refine is not None:
@@ -1383,28 +1468,35 @@ class TableCatalog:
             self._calibrations[key] = calibration.from_json(data) if data else None
         return self._calibrations[key]
 
-    def _refined_search(
+    def _calibration_searches(
         self, name: str, dataset: lance.LanceDataset, column: str
-    ) -> calibration.Search | None:
-        """How calibration runs a setting with a refine step as searches are served: from
-        the column's in-memory matrix (:meth:`_refine_matrix`), where it fits."""
+    ) -> tuple[calibration.Search | None, partitions.Centroids | None]:
+        """How calibration runs a setting with a refine step, or a scan of partitions from
+        memory, as searches are served: from the column's in-memory matrix
+        (:meth:`_refine_matrix`), where it fits; and the partitions, trained anew on the
+        column, for the scan (None: no scan, the table is too small or does not fit)."""
         found = self._refine_matrix(name, dataset, column)
         if found is None:
-            return None
+            return None, None
         snapshot, metric = found
+        centroids = partitions.train(dataset, column, metric)
+        scan = self._grouping(name, dataset, column, centroids) if centroids else None
 
         def search(query: np.ndarray, k: int, setting: calibration.Setting) -> np.ndarray:
             params = SearchParams(
                 vector_column=column,
                 vector=query,
                 k=k,
+                metric=metric,
                 nprobes=setting.nprobes,
                 refine_factor=setting.refine_factor,
                 ef=setting.ef,
             )
+            if setting.memory_scan and scan is not None:
+                return self._exact_hits(name, scan[0], params, scan[1])[0]
             return self._refined_hits(name, dataset, params, snapshot, metric)[0]
 
-        return search
+        return search, centroids if scan is not None else None
 
     def calibrate(self, name: str, index_name: str) -> IndexCalibration:
         """Measure the recall of the vector index ``index_name`` at the latest version, and
@@ -1420,6 +1512,7 @@ class TableCatalog:
                 raise FailedPrecondition(f"index {index_name!r} is on a multi-vector column")
             settings = self.settings
             metric = stats.distance_type or "l2"
+            refined, scan = self._calibration_searches(name, dataset, column)
             found = calibration.calibrate(
                 dataset,
                 column,
@@ -1431,19 +1524,28 @@ class TableCatalog:
                 levels=settings.calibration_levels,
                 served=self.served.sample(name, column),
                 stop=self.stopping,
-                refined=self._refined_search(name, dataset, column),
+                refined=refined,
+                scan_partitions=len(scan.vectors) if scan is not None else 0,
             )
+        scan = scan if found.scan_partitions else None
         with self.writing(name, f"recording the calibration of index {index_name!r}"):
+            # The partitions first: a calibration file never names partitions not yet written
+            # (a stop between the two leaves the old calibration with new partitions of the
+            # same count at worst: trained on the same rows, and re-measured next time).
+            if scan is not None:
+                self.root.write_beside(name, calibration.scan_path(index_name), scan.to_bytes())
             self.root.write_beside(
                 name, calibration.side_path(index_name), calibration.to_json(found, metric)
             )
+        self._centroids[(name, index_name)] = scan
         self._calibrations[(name, index_name)] = found
         log.info(
             "calibrated index %s of %s: %s",
             index_name,
             name,
             ", ".join(
-                f"{lv.recall}: nprobes={lv.nprobes} rf={lv.refine_factor} ef={lv.ef}"
+                f"{lv.recall}: nprobes={lv.nprobes} "
+                + ("scanned from memory" if lv.memory_scan else f"rf={lv.refine_factor} ef={lv.ef}")
                 for lv in found.levels
             )
             or "no level reached",
@@ -1523,7 +1625,9 @@ class TableCatalog:
         self.commit(name, "drop_index", lambda ds: ds.drop_index(index_name))
         self.builder.forget(name, index_name)
         self._calibrations[(name, index_name)] = None
+        self._centroids[(name, index_name)] = None
         self.root.delete_beside(name, calibration.side_path(index_name))
+        self.root.delete_beside(name, calibration.scan_path(index_name))
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -1703,6 +1807,22 @@ def _exact_plan(params: SearchParams, rows: int) -> str:
     if params.filter:
         where = "PostFilter" if params.postfilter else "PreFilter"
         steps.append(f"        {where}: {params.filter}")
+    return "\n".join(steps) + "\n"
+
+
+def _scan_plan(params: SearchParams, grouped: partitions.Grouped, rows: int) -> str:
+    """The plan of a search that scans the probed partitions from the in-memory matrix."""
+    parts = len(grouped.centroids.vectors)
+    unseen = rows - grouped.covered
+    steps = [
+        *_top_rows_plan(params, params.metric or "l2"),
+        f"      ExactDistance: column={params.vector_column}, in-memory matrix grouped by "
+        f"partition (target_recall {params.target_recall})",
+        f"        PartitionScan: nprobes={params.nprobes} of {parts} IVF partitions, "
+        f"rows written since grouping={unseen}",
+    ]
+    if params.filter:
+        steps.append(f"          PreFilter: {params.filter}")
     return "\n".join(steps) + "\n"
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,8 @@ _OFFSET_MASK = np.uint64(0xFFFFFFFF)
 _SPARE = 16
 # The metrics whose distances this module computes as Lance does.
 METRICS = ("l2", "cosine", "dot")
+# Tokens of matrix layouts: a snapshot keeps its base's layout unless its rows were moved.
+_layouts = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Snapshot:
     used: int
     alive: np.ndarray
     slots: Mapping[int, _Slot]
+    # Same layout, same rows at the positions both snapshots hold (appends add positions past
+    # ``used``); a repack moves rows and starts a new layout.
+    layout: int
     _frag_ids: np.ndarray = field(repr=False)
     _frag_starts: np.ndarray = field(repr=False)
 
@@ -119,25 +125,35 @@ class Snapshot:
         l2 is squared Euclidean, cosine is 1 - cos, dot is 1 - x.q (all as Lance reports them).
         """
         q = query.astype(np.float32)
-        if rows is not None:
-            x = self.buffers.matrix[rows]
-            if metric == "l2":
-                diff = x - q
-                return np.einsum("ij,ij->i", diff, diff)
-            dots = x @ q
-            if metric == "dot":
-                return np.float32(1) - dots
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * np.sqrt(q @ q)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return np.float32(1) - dots / norms
-        dots = self.matrix @ q
+        if rows is None:
+            return fast_distances(self.matrix, self.buffers.sq_norms[: self.used], q, metric)
+        x = self.buffers.matrix[rows]
         if metric == "l2":
-            return self.buffers.sq_norms[: self.used] - 2 * dots + (q @ q)
+            diff = x - q
+            return np.einsum("ij,ij->i", diff, diff)
+        dots = x @ q
         if metric == "dot":
             return np.float32(1) - dots
-        norms = np.sqrt(self.buffers.sq_norms[: self.used]) * np.sqrt(q @ q)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * np.sqrt(q @ q)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.float32(1) - dots / norms
+
+
+def fast_distances(matrix: np.ndarray, sq_norms: np.ndarray, q: np.ndarray, metric: str) -> Any:
+    """Distances from ``q`` to the rows of ``matrix`` (whose squared norms are ``sq_norms``)
+    in the expanded forms, one matrix-vector product: off from Lance's by rounding."""
+    return from_dots(matrix @ q, sq_norms, q, metric)
+
+
+def from_dots(dots: np.ndarray, sq_norms: np.ndarray, q: np.ndarray, metric: str) -> Any:
+    """:func:`fast_distances` from the rows' dot products with ``q``."""
+    if metric == "l2":
+        return sq_norms - 2 * dots + (q @ q)
+    if metric == "dot":
+        return np.float32(1) - dots
+    norms = np.sqrt(sq_norms) * np.sqrt(q @ q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.float32(1) - dots / norms
 
 
 def nearest(
@@ -155,17 +171,35 @@ def nearest(
     """
     fast = snapshot.distances(query, metric)
     keep = snapshot.alive if allowed is None else snapshot.alive & allowed
-    keep = keep & np.isfinite(fast)
-    # The fast forms are off by rounding, so the range is widened here and applied exactly below.
-    slack = 1e-3 * (1.0 + np.abs(fast))
-    if lower is not None:
-        keep &= fast >= lower - slack
-    if upper is not None:
-        keep &= fast < upper + slack
     pool = np.flatnonzero(keep)
+    return ranked(snapshot, query, pool, fast[pool], want, metric, lower, upper)
+
+
+def ranked(
+    snapshot: Snapshot,
+    query: np.ndarray,
+    pool: np.ndarray,
+    fast: np.ndarray,
+    want: int,
+    metric: str,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``want`` nearest of the candidate rows ``pool`` (matrix positions), whose distances
+    in the fast forms are ``fast``: (positions, exact distances), nearest first, ties by
+    position. The few best by the fast forms, and a spare, are ranked by exact distances."""
+    keep = np.isfinite(fast)
+    if lower is not None or upper is not None:
+        # The fast forms are off by rounding: the range is widened here, applied exactly below.
+        slack = 1e-3 * (1.0 + np.abs(fast))
+        if lower is not None:
+            keep &= fast >= lower - slack
+        if upper is not None:
+            keep &= fast < upper + slack
+    pool, fast = pool[keep], fast[keep]
     take = min(len(pool), 2 * want + _SPARE)
     if take < len(pool):
-        pool = pool[np.argpartition(fast[pool], take - 1)[:take]]
+        pool = pool[np.argpartition(fast, take - 1)[:take]]
     exact = snapshot.distances(query, metric, pool).astype(np.float32)
     ok = np.ones(len(pool), bool)
     if lower is not None:
@@ -203,11 +237,13 @@ class ExactCache:
     ``max_bytes`` bounds the matrices of all columns together. Columns are admitted first
     come, first served, and are kept until their table is dropped or outgrows what is left:
     a column that does not fit is searched by Lance instead. Nothing is evicted to make room,
-    so two large columns cannot take turns reading themselves in.
+    so two large columns cannot take turns reading themselves in. ``also_held`` counts memory
+    others keep within the same bound (:class:`store_service.partitions.GroupedCache`).
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self.also_held: Callable[[], int] = lambda: 0
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         # Refreshes run one at a time, so that admission sees every column's final size.
         self._lock = threading.Lock()
@@ -231,6 +267,7 @@ class ExactCache:
             dims = dataset.schema.field(column).type.list_size
             rows = sum(f.metadata.physical_rows for f in dataset.get_fragments())
             others = sum(s.held_bytes for k, s in self._snapshots.items() if k != key)
+            others += self.also_held()
             room = (self.max_bytes - others) // (dims * 4)
             if rows == 0 or rows > room:
                 self._snapshots.pop(key, None)
@@ -244,6 +281,10 @@ class ExactCache:
         with self._lock:
             for key in [k for k in self._snapshots if k[0] == table]:
                 del self._snapshots[key]
+
+    def held_bytes(self) -> int:
+        """Memory of every matrix held."""
+        return sum(s.held_bytes for s in list(self._snapshots.values()))
 
     def stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(rows, bytes) held per (table, column)."""
@@ -292,7 +333,9 @@ def _refresh(
     if base is None or (used - kept_rows) > max(used // 3, 4096):
         # Start over from the fragments still live (no IO: their rows are copied).
         buffers, alive, slots, used = _repack(base, slots, new_rows, dims, limit)
+        layout = next(_layouts)
     else:
+        layout = base.layout
         buffers = base.buffers.grown(used, used + new_rows, limit)
         alive = np.zeros(used + new_rows, bool)
         for slot in slots.values():
@@ -304,7 +347,7 @@ def _refresh(
         files, deletions = _slot_key(fragment)
         slots[fragment.fragment_id] = _Slot(used, fragment.physical_rows, files, deletions)
         used += fragment.physical_rows
-    snapshot = _publish(dataset, column, buffers, used, alive, slots)
+    snapshot = _publish(dataset, column, buffers, used, alive, slots, layout)
 
     if to_read:
         table = dataset.scanner(
@@ -359,7 +402,8 @@ def _publish(
     used: int,
     alive: np.ndarray,
     slots: dict[int, _Slot],
+    layout: int,
 ) -> Snapshot:
     ids = np.array(sorted(slots), dtype=np.uint64)
     starts = np.array([slots[int(i)].start for i in ids], dtype=np.int64)
-    return Snapshot(dataset, column, buffers, used, alive, slots, ids, starts)
+    return Snapshot(dataset, column, buffers, used, alive, slots, layout, ids, starts)

@@ -353,6 +353,15 @@ class StoreCollector(Collector):
         for (name, column), (_, nbytes) in self.maintenance.catalog.exact.stats().items():
             cached.add_metric([name, column], nbytes)
         yield cached
+        grouped = GaugeMetricFamily(
+            "store_partition_scan_bytes",
+            "Bytes of vector rows kept grouped by partition for scans from memory (a second "
+            "copy of the column, within --exact-cache-max-bytes).",
+            labels=["table", "column"],
+        )
+        for (name, column), nbytes in self.maintenance.catalog.grouped.stats().items():
+            grouped.add_metric([name, column], nbytes)
+        yield grouped
 
 
 def register_metrics(maintenance: Maintenance, registry: CollectorRegistry) -> None:

@@ -43,9 +43,10 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
         2 * GiB,
         ge=0,
         description="Memory for vector columns (rows x dims x 4 bytes) kept as matrices, all "
-        "tables together, for exact search and the refine step of indexed search; first come, "
-        "first served. A column that does not fit uses Lance's flat search and refine. 0 turns "
-        "the cache off.",
+        "tables together, for exact search and the refine step of indexed search, and for the "
+        "second copy, grouped by partition, that target_recall's scans from memory use; first "
+        "come, first served. A column that does not fit uses Lance's flat search and refine "
+        "(and target_recall levels that scan from memory run exactly). 0 turns the cache off.",
     )
     # Lance's session caches the manifest of every version it reads; each lists every fragment,
     # so a table taking many small commits fills the cache by versions x fragments. Only the

@@ -338,7 +338,16 @@ TO_PB: dict[str, list[Callable[[], Message]]] = {
                 3,
                 0.5,
                 IndexCalibration(
-                    10, 100, 5, 2, 1.5, [RecallLevel(0.9, 4, 2, 8, 0.93, 1.5)], 0.99, 100, 16
+                    10,
+                    100,
+                    5,
+                    2,
+                    1.5,
+                    [RecallLevel(0.9, 4, 2, 8, 0.93, 1.5, memory_scan=True)],
+                    0.99,
+                    100,
+                    16,
+                    250,
                 ),
             )
         )

@@ -25,7 +25,9 @@ class IndexInfo:
 @dataclass
 class RecallLevel:
     """The cheapest search parameters measured to reach one recall level (``common.proto``
-    RecallLevel); zero ``refine_factor`` and ``ef`` are unset."""
+    RecallLevel); zero ``refine_factor`` and ``ef`` are unset. ``memory_scan``: the store
+    scans ``nprobes`` of its own partitions (``IndexCalibration.scan_partitions``) from its
+    in-memory matrix instead of searching Lance's index."""
 
     recall: float
     nprobes: int = 0
@@ -33,6 +35,7 @@ class RecallLevel:
     ef: int = 0
     measured_recall: float = 0.0
     latency_ms: float = 0.0
+    memory_scan: bool = False
 
 
 @dataclass
@@ -49,10 +52,15 @@ class IndexCalibration:
     max_recall: float = 0.0
     served_queries: int = 0
     partitions: int = 0
+    scan_partitions: int = 0
 
     def level_for(self, target: float) -> RecallLevel | None:
-        """The cheapest level that reaches ``target``; None when none does."""
-        reaching = [level for level in self.levels if level.recall >= target - 1e-9]
+        """The cheapest level that reaches ``target``; None when none does.
+
+        ``target`` may have travelled as a float32 (``target_recall`` in the contracts), which
+        moves it by up to 6e-8: 0.99 arrives as 0.9900000095, which a level of 0.99 must still
+        reach."""
+        reaching = [level for level in self.levels if level.recall >= target - 1e-6]
         return min(reaching, key=lambda level: level.latency_ms, default=None)
 
 
