@@ -203,7 +203,7 @@ def _measure(
         # A query that is a row asks for one more, its own row, which is dropped; any other
         # asks for k, as a search does: a larger k gathers more candidates and flatters.
         wanted = k + 1 if own_id >= 0 else k
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if refined is not None and (setting.refine_factor or setting.memory_scan):
             ids = refined(query, wanted, setting)
         else:
@@ -217,7 +217,11 @@ def _measure(
                 .column("_rowid")
                 .to_numpy()
             )
-        seconds.append(time.perf_counter() - start)
+        # A search's cost: its wall time, or the CPU time of all the process's threads if that
+        # is more. Lance spreads a search over its own threads, which a served search pays for
+        # in thread switches against the server's (measured: Lance's IVF_RQ at 1.4 ms of wall
+        # time in-process took 6.3 ms a query over gRPC, a scan from memory of 1.6 ms, 4 ms).
+        seconds.append(max(time.perf_counter() - start, time.process_time() - cpu))
         got = _without(ids, int(own_id), k)
         recalls.append(len(got & expected) / max(len(expected), 1))
     return _summary(setting, recalls, seconds)

@@ -943,8 +943,8 @@ class TableCatalog:
     def _scan_source(
         self, name: str, dataset: lance.LanceDataset, params: SearchParams
     ) -> tuple[exact.Snapshot, partitions.Grouped] | None:
-        """The matrix and its grouping by the index's partitions to scan a search's probed
-        partitions from, where the scan applies (see :meth:`_planned`)."""
+        """The matrix, and its grouping by the calibration's partitions, to scan a search's
+        probed partitions from, where the scan applies (see :meth:`_planned`)."""
         if params.postfilter or params.version or params.tag:
             return None
         if params.distance_lower_bound is not None or params.distance_upper_bound is not None:
@@ -1818,8 +1818,8 @@ def _scan_plan(params: SearchParams, grouped: partitions.Grouped, rows: int) -> 
         *_top_rows_plan(params, params.metric or "l2"),
         f"      ExactDistance: column={params.vector_column}, in-memory matrix grouped by "
         f"partition (target_recall {params.target_recall})",
-        f"        PartitionScan: nprobes={params.nprobes} of {parts} IVF partitions, "
-        f"rows written since grouping={unseen}",
+        f"        PartitionScan: nprobes={params.nprobes} of {parts} partitions (the store's "
+        f"own, trained at calibration), rows written since grouping={unseen}",
     ]
     if params.filter:
         steps.append(f"          PreFilter: {params.filter}")

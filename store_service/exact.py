@@ -6,7 +6,7 @@ import itertools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import lance
 import numpy as np
@@ -227,7 +227,38 @@ def vectors_of(column: pa.ChunkedArray | pa.Array, dims: int) -> tuple[np.ndarra
     return matrix, valid
 
 
-class ExactCache:
+class _Sized(Protocol):
+    @property
+    def held_bytes(self) -> int: ...
+
+
+E = TypeVar("E", bound=_Sized)
+
+
+class ColumnCache(Generic[E]):
+    """What a cache keeps per (table, column), made one at a time under its lock (so that
+    admission sees every other entry's final size), and forgotten with its table."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], E] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, table: str) -> None:
+        # Under the lock: an entry of the table being made is dropped too.
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == table]:
+                del self._entries[key]
+
+    def held_bytes(self) -> int:
+        """Memory of every entry."""
+        return sum(entry.held_bytes for entry in list(self._entries.values()))
+
+    def _others(self, key: tuple[str, str]) -> int:
+        """Memory of every entry but ``key``'s."""
+        return sum(e.held_bytes for k, e in list(self._entries.items()) if k != key)
+
+
+class ExactCache(ColumnCache[Snapshot]):
     """Snapshots of vector columns, refreshed incrementally as table versions advance.
 
     Appends read only the new fragments; deletions re-read only the row addresses of the
@@ -242,20 +273,18 @@ class ExactCache:
     """
 
     def __init__(self, max_bytes: int) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
         self.also_held: Callable[[], int] = lambda: 0
-        self._snapshots: dict[tuple[str, str], Snapshot] = {}
-        # Refreshes run one at a time, so that admission sees every column's final size.
-        self._lock = threading.Lock()
 
     def snapshot(self, table: str, dataset: lance.LanceDataset, column: str) -> Snapshot | None:
         """The column at ``dataset``'s version, or None if it does not fit the bound."""
         key = (table, column)
-        current = self._snapshots.get(key)
+        current = self._entries.get(key)
         if current is not None and current.version == dataset.version:
             return current
         with self._lock:
-            current = self._snapshots.get(key)
+            current = self._entries.get(key)
             if current is not None and current.version == dataset.version:
                 return current
             if current is not None and current.version > dataset.version:
@@ -266,29 +295,18 @@ class ExactCache:
                 current = None  # the table was dropped and made anew (by another store)
             dims = dataset.schema.field(column).type.list_size
             rows = sum(f.metadata.physical_rows for f in dataset.get_fragments())
-            others = sum(s.held_bytes for k, s in self._snapshots.items() if k != key)
-            others += self.also_held()
+            others = self._others(key) + self.also_held()
             room = (self.max_bytes - others) // (dims * 4)
             if rows == 0 or rows > room:
-                self._snapshots.pop(key, None)
+                self._entries.pop(key, None)
                 return None
             fresh = _refresh(current, dataset, column, room)
-            self._snapshots[key] = fresh
+            self._entries[key] = fresh
             return fresh
-
-    def forget(self, table: str) -> None:
-        # Under the lock: a refresh of the table that was under way is dropped too.
-        with self._lock:
-            for key in [k for k in self._snapshots if k[0] == table]:
-                del self._snapshots[key]
-
-    def held_bytes(self) -> int:
-        """Memory of every matrix held."""
-        return sum(s.held_bytes for s in list(self._snapshots.values()))
 
     def stats(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(rows, bytes) held per (table, column)."""
-        held = list(self._snapshots.items())  # one step: refreshes may change the dict
+        held = list(self._entries.items())  # one step: refreshes may change the dict
         return {k: (int(s.alive.sum()), s.held_bytes) for k, s in held}
 
 

@@ -9,10 +9,10 @@ an index it trains its own finer partitions of the column with Lance's k-means
 rows grouped by them, so that each probe is one small contiguous matrix-vector product on
 full vectors: no quantization error to refine away, and no reads.
 
-Measured on bench/store_search's data (AMD EPYC, 2 cores, one thread): recall@10 0.95 on
-served queries took 24 of 250 partitions and 0.5 ms on prose (50,000 rows), and 16 of 2,000
-partitions and 0.4 ms on copies (200,000 rows), where Lance's IVF_PQ with a refine step took
-1.6 ms on prose.
+Measured on bench/store_search's data (AMD EPYC, 2 cores, in-process, one thread): recall@10
+0.95 on served queries took 24-32 of 250 partitions and 0.5-0.9 ms on prose (50,000 rows), and
+24-32 of 1,000 partitions and 1.2-1.6 ms on copies (200,000 rows); Lance's IVF_PQ with the
+refine step from memory took 1.6 ms on prose.
 
 Calibration measures the scan beside Lance's settings and picks it where it is the cheapest
 way to a level (:mod:`store_service.calibration`); a search given ``nprobes`` by hand keeps
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -35,7 +34,7 @@ import lance
 import numpy as np
 from lance.indices import IndicesBuilder
 
-from store_service.exact import ExactCache, Snapshot, from_dots, ranked
+from store_service.exact import ColumnCache, ExactCache, Snapshot, from_dots, ranked
 
 log = logging.getLogger("store_service.partitions")
 
@@ -211,16 +210,15 @@ def nearest(
     return ranked(snapshot, q, pool[keep], fast[keep], want, metric)
 
 
-class GroupedCache:
+class GroupedCache(ColumnCache[Grouped]):
     """The grouping of each indexed vector column whose partitions are scanned from memory,
     kept within the bound of the store's matrices (:class:`~store_service.exact.ExactCache`,
     whose ``max_bytes`` counts both): a grouping holds a second copy of the column's rows."""
 
     def __init__(self, matrices: ExactCache) -> None:
-        self._matrices = matrices
-        self._grouped: dict[tuple[str, str], Grouped] = {}
-        # Groupings are made one at a time: admission sees every other one's size.
-        self._lock = threading.Lock()
+        super().__init__()
+        # The matrices whose rows are grouped, and whose bound counts the groupings too.
+        self.matrices = matrices
         matrices.also_held = self.held_bytes
 
     def grouped(self, table: str, snapshot: Snapshot, centroids: Centroids) -> Grouped | None:
@@ -228,34 +226,25 @@ class GroupedCache:
         or the snapshot is older than the grouping (a reader that took its handle before a
         write that another reader has seen)."""
         key = (table, snapshot.column)
-        current = self._grouped.get(key)
+        current = self._entries.get(key)
         if current is not None and current.serves(snapshot, centroids):
             return current
         with self._lock:
-            current = self._grouped.get(key)
+            current = self._entries.get(key)
             if current is not None and current.serves(snapshot, centroids):
                 return current
             same_layout = current is not None and current.layout == snapshot.layout
             if same_layout and current is not None and current.covered > snapshot.used:
                 return None
-            others = sum(g.held_bytes for k, g in self._grouped.items() if k != key)
             row_bytes = snapshot.dims * 4 + 4 + 8 + 4
-            room = self._matrices.max_bytes - self._matrices.held_bytes() - others
+            room = self.matrices.max_bytes - self.matrices.held_bytes() - self._others(key)
             if snapshot.used * row_bytes > room:
-                self._grouped.pop(key, None)
+                self._entries.pop(key, None)
                 return None
             made = group(snapshot, centroids, current)
-            self._grouped[key] = made
+            self._entries[key] = made
             return made
-
-    def forget(self, table: str) -> None:
-        with self._lock:
-            for key in [k for k in self._grouped if k[0] == table]:
-                del self._grouped[key]
-
-    def held_bytes(self) -> int:
-        return sum(g.held_bytes for g in list(self._grouped.values()))
 
     def stats(self) -> dict[tuple[str, str], int]:
         """Bytes held per (table, column)."""
-        return {key: g.held_bytes for key, g in list(self._grouped.items())}
+        return {key: g.held_bytes for key, g in list(self._entries.items())}

@@ -35,7 +35,7 @@ def grouped_column(
     ds: lance.LanceDataset, metric: str = "l2", cache: partitions.GroupedCache | None = None
 ) -> tuple[exact.Snapshot, partitions.Grouped, partitions.GroupedCache]:
     cache = cache or partitions.GroupedCache(exact.ExactCache(1 << 30))
-    snapshot = cache._matrices.snapshot("t", ds, "vector")
+    snapshot = cache.matrices.snapshot("t", ds, "vector")
     assert snapshot is not None
     centroids = partitions.train(ds, "vector", metric)
     assert centroids is not None and len(centroids.vectors) == ROWS // 200
@@ -47,7 +47,7 @@ def grouped_column(
 def regrouped(
     cache: partitions.GroupedCache, ds: lance.LanceDataset, before: partitions.Grouped
 ) -> tuple[exact.Snapshot, partitions.Grouped]:
-    snapshot = cache._matrices.snapshot("t", ds, "vector")
+    snapshot = cache.matrices.snapshot("t", ds, "vector")
     assert snapshot is not None
     found = cache.grouped("t", snapshot, before.centroids)
     assert found is not None
@@ -124,12 +124,12 @@ def test_a_grouping_that_does_not_fit_the_memory_bound_is_not_made(tmp_path: Pat
     ds = dataset(tmp_path / "t", points(ROWS, 1))
     matrix_bytes = ROWS * DIMS * 4
     cache = partitions.GroupedCache(exact.ExactCache(matrix_bytes + matrix_bytes // 2))
-    snapshot = cache._matrices.snapshot("t", ds, "vector")
+    snapshot = cache.matrices.snapshot("t", ds, "vector")
     centroids = partitions.train(ds, "vector", "l2")
     assert snapshot is not None and centroids is not None
     assert cache.grouped("t", snapshot, centroids) is None
     roomy = partitions.GroupedCache(exact.ExactCache(4 * matrix_bytes))
-    snapshot = roomy._matrices.snapshot("t", ds, "vector")
+    snapshot = roomy.matrices.snapshot("t", ds, "vector")
     assert snapshot is not None and roomy.grouped("t", snapshot, centroids) is not None
     assert roomy.held_bytes() >= matrix_bytes
 
