@@ -112,12 +112,17 @@ def train(dataset: lance.LanceDataset, column: str, metric: str) -> Centroids | 
     count = rows // ROWS_PER_PARTITION
     if count < MIN_PARTITIONS:
         return None
-    model = IndicesBuilder(dataset, column).train_ivf(
-        count,
-        distance_type=metric,
-        sample_rate=min(TRAIN_SAMPLE_RATE, rows // count),
-        max_iters=TRAIN_ITERATIONS,
-    )
+    try:
+        model = IndicesBuilder(dataset, column).train_ivf(
+            count,
+            distance_type=metric,
+            sample_rate=min(TRAIN_SAMPLE_RATE, rows // count),
+            max_iters=TRAIN_ITERATIONS,
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        # The scan is an optimisation: the calibration goes on with Lance's settings alone.
+        log.warning("could not train scan partitions of column %s: %s", column, exc)
+        return None
     centroids = model.centroids
     dims = centroids.type.list_size
     values = centroids.values.to_numpy(zero_copy_only=False).astype(np.float32)

@@ -134,6 +134,15 @@ def test_a_grouping_that_does_not_fit_the_memory_bound_is_not_made(tmp_path: Pat
     assert roomy.held_bytes() >= matrix_bytes
 
 
+def test_partitions_that_cannot_be_trained_leave_no_scan(tmp_path: Path) -> None:
+    """All-zero rows have no cosine direction to cluster: training fails, and the calibration
+    goes on without the scan (None), rather than failing."""
+    zeros = lance.write_dataset(rows(np.zeros((ROWS, DIMS), np.float32)), str(tmp_path / "z"))
+    assert partitions.train(zeros, "vector", "cosine") is None
+    small = dataset(tmp_path / "s", points(partitions.ROWS_PER_PARTITION * 3, 1))
+    assert partitions.train(small, "vector", "l2") is None  # too few partitions to be worth it
+
+
 def test_a_target_that_travelled_as_a_float32_is_still_reached_by_its_level() -> None:
     levels = [RecallLevel(0.8, nprobes=2, latency_ms=1.0), RecallLevel(0.99, 8, latency_ms=3)]
     found = IndexCalibration(10, 100, 1000, 1, 0.0, levels)
