@@ -20,7 +20,7 @@ from embedsearch.contract.convert import calibration_from_pb
 from embedsearch.contract.values import IndexCalibration, RecallLevel
 from embedsearch.contract.wire import ipc_to_table, pack_vectors
 from embedsearch.v1 import common_pb2, store_pb2, store_pb2_grpc
-from store_service import exact, partitions
+from store_service import calibration, exact, partitions
 from store_service.server import create_server as create_store
 from store_service.settings import StoreSettings
 
@@ -141,6 +141,17 @@ def test_partitions_that_cannot_be_trained_leave_no_scan(tmp_path: Path) -> None
     assert partitions.train(zeros, "vector", "cosine") is None
     small = dataset(tmp_path / "s", points(partitions.ROWS_PER_PARTITION * 3, 1))
     assert partitions.train(small, "vector", "l2") is None  # too few partitions to be worth it
+
+
+def test_a_scan_wins_a_tie_with_lances_setting_but_not_a_clear_loss() -> None:
+    def measured(cost_ms: float, scan: bool, recall: float = 0.97) -> calibration.Measured:
+        setting = calibration.Setting(8, 0 if scan else 5, 0, scan)
+        return calibration.Measured(setting, recall, recall - 0.01, recall + 0.01, cost_ms)
+
+    lance_pick = measured(1.0, False, recall=0.96)
+    assert calibration.cheapest([lance_pick, measured(1.1, True)], 0.95).setting.memory_scan
+    slower = calibration.cheapest([lance_pick, measured(1.3, True)], 0.95)
+    assert not slower.setting.memory_scan
 
 
 def test_a_target_that_travelled_as_a_float32_is_still_reached_by_its_level() -> None:
