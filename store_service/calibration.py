@@ -218,9 +218,9 @@ def _measure(
                 .to_numpy()
             )
         # A search's cost: its wall time, or the CPU time of all the process's threads if that
-        # is more. Lance spreads a search over its own threads, which a served search pays for
-        # in thread switches against the server's (measured: Lance's IVF_RQ at 1.4 ms of wall
-        # time in-process took 6.3 ms a query over gRPC, a scan from memory of 1.6 ms, 4 ms).
+        # is more, so that a search spread over Lance's threads is charged the CPU a busy
+        # server pays for it. (On bench/store_search's prose, Lance's CPU time was within a
+        # few % of its wall time in-process; served, its searches paid more: see cheapest().)
         seconds.append(max(time.perf_counter() - start, time.process_time() - cpu))
         got = _without(ids, int(own_id), k)
         recalls.append(len(got & expected) / max(len(expected), 1))

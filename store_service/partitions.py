@@ -71,6 +71,8 @@ class Centroids:
     @classmethod
     def from_bytes(cls, data: bytes, metric: str) -> Centroids:
         vectors = np.load(io.BytesIO(data), allow_pickle=False)
+        if vectors.ndim != 2 or not np.isfinite(vectors).all():
+            raise ValueError(f"centroids must be a finite 2-D array, not shape {vectors.shape}")
         return cls(np.ascontiguousarray(vectors, np.float32), metric)
 
     @cached_property

@@ -154,6 +154,16 @@ def test_a_scan_wins_a_tie_with_lances_setting_but_not_a_clear_loss() -> None:
     assert not slower.setting.memory_scan
 
 
+def test_centroids_round_trip_and_a_damaged_file_is_refused() -> None:
+    centroids = partitions.Centroids(points(20, 1), "l2")
+    again = partitions.Centroids.from_bytes(centroids.to_bytes(), "l2")
+    np.testing.assert_array_equal(again.vectors, centroids.vectors)
+    flat = partitions.Centroids(points(20, 1).ravel(), "l2").to_bytes()
+    for damaged in (flat, centroids.to_bytes()[:-7], b"not a numpy file"):
+        with pytest.raises(ValueError):
+            partitions.Centroids.from_bytes(damaged, "l2")
+
+
 def test_a_target_that_travelled_as_a_float32_is_still_reached_by_its_level() -> None:
     levels = [RecallLevel(0.8, nprobes=2, latency_ms=1.0), RecallLevel(0.99, 8, latency_ms=3)]
     found = IndexCalibration(10, 100, 1000, 1, 0.0, levels)
