@@ -957,10 +957,11 @@ class TableCatalog:
         dataset: lance.LanceDataset,
         column: str,
         centroids: partitions.Centroids | None = None,
+        keep: bool = True,
     ) -> tuple[exact.Snapshot, partitions.Grouped] | None:
         """The latest matrix of an indexed column, grouped by the partitions of its index's
-        calibration (or ``centroids``); None where there are none, or the grouping does not
-        fit the memory bound."""
+        calibration (or ``centroids``, kept as the column's grouping only if ``keep``); None
+        where there are none, or the grouping does not fit the memory bound."""
         found = self._refine_matrix(name, dataset, column)
         index = self._vector_indexed_columns(name, dataset).get(column)
         if found is None or index is None:
@@ -969,7 +970,7 @@ class TableCatalog:
             centroids = self._scan_centroids(name, index)
         if centroids is None or centroids.vectors.shape[1] != found[0].dims:
             return None
-        grouped = self.grouped.grouped(name, found[0], centroids)
+        grouped = self.grouped.grouped(name, found[0], centroids, keep)
         return None if grouped is None else (found[0], grouped)
 
     def _scan_centroids(self, name: str, index: VectorIndex) -> partitions.Centroids | None:
@@ -1470,17 +1471,18 @@ class TableCatalog:
 
     def _calibration_searches(
         self, name: str, dataset: lance.LanceDataset, column: str
-    ) -> tuple[calibration.Search | None, partitions.Centroids | None]:
+    ) -> tuple[calibration.Search | None, partitions.Grouped | None]:
         """How calibration runs a setting with a refine step, or a scan of partitions from
         memory, as searches are served: from the column's in-memory matrix
-        (:meth:`_refine_matrix`), where it fits; and the partitions, trained anew on the
-        column, for the scan (None: no scan, the table is too small or does not fit)."""
+        (:meth:`_refine_matrix`), where it fits; and the rows grouped by partitions trained
+        anew on the column, for the scan (None: no scan, the table is too small or does not
+        fit). Searches go on using the last calibration's grouping meanwhile."""
         found = self._refine_matrix(name, dataset, column)
         if found is None:
             return None, None
         snapshot, metric = found
         centroids = partitions.train(dataset, column, metric)
-        scan = self._grouping(name, dataset, column, centroids) if centroids else None
+        scan = self._grouping(name, dataset, column, centroids, keep=False) if centroids else None
 
         def search(query: np.ndarray, k: int, setting: calibration.Setting) -> np.ndarray:
             params = SearchParams(
@@ -1496,7 +1498,7 @@ class TableCatalog:
                 return self._exact_hits(name, scan[0], params, scan[1])[0]
             return self._refined_hits(name, dataset, params, snapshot, metric)[0]
 
-        return search, centroids if scan is not None else None
+        return search, scan[1] if scan is not None else None
 
     def calibrate(self, name: str, index_name: str) -> IndexCalibration:
         """Measure the recall of the vector index ``index_name`` at the latest version, and
@@ -1512,7 +1514,7 @@ class TableCatalog:
                 raise FailedPrecondition(f"index {index_name!r} is on a multi-vector column")
             settings = self.settings
             metric = stats.distance_type or "l2"
-            refined, scan = self._calibration_searches(name, dataset, column)
+            refined, grouped = self._calibration_searches(name, dataset, column)
             found = calibration.calibrate(
                 dataset,
                 column,
@@ -1525,9 +1527,9 @@ class TableCatalog:
                 served=self.served.sample(name, column),
                 stop=self.stopping,
                 refined=refined,
-                scan_partitions=len(scan.vectors) if scan is not None else 0,
+                scan_partitions=len(grouped.centroids.vectors) if grouped is not None else 0,
             )
-        scan = scan if found.scan_partitions else None
+        scan = grouped.centroids if grouped is not None and found.scan_partitions else None
         with self.writing(name, f"recording the calibration of index {index_name!r}"):
             # The partitions first: a calibration file never names partitions not yet written
             # (a stop between the two leaves the old calibration with new partitions of the
@@ -1537,6 +1539,8 @@ class TableCatalog:
             self.root.write_beside(
                 name, calibration.side_path(index_name), calibration.to_json(found, metric)
             )
+        if grouped is not None and scan is not None:
+            self.grouped.adopt(name, column, grouped)
         self._centroids[(name, index_name)] = scan
         self._calibrations[(name, index_name)] = found
         log.info(

@@ -228,10 +228,16 @@ class GroupedCache(ColumnCache[Grouped]):
         self.matrices = matrices
         matrices.also_held = self.held_bytes
 
-    def grouped(self, table: str, snapshot: Snapshot, centroids: Centroids) -> Grouped | None:
+    def grouped(
+        self, table: str, snapshot: Snapshot, centroids: Centroids, keep: bool = True
+    ) -> Grouped | None:
         """``snapshot``'s column grouped by ``centroids``; None when it does not fit the bound,
         or the snapshot is older than the grouping (a reader that took its handle before a
-        write that another reader has seen)."""
+        write that another reader has seen).
+
+        ``keep=False`` makes one beside the column's grouping without replacing it (a
+        calibration measuring new partitions while searches still use the old ones, which
+        would otherwise regroup the column back and forth); :meth:`adopt` keeps it later."""
         key = (table, snapshot.column)
         current = self._entries.get(key)
         if current is not None and current.serves(snapshot, centroids):
@@ -243,14 +249,23 @@ class GroupedCache(ColumnCache[Grouped]):
             same_layout = current is not None and current.layout == snapshot.layout
             if same_layout and current is not None and current.covered > snapshot.used:
                 return None
+            # The matrix, each row's partition (int32), its position (int64), its norm (float32).
             row_bytes = snapshot.dims * 4 + 4 + 8 + 4
-            room = self.matrices.max_bytes - self.matrices.held_bytes() - self._others(key)
+            others = self._others(key) if keep else self.held_bytes()
+            room = self.matrices.max_bytes - self.matrices.held_bytes() - others
             if snapshot.used * row_bytes > room:
-                self._entries.pop(key, None)
+                if keep:
+                    self._entries.pop(key, None)
                 return None
             made = group(snapshot, centroids, current)
-            self._entries[key] = made
+            if keep:
+                self._entries[key] = made
             return made
+
+    def adopt(self, table: str, column: str, made: Grouped) -> None:
+        """Keep ``made`` (from ``grouped(keep=False)``) as the column's grouping."""
+        with self._lock:
+            self._entries[(table, column)] = made
 
     def stats(self) -> dict[tuple[str, str], int]:
         """Bytes held per (table, column)."""

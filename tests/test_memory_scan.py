@@ -134,6 +134,21 @@ def test_a_grouping_that_does_not_fit_the_memory_bound_is_not_made(tmp_path: Pat
     assert roomy.held_bytes() >= matrix_bytes
 
 
+def test_a_grouping_made_aside_replaces_the_columns_only_once_adopted(tmp_path: Path) -> None:
+    """A calibration groups the rows by new partitions while searches go on with the old:
+    neither regroups the column under the other."""
+    ds = dataset(tmp_path / "t", points(ROWS, 1))
+    snapshot, found, cache = grouped_column(ds)
+    fresh = partitions.train(ds, "vector", "l2")
+    assert fresh is not None
+    aside = cache.grouped("t", snapshot, fresh, keep=False)
+    assert aside is not None and aside is not found
+    assert cache.grouped("t", snapshot, found.centroids) is found
+    assert cache.stats() == {("t", "vector"): found.held_bytes}
+    cache.adopt("t", "vector", aside)
+    assert cache.grouped("t", snapshot, fresh) is aside
+
+
 def test_partitions_that_cannot_be_trained_leave_no_scan(tmp_path: Path) -> None:
     """All-zero rows have no cosine direction to cluster: training fails, and the calibration
     goes on without the scan (None), rather than failing."""
