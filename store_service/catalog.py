@@ -1514,7 +1514,7 @@ class TableCatalog:
                 raise FailedPrecondition(f"index {index_name!r} is on a multi-vector column")
             settings = self.settings
             metric = stats.distance_type or "l2"
-            refined, grouped = self._calibration_searches(name, dataset, column)
+            refined, grouping = self._calibration_searches(name, dataset, column)
             found = calibration.calibrate(
                 dataset,
                 column,
@@ -1527,9 +1527,9 @@ class TableCatalog:
                 served=self.served.sample(name, column),
                 stop=self.stopping,
                 refined=refined,
-                scan_partitions=len(grouped.centroids.vectors) if grouped is not None else 0,
+                scan_partitions=len(grouping.centroids.vectors) if grouping is not None else 0,
             )
-        scan = grouped.centroids if grouped is not None and found.scan_partitions else None
+        scan = grouping.centroids if grouping is not None and found.scan_partitions else None
         with self.writing(name, f"recording the calibration of index {index_name!r}"):
             # The partitions first: a calibration file never names partitions not yet written
             # (a stop between the two leaves the old calibration with new partitions of the
@@ -1539,8 +1539,8 @@ class TableCatalog:
             self.root.write_beside(
                 name, calibration.side_path(index_name), calibration.to_json(found, metric)
             )
-        if grouped is not None and scan is not None:
-            self.grouped.adopt(name, column, grouped)
+        if grouping is not None and scan is not None:
+            self.grouped.adopt(name, column, grouping)
         self._centroids[(name, index_name)] = scan
         self._calibrations[(name, index_name)] = found
         log.info(

@@ -246,8 +246,12 @@ class GroupedCache(ColumnCache[Grouped]):
             current = self._entries.get(key)
             if current is not None and current.serves(snapshot, centroids):
                 return current
-            same_layout = current is not None and current.layout == snapshot.layout
-            if same_layout and current is not None and current.covered > snapshot.used:
+            older = (  # a reader older than the grouping: exact search serves it
+                current is not None
+                and current.layout == snapshot.layout
+                and current.covered > snapshot.used
+            )
+            if older:
                 return None
             # The matrix, each row's partition (int32), its position (int64), its norm (float32).
             row_bytes = snapshot.dims * 4 + 4 + 8 + 4
