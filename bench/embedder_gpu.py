@@ -7,7 +7,8 @@ a GPU:
   fp16, as LanceDB's sentence-transformers function runs it (and with batch_size=256);
 - the embedder (``python -m embedder_service``, device auto = cuda) with 64 concurrent gRPC
   clients each sending one text at a time: batching on (function ``batch_size`` 32, the
-  default, and 256 with ``--max-batch-size 256``) and off (``--max-batch-size 1``);
+  default, and 256 with ``--max-batch-size 256``) and off (``--max-batch-size 1``), the
+  forward pass replayed from CUDA graphs (the default) and eager (``--cuda-graphs false``);
 - one client, one text at a time: p50 latency, against in-process ``encode`` of one text;
 - ``--backend onnx`` (fp16 on ONNX Runtime's CUDA execution provider) where the installed
   onnxruntime has that provider (onnxruntime-gpu), the same 64 clients;
@@ -175,6 +176,7 @@ def run() -> None:
 
     variants: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         ("batching on, batch 32", (), {}),
+        ("batching on, batch 32, eager", ("--cuda-graphs", "false"), {}),
         ("batching on, batch 256", ("--max-batch-size", "256"), {"batch_size": 256}),
         ("batching off", ("--max-batch-size", "1"), {}),
     ]
@@ -187,6 +189,7 @@ def run() -> None:
     results = {name: serve(texts, flags, args, None) for name, flags, args in variants}
 
     unbatched = results["batching off"][0]
+    eager = "batching on, batch 32, eager"
     for name, (rate, vectors, one_ms, batch, forward_ms) in results.items():
         emit(BENCH, f"mean_batch_size ({name})", batch, "inputs", "the clients' concurrency",
              CLIENTS, lower_is_better=False)  # fmt: skip
@@ -198,6 +201,10 @@ def run() -> None:
         if name != "batching off":
             emit(BENCH, f"throughput_{CLIENTS}_clients ({name})", rate, "texts/s",
                  "same service, batching off (--max-batch-size 1)", unbatched,
+                 lower_is_better=False)  # fmt: skip
+        if name != eager:
+            emit(BENCH, f"throughput_{CLIENTS}_clients ({name})", rate, "texts/s",
+                 "same service, eager forward pass (--cuda-graphs false)", results[eager][0],
                  lower_is_better=False)  # fmt: skip
         emit(BENCH, f"one_text_p50 ({name})", one_ms, "ms",
              "in-process encode of one text, fp16 on the GPU", encode_one_ms,

@@ -14,8 +14,9 @@ Backend = Literal["torch", "onnx", "onnx-int8"]
 class BackendSettings(BaseModel):
     """Which engine runs the sentence-transformers and huggingface models of this embedder.
 
-    Held by EmbedderSettings, whose flags (``--backend``, ``--onnx-cache-dir``) these fields
-    are. A server-side choice: a function's spec, and so a table's metadata, never names it.
+    Held by EmbedderSettings, whose flags (``--backend``, ``--onnx-cache-dir``,
+    ``--cuda-graphs``) these fields are. A server-side choice: a function's spec, and so a
+    table's metadata, never names it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -30,6 +31,12 @@ class BackendSettings(BaseModel):
         "",
         description="Where models exported to ONNX are kept, one directory per model; empty: "
         "$XDG_CACHE_HOME/embedsearch/onnx, else ~/.cache/embedsearch/onnx.",
+    )
+
+    cuda_graphs: bool = Field(
+        True,
+        description="On a GPU, replay torch's forward pass from CUDA graphs captured per "
+        "batch and length bucket (inputs padded up to the bucket); false: eager.",
     )
 
     @property

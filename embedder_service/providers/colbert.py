@@ -15,16 +15,19 @@ class TokenVectors(TokenPipeline):
     """The tokenize/forward pipeline of a multi-vector model: each input's vectors are the
     last hidden states of its tokens, padding left out."""
 
+    def use_graphs(self, max_batch: int, capture: bool = True) -> None:
+        """Eager always: the outputs' shapes follow each input's tokens."""
+
     def run(self, mode: str, payloads: list[Any]) -> list[np.ndarray]:  # type: ignore[override]
         import torch
 
         batch = self.tokenizer().pad(payloads, padding=True, return_tensors="pt")
         features = {key: value.to(self.device) for key, value in batch.items()}
         with torch.inference_mode():
-            hidden = self.forward(features)
+            hidden = self.forward(features).float()
             if self.normalize:
                 hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
-        states = hidden.float().cpu().numpy()
+        states = hidden.cpu().numpy()
         mask = batch["attention_mask"].numpy().astype(bool)
         return [states[i][mask[i]] for i in range(len(payloads))]
 

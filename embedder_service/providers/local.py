@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import AfterValidator, PrivateAttr
 
 from embedder_service.backends import BackendSettings
+from embedder_service.backends.cuda_graphs import GraphedForward
 from embedder_service.guards import looks_like_path
 from embedsearch.contract.errors import FailedPrecondition, InvalidArgument
 from embedsearch.contract.functions import TextEmbeddingFunction, check_texts
@@ -135,6 +136,7 @@ class TokenPipeline:
         self.device = device
         self.normalize = normalize
         self.prompts = prompts or {}
+        self.graphed: GraphedForward | None = None
 
     def tokenizer(self) -> Any:
         tokenizer = getattr(self._local, "tokenizer", None)
@@ -154,16 +156,31 @@ class TokenPipeline:
             for i in range(len(texts))
         ]
 
+    def use_graphs(self, max_batch: int, capture: bool = True) -> None:
+        """Replay the forward pass from CUDA graphs (``capture=False``: run their padded
+        buckets eagerly), for batches of up to ``max_batch`` inputs."""
+        self.graphed = GraphedForward(
+            self.forward,
+            self.device,
+            self._tokenizer.pad_token_id or 0,  # masked: any id would do
+            max_batch,
+            self.max_length,
+            self.normalize,
+            capture,
+        )
+
     def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer().pad(payloads, padding=True, return_tensors="pt")
-        features = {key: value.to(self.device) for key, value in batch.items()}
         with torch.inference_mode():
-            vectors = self.forward(features)
-            if self.normalize:
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-        return vectors.float().cpu().numpy()
+            vectors = self.graphed(payloads) if self.graphed is not None else None
+            if vectors is None:
+                batch = self.tokenizer().pad(payloads, padding=True, return_tensors="pt")
+                features = {key: value.to(self.device) for key, value in batch.items()}
+                vectors = self.forward(features).float()  # normalized in fp32, not fp16
+                if self.normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors.cpu().numpy()
 
 
 def mean_pool(hidden: Any, attention_mask: Any) -> Any:
@@ -197,6 +214,7 @@ class LocalTextEmbeddings(TextEmbeddingFunction):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _backend: BackendSettings = PrivateAttr(default_factory=BackendSettings)
     _onnx: Any = PrivateAttr(default=None)
+    _torch: Any = PrivateAttr(default=None)
 
     def use_backend(self, backend: BackendSettings) -> None:
         """Run on ``backend`` (the embedder calls this before anything is loaded)."""
@@ -221,7 +239,14 @@ class LocalTextEmbeddings(TextEmbeddingFunction):
 
     def pipeline(self) -> Any:
         """Tokenize per request, batch across callers, forward on the inference thread."""
-        return self.onnx_pipeline() if self.on_onnx() else self.torch_pipeline()
+        if self.on_onnx():
+            return self.onnx_pipeline()
+        if self._torch is None:  # built once: its tokenizers and graphs are kept
+            pipeline = self.torch_pipeline()
+            if self._backend.cuda_graphs and pipeline.device.startswith("cuda"):
+                pipeline.use_graphs(getattr(self, "batch_size", 64))
+            self._torch = pipeline
+        return self._torch
 
     def ndims(self) -> int:
         return self.onnx_pipeline().ndims if self.on_onnx() else self.torch_ndims()
