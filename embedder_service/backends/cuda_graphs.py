@@ -115,7 +115,7 @@ class GraphedForward:
     def _run(self, inputs: dict[str, Any]) -> Any:
         import torch
 
-        vectors = self.forward(inputs).float()
+        vectors = self.forward(dict(inputs)).float()  # sentence-transformers adds its outputs
         return torch.nn.functional.normalize(vectors, p=2, dim=1) if self.normalize else vectors
 
     def _build(self, shape: Shape) -> tuple[dict[str, Any], Callable[[], Any]] | None:
