@@ -21,12 +21,15 @@ groups the rows as they were measured.
 
 Rows written since a grouping was made are scanned whole, until there are enough of them to
 group again (:data:`REGROUP_SHARE`); deleted rows are skipped by the snapshot's liveness mask.
+Grouping again runs in a background thread (0.1-0.6 s of work on 50,000-200,000 rows), while
+searches go on with the old grouping and scan the new rows whole; it never holds up a search.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -149,14 +152,20 @@ class Grouped:
         parts = (self.assigned, self.order, self.matrix, self.sq_norms)
         return sum(part.nbytes for part in parts)
 
-    def serves(self, snapshot: Snapshot, centroids: Centroids) -> bool:
-        """Whether it serves ``snapshot`` with few enough rows left to scan whole."""
-        unseen = snapshot.used - self.covered
+    def extends(self, snapshot: Snapshot, centroids: Centroids) -> bool:
+        """Whether it can serve ``snapshot``: its rows, and the ones written since scanned
+        whole."""
         return (
             self.layout == snapshot.layout
             and self.centroids is centroids
-            and 0 <= unseen <= max(REGROUP_MIN_ROWS, int(self.covered * REGROUP_SHARE))
+            and self.covered <= snapshot.used
         )
+
+    def serves(self, snapshot: Snapshot, centroids: Centroids) -> bool:
+        """Whether it serves ``snapshot`` with few enough rows left to scan whole."""
+        unseen = snapshot.used - self.covered
+        limit = max(REGROUP_MIN_ROWS, int(self.covered * REGROUP_SHARE))
+        return self.extends(snapshot, centroids) and unseen <= limit
 
 
 def group(snapshot: Snapshot, centroids: Centroids, base: Grouped | None = None) -> Grouped:
@@ -227,6 +236,7 @@ class GroupedCache(ColumnCache[Grouped]):
         # The matrices whose rows are grouped, and whose bound counts the groupings too.
         self.matrices = matrices
         matrices.also_held = self.held_bytes
+        self._regrouping: dict[tuple[str, str], threading.Thread] = {}
 
     def grouped(
         self, table: str, snapshot: Snapshot, centroids: Centroids, keep: bool = True
@@ -261,10 +271,43 @@ class GroupedCache(ColumnCache[Grouped]):
                 if keep:
                     self._entries.pop(key, None)
                 return None
+            if keep and current is not None and current.extends(snapshot, centroids):
+                self._regroup_aside(key, snapshot, centroids, current)
+                return current  # until then, the rows written since are scanned whole
             made = group(snapshot, centroids, current)
             if keep:
                 self._entries[key] = made
             return made
+
+    def _regroup_aside(
+        self, key: tuple[str, str], snapshot: Snapshot, centroids: Centroids, current: Grouped
+    ) -> None:
+        """Group ``snapshot`` in a background thread, one per column at a time; the result
+        replaces ``current`` only if nothing replaced or dropped it meanwhile. Called under
+        the lock."""
+        if key in self._regrouping:
+            return
+
+        def regroup() -> None:
+            try:
+                made = group(snapshot, centroids, current)
+                with self._lock:
+                    if self._entries.get(key) is current:
+                        self._entries[key] = made
+            except Exception:  # a background thread has no caller to answer: log it
+                log.exception("regrouping %s/%s failed; its old grouping stays", *key)
+            finally:
+                with self._lock:
+                    del self._regrouping[key]
+
+        thread = threading.Thread(target=regroup, name=f"regroup-{key[0]}", daemon=True)
+        self._regrouping[key] = thread
+        thread.start()
+
+    def settle(self) -> None:
+        """Wait for the groupings being made in the background."""
+        for thread in list(self._regrouping.values()):
+            thread.join()
 
     def adopt(self, table: str, column: str, made: Grouped) -> None:
         """Keep ``made`` (from ``grouped(keep=False)``) as the column's grouping."""

@@ -97,9 +97,15 @@ def test_rows_written_after_the_grouping_are_found_and_deleted_ones_are_not(
     positions, _ = partitions.nearest(found, snapshot, query, 1, K, "l2")
     assert ROWS not in ids_of(snapshot, positions)
 
-    # Past the regroup threshold the new rows are grouped, and still found.
+    # Past the regroup threshold the new rows are grouped in the background; meanwhile the
+    # old grouping serves, scanning them whole. Then they are grouped, and still found.
     more = points(partitions.REGROUP_MIN_ROWS + 1, 6)
     ds = lance.write_dataset(rows(more, start=ROWS + 1), ds.uri, mode="append")
+    snapshot, meanwhile = regrouped(cache, ds, found)
+    assert meanwhile is found
+    positions, distances = partitions.nearest(meanwhile, snapshot, more[0], 1, 1, "l2")
+    assert ids_of(snapshot, positions) == [ROWS + 1] and distances[0] == 0
+    cache.settle()
     snapshot, fresh = regrouped(cache, ds, found)
     assert fresh is not found and fresh.covered == snapshot.used
     for query in more[:10]:  # each in its nearest partition, which is among the two probed
