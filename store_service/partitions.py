@@ -243,7 +243,9 @@ class GroupedCache(ColumnCache[Grouped]):
     ) -> Grouped | None:
         """``snapshot``'s column grouped by ``centroids``; None when it does not fit the bound,
         or the snapshot is older than the grouping (a reader that took its handle before a
-        write that another reader has seen).
+        write that another reader has seen). Past the regroup threshold the column's grouping
+        is returned as it is, its new rows to be scanned whole, while a new one is made in the
+        background (:meth:`settle` waits for it).
 
         ``keep=False`` makes one beside the column's grouping without replacing it (a
         calibration measuring new partitions while searches still use the old ones, which
