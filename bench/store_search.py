@@ -159,12 +159,13 @@ def memory_mb(pid: int, field: str) -> float:
 def settled_mb(pid: int, steady_s: float = 5.0, limit_s: float = 120.0) -> float:
     """A process's RSS in MiB once it has moved by under 1% for ``steady_s`` (or after
     ``limit_s``): what it holds, not a copy that work in flight holds for a moment."""
+    window = int(steady_s / 0.5) + 1  # samples 0.5 s apart spanning steady_s
     samples: list[float] = []
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         samples.append(memory_mb(pid, "VmRSS"))
-        recent = samples[-int(steady_s / 0.5) - 1 :]
-        if len(recent) > steady_s / 0.5 and max(recent) - min(recent) < 0.01 * recent[-1]:
+        recent = samples[-window:]
+        if len(recent) == window and max(recent) - min(recent) < 0.01 * recent[-1]:
             break
         time.sleep(0.5)
     return samples[-1]

@@ -44,7 +44,7 @@ def bucket(size: int, smallest: int, limit: int) -> int:
 
 
 class GraphedForward:
-    """``forward`` (token features on ``device`` -> one vector per input) from CUDA graphs.
+    """``forward`` (token features on ``device`` -> one fp32 vector per input) from CUDA graphs.
 
     ``capture=False`` runs the same padded buckets eagerly: what a CPU can check of the
     padding, and nothing faster.
@@ -57,7 +57,6 @@ class GraphedForward:
         pad_id: int,
         max_batch: int,
         max_length: int,
-        normalize: bool,
         capture: bool = True,
     ) -> None:
         self.forward = forward
@@ -65,7 +64,6 @@ class GraphedForward:
         self.pad_id = pad_id
         self.max_batch = bucket(max_batch, 1, 1 << 30)
         self.max_length = max_length
-        self.normalize = normalize
         self.capture = capture
         self.broken = False
         self._graphs: dict[Shape, tuple[dict[str, Any], Callable[[], Any]]] = {}
@@ -113,10 +111,7 @@ class GraphedForward:
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def _run(self, inputs: dict[str, Any]) -> Any:
-        import torch
-
-        vectors = self.forward(dict(inputs)).float()  # sentence-transformers adds its outputs
-        return torch.nn.functional.normalize(vectors, p=2, dim=1) if self.normalize else vectors
+        return self.forward(dict(inputs))  # a copy: sentence-transformers adds its outputs
 
     def _build(self, shape: Shape) -> tuple[dict[str, Any], Callable[[], Any]] | None:
         """A bucket's static inputs on the device, and what runs the pass on them and returns

@@ -160,14 +160,20 @@ class TokenPipeline:
         """Replay the forward pass from CUDA graphs (``capture=False``: run their padded
         buckets eagerly), for batches of up to ``max_batch`` inputs."""
         self.graphed = GraphedForward(
-            self.forward,
+            self.vectors,
             self.device,
             self._tokenizer.pad_token_id or 0,  # masked: any id would do
             max_batch,
             self.max_length,
-            self.normalize,
             capture,
         )
+
+    def vectors(self, features: dict[str, Any]) -> Any:
+        """The forward pass on token features on the device, normalized in fp32 (not fp16)."""
+        import torch
+
+        vectors = self.forward(features).float()
+        return torch.nn.functional.normalize(vectors, p=2, dim=1) if self.normalize else vectors
 
     def run(self, mode: str, payloads: list[Any]) -> np.ndarray:
         import torch
@@ -176,10 +182,7 @@ class TokenPipeline:
             vectors = self.graphed(payloads) if self.graphed is not None else None
             if vectors is None:
                 batch = self.tokenizer().pad(payloads, padding=True, return_tensors="pt")
-                features = {key: value.to(self.device) for key, value in batch.items()}
-                vectors = self.forward(features).float()  # normalized in fp32, not fp16
-                if self.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                vectors = self.vectors({key: value.to(self.device) for key, value in batch.items()})
         return vectors.cpu().numpy()
 
 
