@@ -30,7 +30,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(PIP_LOCAL) -e '.[server,test,apis,onnx,ray]'
+	$(PIP) install -q $(PIP_LOCAL) -e '.[server,test,apis,ray]'
 	touch $(STAMP)
 
 $(STUBS): $(STAMP) $(PROTOS)

@@ -2,10 +2,12 @@
 
 From ``Popen`` to the first grpc.health.v1 SERVING answer (polled every 0.1 s), as a Kubernetes
 readiness probe sees it. Baselines, measured in the same run, each in a fresh python too:
-- embedder (torch, the default and the previous behaviour): importing sentence-transformers
-  and loading the bundled model with ``SentenceTransformer(path)``, nothing served;
-- embedder on ``--backend onnx`` / ``onnx-int8`` (the export already cached): the torch
-  embedder of the same run;
+- embedder on ``--backend torch`` (the default until 2026-11-27): importing
+  sentence-transformers and loading the bundled model with ``SentenceTransformer(path)``,
+  nothing served;
+- embedder on ``--backend onnx`` / ``onnx-int8`` (the export already cached), and on the
+  default ``auto`` with the export cached and with an empty cache (its first start on a
+  machine, which exports): the torch embedder of the same run;
 - store and gateway: importing their server modules, nothing served (what their start-up
   costs beyond its imports).
 Also printed: the embedder's own phases from its log (listening, model loaded).
@@ -77,7 +79,7 @@ def run() -> None:
             to_serving("embedder_service", "--backend", backend, *cache)
 
         model_load = median_s(lambda: fresh_python(LOAD_MODEL))
-        torch_start = median_s(lambda: to_serving("embedder_service"))
+        torch_start = median_s(lambda: to_serving("embedder_service", "--backend", "torch"))
         line(
             "embedder_to_serving (torch)",
             torch_start,
@@ -93,6 +95,23 @@ def run() -> None:
                 "torch embedder",
                 torch_start,
             )
+        line(
+            "embedder_to_serving (auto, the default, export cached)",
+            median_s(lambda: to_serving("embedder_service", *cache)),
+            "torch embedder",
+            torch_start,
+        )
+        empty = iter(range(RUNS))
+        line(
+            "embedder_to_serving (auto, first start: exports)",
+            median_s(
+                lambda: to_serving(
+                    "embedder_service", "--onnx-cache-dir", str(Path(tmp) / f"new{next(empty)}")
+                )
+            ),
+            "torch embedder",
+            torch_start,
+        )
         for backend in ("torch", "onnx"):
             phases = embedder_phases("--backend", backend, *cache)
             line(

@@ -12,7 +12,7 @@ import pytest
 from conftest import QUIET
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedder_service.backends import BackendSettings
+from embedder_service.backends import BackendSettings, gpu_visible
 from embedder_service.providers.sentence_transformers import SentenceTransformerEmbeddings
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
@@ -67,14 +67,15 @@ def test_not_serving_until_the_preload_is_loaded_and_early_calls_wait(servers):
         GatedLoadEmbeddings.gate.set()
 
 
-def test_an_onnx_embedder_serves_without_loading_torch(tmp_path: Path):
-    """With the export cached, the embedder runs on onnxruntime, tokenizers and numpy alone:
-    torch, the largest part of its start-up and of its memory, is never loaded."""
+@pytest.mark.skipif(gpu_visible(), reason="on a GPU, the default backend is torch")
+def test_the_default_embedder_serves_without_loading_torch():
+    """On a CPU, with the export cached (the default cache, which the suite's embedders share),
+    the embedder runs on onnxruntime, tokenizers and numpy alone: torch, the largest part of
+    its start-up and of its memory, is never loaded."""
     exported = SentenceTransformerEmbeddings()
-    exported.use_backend(BackendSettings(backend="onnx", onnx_cache_dir=str(tmp_path)))
-    exported.pipeline()
-    flags = ("--backend", "onnx", "--onnx-cache-dir", str(tmp_path))
-    with service_process("embedder_service", *flags) as (address, proc):
+    exported.use_backend(BackendSettings())
+    assert exported.on_onnx()
+    with service_process("embedder_service") as (address, proc):
         with grpc.insecure_channel(address) as channel:
             reply = embedder_pb2_grpc.EmbedderStub(channel).Embed(
                 embedder_pb2.EmbedRequest(

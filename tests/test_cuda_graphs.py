@@ -29,7 +29,10 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def pipeline() -> Any:
-    return SentenceTransformerEmbeddings(device="cpu").pipeline()
+    """The torch pipeline the graphs wrap (on a CPU, the default backend would be ONNX's)."""
+    function = SentenceTransformerEmbeddings(device="cpu")
+    function.use_backend(BackendSettings(backend="torch"))
+    return function.pipeline()
 
 
 def prepared(pipeline: Any, count: int) -> list[Any]:
@@ -90,7 +93,7 @@ def test_graphs_are_a_server_flag_on_by_default() -> None:
 
 def test_a_cpu_model_is_never_graphed() -> None:
     function = SentenceTransformerEmbeddings(device="cpu")
-    function.use_backend(BackendSettings(cuda_graphs=True))
+    function.use_backend(BackendSettings(backend="torch", cuda_graphs=True))
     assert function.pipeline().graphed is None
 
 

@@ -526,6 +526,14 @@ def test_dockerfile_pins_its_base_runs_as_non_root_and_has_the_entry_points():
         if not sources[0].startswith("--from="):  # from the build context, not a stage
             assert all((ROOT / source).exists() for source in sources), sources
     assert ["deploy/healthcheck.py", HEALTHCHECK[1]] in copies  # where the TLS probes run it
+    # The images carry the services' packages (the `server` extra), and the CPU image the
+    # bundled model's ONNX export where its embedder looks for it.
+    for stage in ("build-cpu", "build-cuda"):
+        (install,) = [rest for kind, rest in stages[stage] if kind == "RUN"]
+        assert "'.[server]'" in install, stage
+    (export,) = [r for k, r in stages["build-cpu"] if k == "RUN" and "onnx_runtime" in r]
+    env = dict(rest.split("=", 1) for kind, rest in stages["runtime"] if kind == "ENV")
+    assert f"onnx_runtime {env['EMBEDDER_ONNX_CACHE_DIR']} " in export
     # Every package pyproject installs is in the image's sources.
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     for pattern in packages["packages"]["find"]["include"]:

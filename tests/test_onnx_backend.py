@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -14,8 +17,9 @@ from conftest import QUIET
 
 import embedsearch
 from embedder_service.backends import BackendSettings
-from embedder_service.backends.onnx_runtime import Target
+from embedder_service.backends.onnx_runtime import OnnxPipeline, Target, intra_op_threads
 from embedder_service.providers.huggingface import HuggingFaceEmbeddings
+from embedder_service.providers.local import TokenPipeline
 from embedder_service.providers.sentence_transformers import SentenceTransformerEmbeddings
 from embedder_service.server import create_server as create_embedder
 from embedder_service.settings import EmbedderSettings
@@ -67,7 +71,7 @@ def st_function(cache: Path, backend: str = "onnx", **args) -> SentenceTransform
 
 
 def test_settings_take_the_backend_from_flags_and_environment(monkeypatch):
-    assert EmbedderSettings.from_cli([]).inference_backend.backend == "torch"
+    assert EmbedderSettings.from_cli([]).inference_backend.backend == "auto"
     flagged = EmbedderSettings.from_cli(["--backend", "onnx", "--onnx-cache-dir", "/x"])
     assert flagged.inference_backend == BackendSettings(backend="onnx", onnx_cache_dir="/x")
     monkeypatch.setenv("EMBEDDER_BACKEND", "onnx-int8")
@@ -89,7 +93,7 @@ def test_onnx_tokenizes_as_the_torch_pipeline_does(onnx_cache):
 
 
 def test_onnx_vectors_match_torch_and_int8_stays_close(onnx_cache):
-    torch_vectors = SentenceTransformerEmbeddings(device="cpu").generate_embeddings(TEXTS)
+    torch_vectors = st_function(onnx_cache, "torch", device="cpu").generate_embeddings(TEXTS)
     onnx = st_function(onnx_cache).generate_embeddings(TEXTS)
     assert cosines(onnx, torch_vectors).min() >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
@@ -101,12 +105,65 @@ def test_onnx_vectors_match_torch_and_int8_stays_close(onnx_cache):
 def test_huggingface_provider_runs_on_onnx(tmp_path, model_path):
     """Mean-pooled hidden states of a transformers model, not a sentence-transformers one."""
     torch_func = HuggingFaceEmbeddings(name=model_path, device="cpu", max_length=64)
+    torch_func.use_backend(BackendSettings(backend="torch"))
     onnx_func = HuggingFaceEmbeddings(name=model_path, device="cpu", max_length=64)
     onnx_func.use_backend(BackendSettings(backend="onnx", onnx_cache_dir=str(tmp_path)))
     assert onnx_func.ndims() == torch_func.ndims() == 384
     got = onnx_func.generate_embeddings(TEXTS)
     assert cosines(got, torch_func.generate_embeddings(TEXTS)).min() >= 0.9999
     assert onnx_func.pipeline().max_length == 64
+
+
+def test_auto_is_onnx_on_a_cpu_and_torch_on_a_gpu(monkeypatch):
+    auto = BackendSettings()
+    assert auto.backend == "auto"
+    assert auto.auto_onnx("cpu")
+    assert not any(auto.auto_onnx(device) for device in ("cuda", "cuda:1", "mps"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible: 'auto' is the CPU
+    assert auto.auto_onnx("auto")
+    # Named backends are not auto's to choose.
+    assert not BackendSettings(backend="torch").auto_onnx("cpu")
+    assert not BackendSettings(backend="onnx").auto_onnx("cpu")
+
+
+def test_auto_runs_a_cpu_model_on_its_export(onnx_cache):
+    func = st_function(onnx_cache, "auto", device="cpu")
+    assert func.on_onnx()
+    assert isinstance(func.pipeline(), OnnxPipeline)
+    torch_vectors = st_function(onnx_cache, "torch", device="cpu").generate_embeddings(TEXTS)
+    assert cosines(func.generate_embeddings(TEXTS), torch_vectors).min() >= 0.9999
+
+
+def test_auto_serves_on_torch_where_no_export_can_be_made(tmp_path, caplog):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("the cache cannot be made under a file")
+    func = st_function(not_a_dir / "cache", "auto", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="embedder_service"):
+        assert not func.on_onnx()
+    assert "served by torch" in caplog.text and "--onnx-cache-dir" in caplog.text
+    assert isinstance(func.pipeline(), TokenPipeline)
+    assert func.generate_embeddings(["hello"]).shape == (1, 384)
+    # Named, the backend is a promise: its failure is the caller's to see.
+    with pytest.raises(FailedPrecondition, match="--onnx-cache-dir"):
+        st_function(not_a_dir / "cache", "onnx", device="cpu").pipeline()
+
+
+def test_embedders_sharing_a_cache_export_a_model_once(tmp_path, caplog):
+    functions = [st_function(tmp_path, "auto", device="cpu") for _ in range(3)]
+    with (
+        caplog.at_level(logging.INFO, logger="embedder_service"),
+        ThreadPoolExecutor(len(functions)) as pool,
+    ):
+        assert all(pool.map(lambda func: func.on_onnx(), functions))
+    exports = [r for r in caplog.records if r.getMessage().startswith("exporting")]
+    assert len(exports) == 1
+
+
+def test_the_session_threads_follow_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert intra_op_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert intra_op_threads() == len(os.sched_getaffinity(0))
 
 
 def test_a_broken_export_is_refused_with_the_fix(onnx_cache, tmp_path):
@@ -149,20 +206,25 @@ def test_colbert_stays_on_torch_whatever_the_backend(tmp_path):
 
 
 def test_stack_on_onnx_writes_what_lancedb_reads_with_torch(
-    servers, stack, onnx_cache, tmp_path, model_path, table_name
+    servers, onnx_cache, tmp_path, model_path, table_name
 ):
     """An embedder on the onnx backend serves a gateway and store over gRPC; the table it fills
     says what a torch embedder's says, and LanceDB's own torch function agrees with its vectors."""
-    settings = {**QUIET, "backend": "onnx", "onnx_cache_dir": str(onnx_cache)}
-    embedder = servers.start(create_embedder, EmbedderSettings(**settings))
-    store = servers.start(
-        create_store,
-        StoreSettings(data_root=str(tmp_path / "data"), maintenance_interval_s=0, **QUIET),
-    )
-    gateway = servers.start(
-        create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)
-    )
-    wait_until_serving(gateway, timeout=120)
+
+    def start(backend: str, data: str) -> tuple[str, str]:
+        settings = {**QUIET, "backend": backend, "onnx_cache_dir": str(onnx_cache)}
+        embedder = servers.start(create_embedder, EmbedderSettings(**settings))
+        store = servers.start(
+            create_store,
+            StoreSettings(data_root=str(tmp_path / data), maintenance_interval_s=0, **QUIET),
+        )
+        gateway = servers.start(
+            create_gateway, GatewaySettings(embedder_addr=embedder, store_addr=store, **QUIET)
+        )
+        wait_until_serving(gateway, timeout=120)
+        return gateway, embedder
+
+    (gateway, embedder), (torch_gateway, _) = start("onnx", "data"), start("torch", "torch-data")
 
     def fill(address: str) -> tuple[object, object]:
         func = get_registry().get("sentence-transformers").create()
@@ -176,7 +238,7 @@ def test_stack_on_onnx_writes_what_lancedb_reads_with_torch(
         return table, func
 
     ours, func = fill(gateway)
-    on_torch, _ = fill(stack.gateway)  # the shared stack's embedder runs torch
+    on_torch, _ = fill(torch_gateway)
     metadata = ours.schema.metadata[b"embedding_functions"]
     assert metadata == on_torch.schema.metadata[b"embedding_functions"]
     assert b"onnx" not in metadata and b"backend" not in metadata

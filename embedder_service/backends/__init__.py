@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 
 
 class BackendSettings(BaseModel):
@@ -22,10 +23,12 @@ class BackendSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Backend = Field(
-        "torch",
-        description="torch; onnx (ONNX Runtime, fp32 on a CPU, fp16 on a GPU; vectors within "
-        "cosine 0.9999 of torch's); onnx-int8 (CPU, int8 weights: faster, vectors about 0.998 "
-        "cosine of torch's). The onnx ones need the `onnx` extra.",
+        "auto",
+        description="auto: onnx for a model on the CPU where onnxruntime is installed (the "
+        "export made once per cache; torch for a model whose export fails), torch on a GPU; "
+        "torch; onnx (ONNX Runtime, fp32 on a CPU, fp16 on a GPU; vectors within cosine "
+        "0.9999 of torch's); onnx-int8 (CPU, int8 weights: faster, vectors about 0.998 "
+        "cosine of torch's).",
     )
     onnx_cache_dir: str = Field(
         "",
@@ -41,7 +44,17 @@ class BackendSettings(BaseModel):
 
     @property
     def onnx(self) -> bool:
-        return self.backend != "torch"
+        """Whether ONNX Runtime was asked for by name (onnx, onnx-int8)."""
+        return self.backend in ("onnx", "onnx-int8")
+
+    def auto_onnx(self, device: str) -> bool:
+        """Whether ``auto`` runs a model on ``device`` with ONNX Runtime: on the CPU (``cpu``,
+        or ``auto`` where no GPU is visible), where onnxruntime is installed. On a GPU, torch's
+        forward pass replayed from CUDA graphs is what was measured fastest (bench/README.md).
+        Decided without importing torch or onnxruntime."""
+        if self.backend != "auto" or importlib.util.find_spec("onnxruntime") is None:
+            return False
+        return device == "cpu" or (device == "auto" and not gpu_visible())
 
     def cache_root(self) -> Path:
         """The directory exported models live in (created when the first one is exported)."""
@@ -49,3 +62,14 @@ class BackendSettings(BaseModel):
             return Path(self.onnx_cache_dir)
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
         return Path(base) / "embedsearch" / "onnx"
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process, judged without importing torch (whose
+    import costs a CPU-only embedder seconds of its start): CUDA_VISIBLE_DEVICES, then the
+    driver's device nodes. A GPU that torch cannot use (a CPU build of torch) still counts:
+    such an embedder runs torch on the CPU, as it would have before ``auto``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia/gpus").is_dir()

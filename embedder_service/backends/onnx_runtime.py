@@ -8,12 +8,15 @@ pipeline prepares and runs batches under the same batcher as the torch one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +173,16 @@ def model_file(directory: Path, variant: Variant) -> Path:
     return directory / f"model-{variant}.onnx"
 
 
+def intra_op_threads() -> int:
+    """The threads a forward pass runs on, sized as torch sizes its own: OMP_NUM_THREADS where
+    set (the Kubernetes manifests set it to the container's CPU limit), else the CPUs this
+    process may run on. onnxruntime's own default counts the node's cores, past a limit."""
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0))
+
+
 def open_session(path: Path, providers: list[Any]) -> Any:
     """An inference session with all of onnxruntime's graph optimizations."""
     import onnxruntime
@@ -181,6 +194,7 @@ def open_session(path: Path, providers: list[Any]) -> Any:
     # (1,219 MiB after one batch of 64 x 256 tokens of all-MiniLM-L6-v2, against 480 MiB
     # without it, at the same speed): without it, those blocks go back to the system.
     options.enable_cpu_mem_arena = False
+    options.intra_op_num_threads = intra_op_threads()
     return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
@@ -200,8 +214,18 @@ def load_pipeline(
     target = Target.choose(backend, device)
     directory = spec.directory(backend.cache_root())
     path = model_file(directory, target.variant)
-    if not (path.exists() and (directory / MANIFEST).exists()):
-        export(spec, target.variant, directory, name)
+    if not exported(directory, path):
+        try:
+            with export_lock(directory):
+                if not exported(directory, path):  # by another embedder while this one waited
+                    export(spec, target.variant, directory, name)
+        except OSError as exc:
+            log.warning("cannot export into %s: %s", directory, exc)
+            raise FailedPrecondition(
+                f"cannot write the ONNX export of model {brief(name)} ({type(exc).__name__}); "
+                "point --onnx-cache-dir at a writable directory, or run the embedder with "
+                "--backend torch"
+            ) from exc
     try:
         session = open_session(path, target.providers)
     except Exception as exc:  # onnxruntime raises its own classes (a bad file, a lost GPU)
@@ -213,6 +237,23 @@ def load_pipeline(
         ) from exc
     log.info("onnx backend: %s from %s on %s", brief(name), path, session.get_providers()[0])
     return OnnxPipeline(directory, session, normalize)
+
+
+def exported(directory: Path, path: Path) -> bool:
+    return path.exists() and (directory / MANIFEST).exists()
+
+
+@contextmanager
+def export_lock(directory: Path) -> Iterator[None]:
+    """Held while ``directory`` is exported: embedders sharing a cache (replicas on one
+    volume, a test suite's servers) export a model once, the others wait and load it."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def export(spec: ExportSpec, variant: Variant, directory: Path, name: str) -> None:
@@ -236,3 +277,29 @@ def export(spec: ExportSpec, variant: Variant, directory: Path, name: str) -> No
         )
     for line in done.stdout.splitlines():
         log.info("onnx export: %s", line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m embedder_service.backends.onnx_runtime DIR``: export the bundled model into
+    the cache DIR (fp32 and int8), as an image's build step does, so that embedders pointed at
+    DIR (``--onnx-cache-dir``) start on ONNX Runtime without exporting."""
+    import argparse
+
+    from embedder_service.providers.sentence_transformers import SentenceTransformerEmbeddings
+
+    parser = argparse.ArgumentParser(prog="python -m embedder_service.backends.onnx_runtime")
+    parser.add_argument("cache_dir", help="the ONNX cache directory to export into")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    func = SentenceTransformerEmbeddings(device="cpu")
+    func.use_backend(BackendSettings(backend="onnx-int8", onnx_cache_dir=args.cache_dir))
+    try:
+        func.pipeline()  # exports fp32 (checked against torch), then int8
+    except FailedPrecondition as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

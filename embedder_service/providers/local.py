@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import threading
@@ -24,6 +25,9 @@ log = logging.getLogger("embedder_service")
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?")
 ROOTS_HINT = "under --model-roots (EMBEDDER_MODEL_ROOTS)"
+# Models (provider, arguments and export cache) that ``--backend auto`` could not run on ONNX
+# Runtime.
+_NO_ONNX: set[str] = set()
 
 
 def resolve_device(device: str) -> str:
@@ -218,6 +222,7 @@ class LocalTextEmbeddings(TextEmbeddingFunction):
     _backend: BackendSettings = PrivateAttr(default_factory=BackendSettings)
     _onnx: Any = PrivateAttr(default=None)
     _torch: Any = PrivateAttr(default=None)
+    _auto_onnx: bool | None = PrivateAttr(default=None)
 
     def use_backend(self, backend: BackendSettings) -> None:
         """Run on ``backend`` (the embedder calls this before anything is loaded)."""
@@ -238,7 +243,33 @@ class LocalTextEmbeddings(TextEmbeddingFunction):
         raise NotImplementedError
 
     def on_onnx(self) -> bool:
-        return self._backend.onnx and self.onnx_ready
+        """Whether ONNX Runtime runs this model: under --backend onnx or onnx-int8; under auto
+        where it applies (:meth:`BackendSettings.auto_onnx`) and the model's export loads,
+        decided once per function (a model whose export fails is served by torch)."""
+        if not self.onnx_ready:
+            return False
+        if self._backend.backend != "auto":
+            return self._backend.onnx
+        if self._auto_onnx is None:
+            self._auto_onnx = self._backend.auto_onnx(self.device) and self._onnx_loads()
+        return self._auto_onnx
+
+    def _onnx_loads(self) -> bool:
+        """Load the ONNX pipeline for ``auto``; False, with the reason logged, where it cannot
+        be (once per model and process: an export is not tried again)."""
+        key = json.dumps(
+            [type(self).__qualname__, self.model_dump(), str(self._backend.cache_root())],
+            default=str,
+        )
+        if key in _NO_ONNX:
+            return False
+        try:
+            self.onnx_pipeline()
+        except FailedPrecondition as exc:
+            log.warning("model %s is served by torch: %s", brief(self.name), exc)
+            _NO_ONNX.add(key)
+            return False
+        return True
 
     def pipeline(self) -> Any:
         """Tokenize per request, batch across callers, forward on the inference thread."""
