@@ -16,8 +16,9 @@ import pytest
 from conftest import QUIET
 
 import embedsearch
-from embedder_service.backends import BackendSettings
+from embedder_service.backends import BackendSettings, gpu_visible
 from embedder_service.backends.onnx_runtime import OnnxPipeline, Target, intra_op_threads
+from embedder_service.backends.onnx_runtime import main as onnx_runtime_main
 from embedder_service.providers.huggingface import HuggingFaceEmbeddings
 from embedder_service.providers.local import TokenPipeline
 from embedder_service.providers.sentence_transformers import SentenceTransformerEmbeddings
@@ -157,6 +158,17 @@ def test_embedders_sharing_a_cache_export_a_model_once(tmp_path, caplog):
         assert all(pool.map(lambda func: func.on_onnx(), functions))
     exports = [r for r in caplog.records if r.getMessage().startswith("exporting")]
     assert len(exports) == 1
+
+
+def test_the_image_build_step_fills_the_cache_the_default_embedder_reads(onnx_cache, caplog):
+    """deploy/Dockerfile runs ``python -m embedder_service.backends.onnx_runtime DIR``: what it
+    leaves in DIR is what an embedder with the default function and backend loads, unexported."""
+    assert onnx_runtime_main([str(onnx_cache)]) == 0
+    func = SentenceTransformerEmbeddings()  # device 'auto', as the embedder's default function
+    func.use_backend(BackendSettings(onnx_cache_dir=str(onnx_cache)))
+    with caplog.at_level(logging.INFO, logger="embedder_service"):
+        assert func.on_onnx() or gpu_visible()
+    assert not [r for r in caplog.records if r.getMessage().startswith("exporting")]
 
 
 def test_the_session_threads_follow_omp_num_threads(monkeypatch):
