@@ -39,6 +39,7 @@ from embedsearch.contract.values import IndexCalibration, ReadParams, TakeParams
 from store_service import calibration, exact, indexes, partitions
 from store_service.guards import TableGate, VersionHolds
 from store_service.indexes import IndexBuilder, IndexInfo, IndexSpec, IndexStats
+from store_service.rows import RowCache
 from store_service.settings import StoreSettings
 from store_service.storage import Root
 
@@ -53,6 +54,8 @@ _FINGERPRINTS = 4096
 # The most bytes of rows in one message of a Read stream (under the 64 MiB message limit).
 READ_BATCH_BYTES = 4 * 1024 * 1024
 TAKE_CHUNK = 8192  # rows a take or a streamed exact search reads per Lance call
+# Vector types the matrices hold value for value (float64 is rounded to float32 there).
+_MATRIX_TYPES = (pa.float16(), pa.float32())
 
 __all__ = [
     "IndexInfo",
@@ -238,6 +241,7 @@ class TableCatalog:
         self.conflicts: Counter[str] = Counter()
         self.exact = exact.ExactCache(self.settings.exact_cache_max_bytes)
         self.grouped = partitions.GroupedCache(self.exact)
+        self.rows = RowCache(self.settings.row_cache_max_bytes)
         self.builder = IndexBuilder(
             self.settings.index_build_threads, self.commit, on_built=self._built
         )
@@ -608,6 +612,7 @@ class TableCatalog:
         self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] != name}
         self.exact.forget(name)
         self.grouped.forget(name)
+        self.rows.forget(name)
         self.builder.forget(name)
         self._calibrations = {k: v for k, v in self._calibrations.items() if k[0] != name}
         self._centroids = {k: v for k, v in self._centroids.items() if k[0] != name}
@@ -868,13 +873,13 @@ class TableCatalog:
         """
         dataset, snapshot, params, grouped = self._planned(name, params)
         if snapshot is not None:
-            row_ids, distances = self._exact_hits(name, snapshot, params, grouped)
-            return self._exact_rows(name, snapshot, params, row_ids, distances)
+            positions, distances = self._exact_hits(name, snapshot, params, grouped)
+            return self._exact_rows(name, snapshot, params, positions, distances)
         refine = self._refine_source(name, dataset, params)
         if refine is not None:
             snapshot, metric = refine
-            row_ids, distances = self._refined_hits(name, dataset, params, snapshot, metric)
-            return self._exact_rows(name, snapshot, params, row_ids, distances)
+            positions, distances = self._refined_hits(name, dataset, params, snapshot, metric)
+            return self._exact_rows(name, snapshot, params, positions, distances)
         return self._search_lance(name, dataset, params)
 
     def search_stream(self, name: str, params: SearchParams) -> Iterator[pa.RecordBatch]:
@@ -892,17 +897,17 @@ class TableCatalog:
                 self.fail(name, "search failed", exc)
             batches = self._bounded(name, params.filter, reader)
             return _nonempty(_skip_rows(batches, params.offset), reader.schema)
-        row_ids, distances = self._exact_hits(name, snapshot, params)
-        columns = self._exact_rows(name, snapshot, params, row_ids[:0], distances[:0]).schema
+        positions, distances = self._exact_hits(name, snapshot, params)
+        columns = self._exact_rows(name, snapshot, params, positions[:0], distances[:0]).schema
         return _nonempty(
             (
                 batch
-                for start in range(0, len(row_ids), TAKE_CHUNK)
+                for start in range(0, len(positions), TAKE_CHUNK)
                 for batch in self._exact_rows(
                     name,
                     snapshot,
                     params,
-                    row_ids[start : start + TAKE_CHUNK],
+                    positions[start : start + TAKE_CHUNK],
                     distances[start : start + TAKE_CHUNK],
                 ).to_batches()
                 for batch in _sized(batch)
@@ -1056,8 +1061,9 @@ class TableCatalog:
         params: SearchParams,
         grouped: partitions.Grouped | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids and distances of an exact search's results, best first, offset skipped; of
-        a scan of the ``params.nprobes`` nearest partitions of ``grouped`` where given."""
+        """Matrix positions and distances of an exact search's results, best first, offset
+        skipped; of a scan of the ``params.nprobes`` nearest partitions of ``grouped`` where
+        given."""
         metric = params.metric or "l2"
         want = params.k + params.offset
         try:
@@ -1082,31 +1088,72 @@ class TableCatalog:
         if params.postfilter and allowed is not None:
             keep = allowed[rows]
             rows, distances = rows[keep], distances[keep]
-        rows, distances = rows[params.offset :], distances[params.offset :]
-        return snapshot.buffers.row_ids[rows], distances
+        return rows[params.offset :], distances[params.offset :]
 
     def _exact_rows(
         self,
         name: str,
         snapshot: exact.Snapshot,
         params: SearchParams,
-        row_ids: np.ndarray,
+        positions: np.ndarray,
         distances: np.ndarray,
     ) -> pa.Table:
-        """The selected columns of exact results, with ``_distance`` (and ``_rowid``)."""
+        """The selected columns of exact results (matrix positions), with ``_distance`` (and
+        ``_rowid``): from memory where they are all kept there, else taken from Lance."""
         dataset = snapshot.dataset
         columns = (
             self._projection(dataset.schema, params.columns, params.projections)
             or dataset.schema.names
         )
-        try:
-            found = dataset._take_rows(row_ids.tolist(), columns=columns)
-        except (ValueError, OSError) as exc:
-            self.fail(name, "search failed", exc)
+        row_ids = snapshot.buffers.row_ids[positions]
+        found = self._rows_in_memory(name, snapshot, columns, positions)
+        if found is None:
+            try:
+                found = dataset._take_rows(row_ids.tolist(), columns=columns)
+            except (ValueError, OSError) as exc:
+                self.fail(name, "search failed", exc)
         found = found.append_column("_distance", pa.array(distances, pa.float32()))
         if params.with_row_id:
             found = found.append_column("_rowid", pa.array(row_ids, pa.uint64()))
         return found
+
+    def _rows_in_memory(
+        self,
+        name: str,
+        snapshot: exact.Snapshot,
+        columns: list[str] | dict[str, str],
+        positions: np.ndarray,
+    ) -> pa.Table | None:
+        """``columns`` of the rows at matrix ``positions``, as Lance's take gives them, from the
+        row cache and the matrix; None where something asked for is kept in neither: computed
+        columns, another vector column, vectors stored as float64 (the matrix rounds them)
+        or holding NaN or infinity (the matrix has numbers in their place)."""
+        if isinstance(columns, dict):
+            return None
+        found = self.rows.rows(name, snapshot.dataset)
+        if found is None:
+            return None
+        vector = found.schema.field(snapshot.column)
+        for column in columns:
+            if column in found.kept:
+                continue
+            if column != snapshot.column or vector.type.value_type not in _MATRIX_TYPES:
+                return None
+            if not snapshot.buffers.verbatim[positions].all():
+                return None
+        fragments, offsets = snapshot.addresses(positions)
+        try:
+            table = found.take(fragments, offsets, [c for c in columns if c in found.kept])
+        except KeyError:  # the rows and the matrix disagree (both are of one version): Lance
+            return None
+        arrays = []
+        for column in columns:
+            if column in found.kept:
+                arrays.append(table.column(column))
+                continue
+            values = pa.array(snapshot.buffers.matrix[positions].ravel(), vector.type.value_type)
+            arrays.append(pa.FixedSizeListArray.from_arrays(values, type=vector.type))
+        return pa.table(arrays, schema=pa.schema([found.schema.field(c) for c in columns]))
 
     def _search_lance(
         self, name: str, dataset: lance.LanceDataset, params: SearchParams
@@ -1183,8 +1230,8 @@ class TableCatalog:
         snapshot: exact.Snapshot,
         metric: str,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Row ids and distances of an indexed search whose refine step reads the candidates'
-        vectors from memory, best first, offset skipped: the same rows and distances as
+        """Matrix positions and distances of an indexed search whose refine step reads the
+        candidates' vectors from memory, best first, offset skipped: the same rows and distances as
         Lance's refine, without reading the data files."""
         candidates = self._lance_search(
             name, dataset, params, self._refine_candidates(dataset, params)
@@ -1194,7 +1241,7 @@ class TableCatalog:
         kept = np.isfinite(distances)
         positions, distances = positions[kept], distances[kept]
         order = np.lexsort((positions, distances))[: params.k + params.offset][params.offset :]
-        return snapshot.buffers.row_ids[positions[order]], distances[order]
+        return positions[order], distances[order]
 
     def _nearest_args(self, dataset: lance.LanceDataset, params: SearchParams) -> dict[str, Any]:
         """Lance's scanner arguments for a vector search."""
@@ -1495,8 +1542,10 @@ class TableCatalog:
                 ef=setting.ef,
             )
             if setting.memory_scan and scan is not None:
-                return self._exact_hits(name, scan[0], params, scan[1])[0]
-            return self._refined_hits(name, dataset, params, snapshot, metric)[0]
+                positions = self._exact_hits(name, scan[0], params, scan[1])[0]
+                return scan[0].buffers.row_ids[positions]
+            positions = self._refined_hits(name, dataset, params, snapshot, metric)[0]
+            return snapshot.buffers.row_ids[positions]
 
         return search, scan[1] if scan is not None else None
 
@@ -1636,17 +1685,21 @@ class TableCatalog:
     # -- start-up ----------------------------------------------------------------------------
 
     def warm(self, name: str) -> None:
-        """Load a table's indexes, and the in-memory matrices of its vector columns (exact
-        search, and the refine step of indexed search)."""
+        """Load a table's indexes, the in-memory matrices of its vector columns (exact
+        search, and the refine step of indexed search), and its rows (the results of both)."""
         dataset = self.dataset(name)
         for desc in dataset.describe_indices():
             try:
                 dataset.prewarm_index(desc.name)
             except (ValueError, OSError, RuntimeError) as exc:
                 log.warning("could not prewarm index %s of %s: %s", desc.name, name, exc)
-        for field_ in dataset.schema:
-            if is_vector(field_) and self.exact.max_bytes:
-                self.exact.snapshot(name, dataset, field_.name)
+        matrices = [
+            self.exact.snapshot(name, dataset, field_.name)
+            for field_ in dataset.schema
+            if is_vector(field_) and self.exact.max_bytes
+        ]
+        if any(matrices):
+            self.rows.rows(name, dataset)
 
     def warm_all(self) -> None:
         for name in self.list_tables():

@@ -41,6 +41,8 @@ class _Buffers:
     row_ids: np.ndarray
     sq_norms: np.ndarray
     valid: np.ndarray
+    # The matrix row is the stored vector, value for value (no NaN or infinity replaced).
+    verbatim: np.ndarray
 
     @classmethod
     def empty(cls, capacity: int, dims: int) -> _Buffers:
@@ -48,6 +50,7 @@ class _Buffers:
             np.zeros((capacity, dims), np.float32),
             np.zeros(capacity, np.uint64),
             np.zeros(capacity, np.float32),
+            np.zeros(capacity, bool),
             np.zeros(capacity, bool),
         )
 
@@ -65,9 +68,12 @@ class _Buffers:
             return self
         capacity = max(needed, min(self.capacity + self.capacity // 8, limit))
         bigger = _Buffers.empty(capacity, self.matrix.shape[1])
-        for name in ("matrix", "row_ids", "sq_norms", "valid"):
+        for name in _BUFFERS:
             getattr(bigger, name)[:used] = getattr(self, name)[:used]
         return bigger
+
+
+_BUFFERS = ("matrix", "row_ids", "sq_norms", "valid", "verbatim")
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,13 @@ class Snapshot:
         fragments = addresses >> np.uint64(32)
         slot = np.searchsorted(self._frag_ids, fragments)
         return self._frag_starts[slot] + (addresses & _OFFSET_MASK).astype(np.int64)
+
+    def addresses(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fragment ids, offsets in their fragments) of matrix rows."""
+        by_start = np.argsort(self._frag_starts)
+        starts = self._frag_starts[by_start]
+        slot = np.searchsorted(starts, positions, side="right") - 1
+        return self._frag_ids[by_start][slot], positions - starts[slot]
 
     def rows_matching(self, where: str) -> np.ndarray:
         """A mask over the matrix of the rows matching a SQL filter (Lance evaluates it)."""
@@ -212,7 +225,14 @@ def ranked(
 
 
 def vectors_of(column: pa.ChunkedArray | pa.Array, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows x dims float32 matrix, non-null mask) of a fixed_size_list column."""
+    """(rows x dims float32 matrix, non-null mask) of a fixed_size_list column; NaN and
+    infinity read as numbers (:func:`raw_vectors_of` leaves them)."""
+    matrix, valid = raw_vectors_of(column, dims)
+    return np.nan_to_num(matrix), valid
+
+
+def raw_vectors_of(column: pa.ChunkedArray | pa.Array, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x dims float32 matrix, non-null mask) of a fixed_size_list column, as stored."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     array = column
@@ -223,8 +243,7 @@ def vectors_of(column: pa.ChunkedArray | pa.Array, dims: int) -> tuple[np.ndarra
     )
     start = array.offset * dims
     values = array.values.slice(start, len(array) * dims).to_numpy(zero_copy_only=False)
-    matrix = np.nan_to_num(values.astype(np.float32, copy=False).reshape(len(array), dims))
-    return matrix, valid
+    return values.astype(np.float32, copy=False).reshape(len(array), dims), valid
 
 
 class _Sized(Protocol):
@@ -372,7 +391,9 @@ def _refresh(
             columns=[column], with_row_id=True, with_row_address=True, fragments=to_read
         ).to_table()
         where = snapshot.positions(table.column("_rowaddr").to_numpy())
-        matrix, valid = vectors_of(table.column(column), dims)
+        raw, valid = raw_vectors_of(table.column(column), dims)
+        buffers.verbatim[where] = np.isfinite(raw).all(axis=1)
+        matrix = np.nan_to_num(raw)
         buffers.matrix[where] = matrix
         buffers.row_ids[where] = table.column("_rowid").to_numpy()
         buffers.sq_norms[where] = np.einsum("ij,ij->i", matrix, matrix)
@@ -405,7 +426,7 @@ def _repack(
         assert base is not None  # slots are only kept from a base snapshot
         src = slice(slot.start, slot.start + slot.rows)
         dst = slice(cursor, cursor + slot.rows)
-        for name in ("matrix", "row_ids", "sq_norms", "valid"):
+        for name in _BUFFERS:
             getattr(buffers, name)[dst] = getattr(base.buffers, name)[src]
         alive[dst] = base.alive[src]
         moved[fragment_id] = _Slot(cursor, slot.rows, slot.files, slot.deletions)

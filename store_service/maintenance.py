@@ -362,6 +362,15 @@ class StoreCollector(Collector):
         for (name, column), nbytes in self.maintenance.catalog.grouped.stats().items():
             grouped.add_metric([name, column], nbytes)
         yield grouped
+        rows = GaugeMetricFamily(
+            "store_row_cache_bytes",
+            "Bytes of table rows (every column but vectors) kept in memory for the results of "
+            "searches answered from the matrices, within --row-cache-max-bytes.",
+            labels=["table"],
+        )
+        for name, nbytes in self.maintenance.catalog.rows.stats().items():
+            rows.add_metric([name], nbytes)
+        yield rows
 
 
 def register_metrics(maintenance: Maintenance, registry: CollectorRegistry) -> None:

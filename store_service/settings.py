@@ -15,6 +15,7 @@ GiB = 1024**3
 METADATA_CACHE_BYTES = 8 * 1024**2
 # Lance's own default is 6 GiB; a service in a memory-limited container needs a smaller bound.
 INDEX_CACHE_BYTES = 2 * GiB
+ROW_CACHE_BYTES = 512 * 1024**2
 
 
 class StoreSettings(ExpressionLimits, ServiceSettings):
@@ -47,6 +48,15 @@ class StoreSettings(ExpressionLimits, ServiceSettings):
         "second copy, grouped by partition, that target_recall's scans from memory use; first "
         "come, first served. A column that does not fit uses Lance's flat search and refine "
         "(and target_recall levels that scan from memory run exactly). 0 turns the cache off.",
+    )
+    row_cache_max_bytes: int = Field(
+        ROW_CACHE_BYTES,
+        ge=0,
+        description="Memory for the rows of tables (every column but vectors, which the "
+        "matrices hold), all tables together, first come, first served: the results of "
+        "searches answered from the matrices are read from it instead of the data files "
+        "(about 0.5 ms less per search). A table that does not fit is read from Lance. "
+        "0 turns it off.",
     )
     # Lance's session caches the manifest of every version it reads; each lists every fragment,
     # so a table taking many small commits fills the cache by versions x fragments. Only the
