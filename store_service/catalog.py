@@ -1127,8 +1127,9 @@ class TableCatalog:
         """``columns`` of the rows at matrix ``positions``, as Lance's take gives them, from the
         row cache and the matrix; None where something asked for is kept in neither: computed
         columns, another vector column, vectors stored as float64 (the matrix rounds them)
-        or holding NaN or infinity (the matrix has numbers in their place)."""
-        if isinstance(columns, dict):
+        or holding NaN or infinity (the matrix has numbers in their place). A column named
+        twice is Lance's to answer too (it keeps one)."""
+        if isinstance(columns, dict) or len(set(columns)) != len(columns):
             return None
         found = self.rows.rows(name, snapshot.dataset)
         if found is None:

@@ -115,6 +115,7 @@ def test_results_from_memory_equal_lance_take_after_every_change(tmp_path: Path)
         assert_same_results(cached, plain)
         assert_same_results(cached, plain, columns=["id", "vector"], with_row_id=True)
         assert_same_results(cached, plain, filter="id % 3 = 0", offset=2)
+        assert_same_results(cached, plain, columns=["vector", "id", "vector"])
         version = cached.dataset("docs").version
         assert cached.rows.rows("docs", cached.dataset("docs")).version == version, what
 
