@@ -111,10 +111,9 @@ class Snapshot:
 
     def positions(self, row_addresses: np.ndarray) -> np.ndarray:
         """Matrix rows of Lance row addresses (``_rowaddr``) of this version."""
-        addresses = row_addresses.astype(np.uint64)
-        fragments = addresses >> np.uint64(32)
-        slot = np.searchsorted(self._frag_ids, fragments)
-        return self._frag_starts[slot] + (addresses & _OFFSET_MASK).astype(np.int64)
+        fragments, offsets = split_addresses(row_addresses)
+        slot = np.searchsorted(self._frag_ids, fragments.astype(np.uint64))
+        return self._frag_starts[slot] + offsets
 
     def addresses(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fragment ids, offsets in their fragments) of matrix rows."""
@@ -150,6 +149,13 @@ class Snapshot:
         norms = np.sqrt(np.einsum("ij,ij->i", x, x)) * np.sqrt(q @ q)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.float32(1) - dots / norms
+
+
+def split_addresses(row_addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fragment ids, offsets in their fragments) of Lance row addresses, as int64."""
+    addresses = row_addresses.astype(np.uint64)
+    fragments = (addresses >> np.uint64(32)).astype(np.int64)
+    return fragments, (addresses & _OFFSET_MASK).astype(np.int64)
 
 
 def fast_distances(matrix: np.ndarray, sq_norms: np.ndarray, q: np.ndarray, metric: str) -> Any:

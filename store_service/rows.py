@@ -22,9 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedsearch.contract.schema import is_multivector, is_vector
-
-# A Lance row address is (fragment id << 32) | offset in the fragment.
-_OFFSET_MASK = np.uint64(0xFFFFFFFF)
+from store_service.exact import split_addresses
 
 
 def kept_columns(schema: pa.Schema) -> list[str]:
@@ -198,10 +196,8 @@ def _refresh(
                 return None
             batches.append(batch)
         table = pa.Table.from_batches(batches, reader.schema)
-        addresses = table.column("_rowaddr").to_numpy()
+        owners, offsets = split_addresses(table.column("_rowaddr").to_numpy())
         table = table.drop_columns(["_rowaddr"])
-        owners = (addresses >> np.uint64(32)).astype(np.int64)
-        offsets = (addresses & _OFFSET_MASK).astype(np.int64)
         by_owner = np.argsort(owners, kind="stable")
         ordered = owners[by_owner]
         for fragment in to_read:
