@@ -25,8 +25,9 @@ from embedsearch.contract.convert import (
     spec_to_pb,
     value_to_pb,
 )
-from embedsearch.contract.errors import Internal, InvalidArgument
+from embedsearch.contract.errors import Internal, InvalidArgument, Unavailable
 from embedsearch.contract.multivector import MultiVectors
+from embedsearch.contract.status import details_of
 from embedsearch.contract.values import IndexInfo, IndexStats
 from embedsearch.contract.wire import ipc_to_schema, schema_to_ipc, table_to_ipc
 from embedsearch.v1 import embedder_pb2, embedder_pb2_grpc, store_pb2, store_pb2_grpc
@@ -117,6 +118,16 @@ class Peer:
                 # (UNAVAILABLE for a peer that died), as a typed error.
                 await call
                 raise Internal(f"{self.name} answered {method} before the stream ended") from None
+            except grpc.aio.AioRpcError as err:
+                # A message the transport failed to send (the peer died under it): grpc ends
+                # the call INTERNAL on this side, with none of the details a peer's own error
+                # carries. Its code would blame the peer's code, not its going away.
+                if err.code() == grpc.StatusCode.INTERNAL and not details_of(err).reason:
+                    raise Unavailable(
+                        f"{self.name} is unavailable: it went away during {method} "
+                        f"({err.details()})"
+                    ) from None
+                raise
             except BaseException:
                 call.cancel()
                 raise
